@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ModelmgrConfig(AppConfig):
+    name = "modelmgr"
+    verbose_name = "Models and keys"

@@ -1,0 +1,53 @@
+"""`python manage.py create_api_key --name N [--scope admin] ...`: prints a new key once."""
+
+from datetime import timedelta
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+
+from modelmgr.models import Scope
+from modelmgr.services import api_key_create
+
+
+class Command(BaseCommand):
+    help = "Create an API key and print it (once: only its digest is stored)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--name", required=True, help="who or what uses the key")
+        parser.add_argument(
+            "--scope",
+            action="append",
+            choices=Scope.values,
+            help="inference (default) or admin; admin keys also get inference; repeatable",
+        )
+        parser.add_argument(
+            "--model", action="append", default=[], help="allowed model (repeatable); none = all"
+        )
+        parser.add_argument("--rpm", type=int, help="requests per minute (default: the setting)")
+        parser.add_argument("--tpm", type=int, help="tokens per minute (default: the setting)")
+        parser.add_argument("--expires-days", type=int, help="expire after this many days")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        scopes = set(options["scope"] or [Scope.INFERENCE])
+        if Scope.ADMIN in scopes:
+            scopes.add(Scope.INFERENCE)
+        for limit in ("rpm", "tpm", "expires_days"):
+            if options[limit] is not None and options[limit] < 0:
+                raise CommandError(f"--{limit.replace('_', '-')} must not be negative")
+        expires_at = None
+        if options["expires_days"] is not None:
+            expires_at = timezone.now() + timedelta(days=options["expires_days"])
+        key, plaintext = api_key_create(
+            name=options["name"],
+            scopes=scopes,
+            allowed_models=options["model"],
+            rpm_limit=options["rpm"],
+            tpm_limit=options["tpm"],
+            expires_at=expires_at,
+        )
+        self.stderr.write(
+            f"Created key {key.prefix} for {key.name!r} with scopes {', '.join(key.scopes)}. "
+            "Copy it now; it will not be shown again:"
+        )
+        self.stdout.write(plaintext)

@@ -1,0 +1,88 @@
+"""Workflows on keys and usage, shared by the API, the admin and the commands."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from modelmgr.models import ApiKey, Scope, UsageDaily
+
+
+def api_key_create(
+    *,
+    name: str,
+    scopes: Iterable[str] = (Scope.INFERENCE,),
+    owner: User | None = None,
+    allowed_models: Iterable[str] = (),
+    rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key; returns it with its plaintext, which is shown once and not stored."""
+    scopes = sorted(set(scopes))
+    unknown = set(scopes) - set(Scope.values)
+    if unknown:
+        raise ValueError(f"unknown scope(s): {', '.join(sorted(unknown))}")
+    plaintext, _prefix = ApiKey.generate()
+    key = ApiKey(
+        name=name,
+        owner=owner,
+        scopes=scopes,
+        allowed_models=sorted(set(allowed_models)),
+        rpm_limit=rpm_limit,
+        tpm_limit=tpm_limit,
+        expires_at=expires_at,
+    )
+    key.set_key(plaintext)
+    key.save()
+    return key, plaintext
+
+
+def api_key_revoke(*, key: ApiKey) -> None:
+    # Takes effect on every gateway process within API_KEY_CACHE_SECONDS.
+    ApiKey.objects.filter(pk=key.pk).update(is_active=False)
+    key.is_active = False
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDelta:
+    key_prefix: str
+    key_id: int | None
+    key_name: str
+    model: str
+    day: date
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def usage_add(*, deltas: Iterable[UsageDelta]) -> None:
+    """Add counts to the daily usage rows, creating them as needed (race-safe)."""
+    for delta in deltas:
+        where = {"key_prefix": delta.key_prefix, "model": delta.model, "day": delta.day}
+        increments = {
+            "requests": F("requests") + delta.requests,
+            "errors": F("errors") + delta.errors,
+            "prompt_tokens": F("prompt_tokens") + delta.prompt_tokens,
+            "completion_tokens": F("completion_tokens") + delta.completion_tokens,
+        }
+        if UsageDaily.objects.filter(**where).update(**increments):
+            continue
+        try:
+            with transaction.atomic():
+                UsageDaily.objects.create(
+                    **where,
+                    key_id=delta.key_id,
+                    key_name=delta.key_name,
+                    requests=delta.requests,
+                    errors=delta.errors,
+                    prompt_tokens=delta.prompt_tokens,
+                    completion_tokens=delta.completion_tokens,
+                )
+        except IntegrityError:
+            # Another process created the row between our update and insert.
+            UsageDaily.objects.filter(**where).update(**increments)

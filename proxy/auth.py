@@ -1,0 +1,190 @@
+"""API-key authentication for every non-public route.
+
+A presented key is looked up by its visible prefix and compared in constant time with
+the stored digest. Lookups are cached in-process for API_KEY_CACHE_SECONDS, so the
+request path does not touch the database, and a revocation takes effect within that
+time. `last_used_at` is written at most once per API_KEY_LAST_USED_INTERVAL per key.
+"""
+
+import asyncio
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.http import HttpRequest
+from django.utils import timezone
+from ninja.security.base import AuthBase
+
+from modelmgr.models import ApiKey, Scope, hash_key, split_prefix
+from proxy.errors import Forbidden, Unauthenticated
+
+logger = logging.getLogger(__name__)
+
+ENV_KEY_PREFIX = "env"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: what the rest of the request path knows about a key."""
+
+    key_id: int | None
+    prefix: str
+    name: str
+    scopes: frozenset[str]
+    allowed_models: frozenset[str]
+    rpm_limit: int | None
+    tpm_limit: int | None
+
+    def may_use(self, model: str) -> bool:
+        return not self.allowed_models or model in self.allowed_models
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedKey:
+    key_hash: str
+    is_active: bool
+    expires_at: datetime | None
+    principal: Principal
+
+
+_cache: dict[str, tuple[float, _CachedKey | None]] = {}
+_last_used_written: dict[str, float] = {}
+_background: set[asyncio.Task[None]] = set()
+
+
+def forget_cached_keys() -> None:
+    _cache.clear()
+    _last_used_written.clear()
+
+
+def _snapshot(key: ApiKey) -> _CachedKey:
+    return _CachedKey(
+        key_hash=key.key_hash,
+        is_active=key.is_active,
+        expires_at=key.expires_at,
+        principal=Principal(
+            key_id=key.pk,
+            prefix=key.prefix,
+            name=key.name,
+            scopes=frozenset(key.scopes),
+            allowed_models=frozenset(key.allowed_models),
+            rpm_limit=key.rpm_limit,
+            tpm_limit=key.tpm_limit,
+        ),
+    )
+
+
+async def _lookup(prefix: str) -> _CachedKey | None:
+    now = time.monotonic()
+    hit = _cache.get(prefix)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    key = await ApiKey.objects.filter(prefix=prefix).afirst()
+    cached = _snapshot(key) if key is not None else None
+    _cache[prefix] = (now + settings.API_KEY_CACHE_SECONDS, cached)
+    return cached
+
+
+def _env_principal() -> Principal:
+    return Principal(
+        key_id=None,
+        prefix=ENV_KEY_PREFIX,
+        name="PROXY_API_KEY",
+        scopes=frozenset(Scope.values),
+        allowed_models=frozenset(),
+        rpm_limit=None,
+        tpm_limit=None,
+    )
+
+
+async def _write_last_used(key_id: int) -> None:
+    try:
+        await ApiKey.objects.filter(pk=key_id).aupdate(last_used_at=timezone.now())
+    except Exception:
+        # Bookkeeping must never fail a request; the next interval tries again.
+        logger.warning("could not record last use of key %s", key_id, exc_info=True)
+
+
+def _touch(principal: Principal) -> None:
+    if principal.key_id is None:
+        return
+    now = time.monotonic()
+    if now - _last_used_written.get(principal.prefix, -1e9) < settings.API_KEY_LAST_USED_INTERVAL:
+        return
+    _last_used_written[principal.prefix] = now
+    task = asyncio.get_running_loop().create_task(_write_last_used(principal.key_id))
+    # Keep a reference until done, or the task may be garbage-collected mid-write.
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def authenticate_key(plaintext: str) -> Principal:
+    """The principal of a presented key; raises Unauthenticated for anything else."""
+    if settings.PROXY_API_KEY and hmac.compare_digest(
+        plaintext.encode(), settings.PROXY_API_KEY.encode()
+    ):
+        return _env_principal()
+    prefix = split_prefix(plaintext)
+    cached = await _lookup(prefix) if prefix else None
+    # Compare against a dummy digest when the prefix is unknown, so an unknown key
+    # costs the same as a wrong one.
+    expected = cached.key_hash if cached else "0" * 64
+    if not hmac.compare_digest(expected, hash_key(plaintext)) or cached is None:
+        raise Unauthenticated("Invalid API key.", code="invalid_api_key")
+    if not cached.is_active:
+        raise Unauthenticated("This API key has been revoked.", code="key_revoked")
+    if cached.expires_at is not None and cached.expires_at <= timezone.now():
+        raise Unauthenticated("This API key has expired.", code="key_expired")
+    _touch(cached.principal)
+    return cached.principal
+
+
+def presented_key(request: HttpRequest) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    api_key = request.headers.get("x-api-key")
+    return api_key.strip() if api_key else None
+
+
+class KeyAuth(AuthBase):
+    """Ninja auth: `Authorization: Bearer <key>` or `x-api-key: <key>`, with a scope."""
+
+    openapi_type = "http"
+    openapi_scheme = "bearer"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__()
+        self.scope = scope
+        self.is_async = True
+
+    async def __call__(self, request: HttpRequest) -> Principal:
+        plaintext = presented_key(request)
+        if not plaintext:
+            raise Unauthenticated(
+                "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+                code="missing_api_key",
+            )
+        principal = await authenticate_key(plaintext)
+        if self.scope not in principal.scopes:
+            raise Forbidden(
+                f"This API key lacks the '{self.scope}' scope.", code="insufficient_scope"
+            )
+        return principal
+
+
+inference_auth = KeyAuth(Scope.INFERENCE)
+admin_auth = KeyAuth(Scope.ADMIN)
+
+
+def principal_of(request: HttpRequest) -> Principal:
+    """The principal Ninja's auth put on the request."""
+    principal = getattr(request, "auth", None)
+    if not isinstance(principal, Principal):
+        raise Unauthenticated("Invalid or missing API key.", code="invalid_api_key")
+    return principal

@@ -1,0 +1,91 @@
+"""`python manage.py run_demo`: what `make run` starts — the vLLM simulator and the
+gateway under uvicorn on localhost — with a ready-to-paste curl and OpenAI-SDK snippet.
+Ctrl-C (or SIGTERM) stops everything it started."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from modelmgr.management.commands.demo_setup import demo_key_file
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+class Command(BaseCommand):
+    help = "Run the vLLM simulator and the gateway for a local demo."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--sim-port", type=int, default=8001)
+        parser.add_argument("--model", default="demo-model")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        host, port, sim_port = options["host"], options["port"], options["sim_port"]
+        key_file = demo_key_file()
+        if not key_file.exists():
+            raise CommandError("No demo key: run `python manage.py demo_setup` first.")
+        key = key_file.read_text().strip()
+        env = {**os.environ, "VLLM_BASE_URL": f"http://127.0.0.1:{sim_port}"}
+        manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+        children = [
+            subprocess.Popen(
+                [*manage, "vllm_simulator", "--model", options["model"], "--port", str(sim_port)],
+                env=env,
+            ),
+            subprocess.Popen(
+                [
+                    sys.executable, "-m", "uvicorn", "talktuah_site.asgi:application",
+                    "--host", host, "--port", str(port), "--no-access-log",
+                ],
+                env=env,
+                cwd=settings.BASE_DIR,
+            ),
+        ]  # fmt: skip
+        signal.signal(signal.SIGTERM, _interrupt)
+        base = f"http://{host}:{port}"
+        self.stdout.write(
+            f"""
+TalkTuah is starting on {base} (simulated model {options["model"]!r} on :{sim_port}).
+Admin: {base}/admin/ (admin / admin)   API docs: {base}/api/docs
+
+Chat, streamed token by token:
+
+  curl -N {base}/v1/chat/completions -H "Authorization: Bearer {key}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"messages": [{{"role": "user", "content": "Hello!"}}], "stream": true}}'
+
+With the OpenAI SDK (pip install openai):
+
+  from openai import OpenAI
+  client = OpenAI(base_url="{base}/v1", api_key="{key}")
+  stream = client.chat.completions.create(model="{options["model"]}", stream=True,
+      messages=[{{"role": "user", "content": "Hello!"}}])
+  for chunk in stream: print(chunk.choices[0].delta.content or "", end="", flush=True)
+
+Ctrl-C stops everything.
+"""
+        )
+        try:
+            while all(child.poll() is None for child in children):
+                time.sleep(0.5)
+            raise CommandError("a process of the demo exited; stopping the rest")
+        except KeyboardInterrupt:
+            self.stdout.write("Stopping…")
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.terminate()
+            for child in children:
+                try:
+                    child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.kill()

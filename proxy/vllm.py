@@ -1,0 +1,200 @@
+"""The vLLM adapter: the only module that talks HTTP to vLLM (and imports httpx).
+
+One long-lived `httpx.AsyncClient` per event loop (so per uvicorn worker), with explicit
+limits and timeouts. Requests are retried only before any response byte arrived
+(connection refused or reset, DNS failure: vLLM restarting), with backoff, for a bounded
+total time; once vLLM has started answering a request is never replayed.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+from django.conf import settings
+
+
+class VllmError(Exception):
+    """vLLM could not be reached, timed out, or broke a response off."""
+
+    def __init__(self, message: str, *, timed_out: bool = False, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+        self.attempts = attempts
+
+
+# Errors raised before the first response byte: nothing reached vLLM's handler, or
+# vLLM went away before answering, so the request may be sent again.
+_RETRYABLE = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.RemoteProtocolError,
+    httpx.NetworkError,
+)
+
+
+@dataclass
+class _ClientState:
+    client: httpx.AsyncClient
+    loop: asyncio.AbstractEventLoop
+
+
+_state: _ClientState | None = None
+
+
+def _new_client() -> httpx.AsyncClient:
+    limits = httpx.Limits(
+        max_connections=settings.UPSTREAM_MAX_CONNECTIONS,
+        max_keepalive_connections=settings.UPSTREAM_MAX_CONNECTIONS,
+        keepalive_expiry=settings.UPSTREAM_KEEPALIVE_EXPIRY,
+    )
+    timeout = httpx.Timeout(
+        connect=settings.UPSTREAM_CONNECT_TIMEOUT,
+        read=settings.UPSTREAM_READ_TIMEOUT,
+        write=settings.UPSTREAM_READ_TIMEOUT,
+        pool=settings.UPSTREAM_READ_TIMEOUT,
+    )
+    if settings.UPSTREAM_TRANSPORT == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=timeout)
+    return httpx.AsyncClient(limits=limits, timeout=timeout)
+
+
+def client() -> httpx.AsyncClient:
+    """The process's client, bound to the running event loop."""
+    global _state
+    loop = asyncio.get_running_loop()
+    if _state is None or _state.loop is not loop or _state.client.is_closed:
+        _state = _ClientState(client=_new_client(), loop=loop)
+    return _state.client
+
+
+async def reset_client() -> None:
+    """Drop pooled connections (fresh DNS and sockets on the next request)."""
+    global _state
+    state, _state = _state, None
+    if state is not None and state.loop is asyncio.get_running_loop():
+        await state.client.aclose()
+
+
+def _headers(request_id: str | None) -> dict[str, str]:
+    headers = {"content-type": "application/json"}
+    if settings.VLLM_API_KEY:
+        headers["authorization"] = f"Bearer {settings.VLLM_API_KEY}"
+    if request_id:
+        headers["x-request-id"] = request_id
+    return headers
+
+
+@dataclass
+class UpstreamResponse:
+    """An open response from vLLM; always close it (`aclose`), ideally in `finally`."""
+
+    status: int
+    content_type: str
+    attempts: int
+    _response: httpx.Response = field(repr=False)
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.aread()
+        except httpx.TimeoutException as exc:
+            raise VllmError("vLLM did not answer in time", timed_out=True) from exc
+        except httpx.HTTPError as exc:
+            raise VllmError(f"vLLM broke off its response: {exc!r}") from exc
+
+    async def iter_raw(self) -> AsyncIterator[bytes]:
+        """Bytes as they arrive, no buffering."""
+        try:
+            async for chunk in self._response.aiter_raw():
+                yield chunk
+        except httpx.TimeoutException as exc:
+            raise VllmError("vLLM stopped sending (read timeout)", timed_out=True) from exc
+        except httpx.HTTPError as exc:
+            raise VllmError(f"vLLM broke off the stream: {exc!r}") from exc
+
+    async def aclose(self) -> None:
+        # Closing an unfinished response closes its connection: that is how vLLM learns
+        # the client left and aborts the generation.
+        await self._response.aclose()
+
+
+async def open_request(
+    method: str, path: str, *, content: bytes | None = None, request_id: str | None = None
+) -> UpstreamResponse:
+    """Send a request to vLLM and return once the response headers arrived."""
+    url = settings.VLLM_BASE_URL + path
+    deadline = time.monotonic() + settings.UPSTREAM_RETRY_SECONDS
+    delay = 0.05
+    attempts = 0
+    http = client()
+    while True:
+        attempts += 1
+        request = http.build_request(method, url, content=content, headers=_headers(request_id))
+        try:
+            response = await http.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            if not isinstance(exc, httpx.ConnectTimeout):
+                raise VllmError(
+                    "vLLM did not answer in time", timed_out=True, attempts=attempts
+                ) from exc
+            last_error: Exception = exc
+        except _RETRYABLE as exc:
+            last_error = exc
+        else:
+            return UpstreamResponse(
+                status=response.status_code,
+                content_type=response.headers.get("content-type", ""),
+                attempts=attempts,
+                _response=response,
+            )
+        if time.monotonic() + delay > deadline:
+            raise VllmError(
+                f"vLLM at {settings.VLLM_BASE_URL} is unreachable after {attempts} attempts: "
+                f"{last_error!r}",
+                attempts=attempts,
+            ) from last_error
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+async def get_json(path: str) -> tuple[int, Any]:
+    """A small GET (models, health), retried like any other request."""
+    response = await open_request("GET", path)
+    try:
+        content = await response.read()
+    finally:
+        await response.aclose()
+    try:
+        return response.status, orjson.loads(content) if content else None
+    except orjson.JSONDecodeError as exc:
+        raise VllmError(f"vLLM answered {path} with something that is not JSON") from exc
+
+
+_models_cache: tuple[float, list[str]] | None = None
+
+
+async def served_model_names() -> list[str]:
+    """The model names vLLM serves now, cached for a few seconds."""
+    global _models_cache
+    now = time.monotonic()
+    if (
+        _models_cache is not None
+        and now - _models_cache[0] < settings.UPSTREAM_MODELS_CACHE_SECONDS
+    ):
+        return _models_cache[1]
+    status, data = await get_json("/v1/models")
+    if status != 200 or not isinstance(data, dict):
+        raise VllmError(f"vLLM answered /v1/models with HTTP {status}")
+    names = [str(card["id"]) for card in data.get("data", []) if "id" in card]
+    _models_cache = (now, names)
+    return names
+
+
+def forget_served_models() -> None:
+    global _models_cache
+    _models_cache = None

@@ -1,0 +1,212 @@
+"""The only settings module: everything comes from the environment, with embedded
+defaults (SQLite, local-memory cache, the simulator on :8001) that run with no setup.
+Every variable read here is listed, with a one-line comment, in `.env.example`."""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.getenv("TALKTUAH_VAR_DIR", BASE_DIR / "var"))
+
+
+def envbool(name: str, default: bool) -> bool:
+    value = os.getenv(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (true/false), got {value!r}")
+
+
+def envint(name: str, default: int) -> int:
+    value = os.getenv(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
+
+
+def envfloat(name: str, default: float) -> float:
+    value = os.getenv(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+
+
+def envlist(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.getenv(name, default).split(",") if item.strip()]
+
+
+DEBUG = envbool("DEBUG", True)
+SECRET_KEY = os.getenv("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    # Development only: a fixed key so sessions survive a restart of `make run`.
+    SECRET_KEY = "talktuah-insecure-development-key-do-not-use-in-production"
+
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "django_prometheus",
+    "ninja",
+    "proxy",
+    "modelmgr",
+]
+
+# The full stack, used by the admin and every route outside the proxy's lean path
+# (see asgi.py: /v1/... and /api/chat skip these thread-hopping middlewares).
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+# Async-native middleware for the lean proxy path (no sync_to_async hop).
+LEAN_MIDDLEWARE = [
+    "corsheaders.middleware.CorsMiddleware",
+    "proxy.middleware.security_headers",
+]
+
+ROOT_URLCONF = "talktuah_site.urls"
+ASGI_APPLICATION = "talktuah_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite by default so a fresh clone runs with no database server; DATABASE_URL
+# (postgres://...) in production.
+DATABASE_URL = os.getenv("DATABASE_URL", "")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(VAR_DIR / "db.sqlite3"),
+            # The gateway, the worker and the tests' servers share the file: wait for
+            # locks instead of failing, and take the write lock up front.
+            "OPTIONS": {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+            # A file, not memory: tests run the gateway on real sockets in other
+            # threads and processes, which must see the same database.
+            "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
+        }
+    }
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+# Local memory by default; Redis (REDIS_URL) when several workers or instances run,
+# so rate limits are shared.
+REDIS_URL = os.getenv("REDIS_URL", "")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": os.getenv("CACHE_KEY_PREFIX", "talktuah"),
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# CORS for browser clients (like the seed's cors_origins_list); "*" allows any origin.
+CORS_ORIGINS = envlist("CORS_ORIGINS")
+CORS_ALLOW_ALL_ORIGINS = CORS_ORIGINS == ["*"]
+CORS_ALLOWED_ORIGINS = [] if CORS_ALLOW_ALL_ORIGINS else CORS_ORIGINS
+CORS_ALLOW_HEADERS = ["authorization", "content-type", "x-api-key", "x-request-id"]
+CORS_EXPOSE_HEADERS = ["retry-after", "x-request-id"]
+
+# Request bodies above this size get 413 (Django refuses to read them at all).
+MAX_REQUEST_BYTES = envint("MAX_REQUEST_BYTES", 10 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
+
+# --- the upstream (vLLM) --------------------------------------------------------
+VLLM_BASE_URL = os.getenv("VLLM_BASE_URL", "http://127.0.0.1:8001").rstrip("/")
+VLLM_API_KEY = os.getenv("VLLM_API_KEY", "")
+UPSTREAM_CONNECT_TIMEOUT = envfloat("UPSTREAM_CONNECT_TIMEOUT", 3.0)
+UPSTREAM_READ_TIMEOUT = envfloat("UPSTREAM_READ_TIMEOUT", 600.0)
+# Below uvicorn's (and so vLLM's) 5 s keep-alive, so we never reuse a socket the
+# server is about to close.
+UPSTREAM_KEEPALIVE_EXPIRY = envfloat("UPSTREAM_KEEPALIVE_EXPIRY", 4.0)
+UPSTREAM_MAX_CONNECTIONS = envint("UPSTREAM_MAX_CONNECTIONS", 2000)
+UPSTREAM_RETRY_SECONDS = envfloat("UPSTREAM_RETRY_SECONDS", 30.0)
+UPSTREAM_TRANSPORT = os.getenv("UPSTREAM_TRANSPORT", "httpx")
+if UPSTREAM_TRANSPORT not in ("httpx", "aiohttp"):
+    raise ImproperlyConfigured("UPSTREAM_TRANSPORT must be httpx or aiohttp")
+# How long the served model list (used for a missing "model") is cached.
+UPSTREAM_MODELS_CACHE_SECONDS = envfloat("UPSTREAM_MODELS_CACHE_SECONDS", 5.0)
+
+# --- keys, limits, usage --------------------------------------------------------
+# Seed compatibility: this value is accepted as an admin key.
+PROXY_API_KEY = os.getenv("PROXY_API_KEY", "")
+API_KEY_CACHE_SECONDS = envfloat("API_KEY_CACHE_SECONDS", 5.0)
+API_KEY_LAST_USED_INTERVAL = envfloat("API_KEY_LAST_USED_INTERVAL", 60.0)
+DEFAULT_RPM_LIMIT = envint("DEFAULT_RPM_LIMIT", 600)
+DEFAULT_TPM_LIMIT = envint("DEFAULT_TPM_LIMIT", 0)  # 0 = no token limit
+RATELIMIT_ENABLE = envbool("RATELIMIT_ENABLE", True)
+USAGE_FLUSH_SECONDS = envfloat("USAGE_FLUSH_SECONDS", 2.0)
+
+LOG_LEVEL = os.getenv("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django": {"level": "WARNING"}},
+}
