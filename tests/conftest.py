@@ -1,0 +1,102 @@
+"""Shared fixtures: the gateway on a real socket (uvicorn in a thread of the test
+process, so settings overrides and the test database apply), keys, and a clean
+in-process state between tests."""
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from django.core.cache import cache
+
+from modelmgr.models import Scope
+from modelmgr.services import api_key_create
+from proxy import auth, vllm
+from tests.simulator_process import SimulatorProcess, free_port
+
+
+class ThreadedServer:
+    """An ASGI app under uvicorn on 127.0.0.1:<free port>, in a background thread."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+        )
+        config.access_log = False
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ThreadedServer":
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the gateway did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def gateway() -> Iterator[ThreadedServer]:
+    from talktuah_site.asgi import application
+
+    server = ThreadedServer(application).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clean_process_state(settings: Any) -> Iterator[None]:
+    # The gateway runs in this process: its caches must not leak between tests.
+    settings.USAGE_FLUSH_SECONDS = 0
+    settings.UPSTREAM_RETRY_SECONDS = 2.0
+    cache.clear()
+    auth.forget_cached_keys()
+    vllm.forget_served_models()
+    yield
+    cache.clear()
+    auth.forget_cached_keys()
+    vllm.forget_served_models()
+
+
+@pytest.fixture
+def make_key(db: None) -> Callable[..., str]:
+    def make(name: str = "tester", scopes: tuple[str, ...] = (Scope.INFERENCE,), **kw: Any) -> str:
+        _key, plaintext = api_key_create(name=name, scopes=scopes, **kw)
+        return plaintext
+
+    return make
+
+
+@pytest.fixture
+def simulator(settings: Any) -> Iterator[Callable[..., SimulatorProcess]]:
+    """Start a simulator (options as keyword arguments); the gateway is pointed at it."""
+    started: list[SimulatorProcess] = []
+
+    def start(wait: bool = True, **options: Any) -> SimulatorProcess:
+        sim = SimulatorProcess(**options)
+        sim.start(wait=wait)
+        started.append(sim)
+        settings.VLLM_BASE_URL = sim.url
+        return sim
+
+    yield start
+    for sim in started:
+        sim.stop()
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0

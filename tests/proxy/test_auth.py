@@ -1,0 +1,139 @@
+"""Keys on the request path: bearer and x-api-key, 401 for missing, unknown, revoked
+and expired keys, 403 for a missing scope or a model the key may not use."""
+
+from datetime import timedelta
+
+import httpx
+import pytest
+from django.utils import timezone
+
+from modelmgr.models import ApiKey, Scope
+from proxy import auth
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHAT = {"model": "demo-model", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def chat(gateway, headers, body=None):
+    return httpx.post(
+        f"{gateway.url}/v1/chat/completions", json=body or CHAT, headers=headers, timeout=10
+    )
+
+
+def assert_openai_error(response, status, code):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
+
+
+def test_it_accepts_a_bearer_key_and_an_x_api_key(gateway, simulator, make_key):
+    simulator()
+    key = make_key()
+    assert chat(gateway, {"Authorization": f"Bearer {key}"}).status_code == 200
+    assert chat(gateway, {"x-api-key": key}).status_code == 200
+
+
+def test_it_rejects_a_missing_key(gateway, simulator):
+    simulator()
+    assert_openai_error(chat(gateway, {}), 401, "missing_api_key")
+
+
+def test_it_rejects_an_unknown_key(gateway, simulator, make_key):
+    simulator()
+    key = make_key()
+    forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    assert_openai_error(
+        chat(gateway, {"Authorization": f"Bearer {forged}"}), 401, "invalid_api_key"
+    )
+    assert_openai_error(chat(gateway, {"Authorization": "Bearer nonsense"}), 401, "invalid_api_key")
+
+
+def test_it_rejects_a_revoked_key_within_seconds(gateway, simulator, make_key, settings):
+    settings.API_KEY_CACHE_SECONDS = 0.5
+    simulator()
+    key = make_key()
+    headers = {"Authorization": f"Bearer {key}"}
+    assert chat(gateway, headers).status_code == 200
+    ApiKey.objects.filter(prefix=key.split(".")[0]).update(is_active=False)
+    import time
+
+    time.sleep(0.6)
+    assert_openai_error(chat(gateway, headers), 401, "key_revoked")
+
+
+def test_it_rejects_an_expired_key(gateway, simulator, make_key):
+    simulator()
+    key = make_key(expires_at=timezone.now() - timedelta(seconds=1))
+    assert_openai_error(chat(gateway, {"Authorization": f"Bearer {key}"}), 401, "key_expired")
+
+
+def test_it_refuses_a_model_the_key_may_not_use(gateway, simulator, make_key):
+    simulator(model="demo-model")
+    key = make_key(allowed_models=["other-model"])
+    response = chat(gateway, {"Authorization": f"Bearer {key}"})
+    assert_openai_error(response, 403, "model_not_allowed")
+    assert response.json()["error"]["param"] == "model"
+
+
+def test_it_lists_only_the_models_a_key_may_use(gateway, simulator, make_key):
+    simulator(model="demo-model")
+    allowed = make_key(allowed_models=["demo-model"])
+    other = make_key(allowed_models=["other-model"])
+    for path in ("/v1/models", "/api/models"):
+        ids = [
+            m["id"]
+            for m in httpx.get(
+                f"{gateway.url}{path}", headers={"Authorization": f"Bearer {allowed}"}
+            ).json()["data"]
+        ]
+        assert ids == ["demo-model"]
+        listed = httpx.get(f"{gateway.url}{path}", headers={"Authorization": f"Bearer {other}"})
+        assert listed.json()["data"] == []
+
+
+def test_it_refuses_a_key_without_the_inference_scope(gateway, simulator, make_key):
+    simulator()
+    key = make_key(scopes=(Scope.ADMIN,))
+    assert_openai_error(
+        chat(gateway, {"Authorization": f"Bearer {key}"}), 403, "insufficient_scope"
+    )
+
+
+def test_it_accepts_the_seed_proxy_api_key(gateway, simulator, settings):
+    simulator()
+    settings.PROXY_API_KEY = "seed-secret-value"
+    assert chat(gateway, {"Authorization": "Bearer seed-secret-value"}).status_code == 200
+    assert chat(gateway, {"Authorization": "Bearer seed-secret-valuf"}).status_code == 401
+
+
+def test_it_does_not_hit_the_database_for_every_request(gateway, simulator, make_key):
+    simulator()
+    key = make_key()
+    headers = {"Authorization": f"Bearer {key}"}
+    assert chat(gateway, headers).status_code == 200
+    prefix = key.split(".")[0]
+    # Delete the row behind the cache's back: the cached lookup still answers.
+    ApiKey.objects.filter(prefix=prefix).delete()
+    assert chat(gateway, headers).status_code == 200
+    auth.forget_cached_keys()
+    assert chat(gateway, headers).status_code == 401
+
+
+def test_it_records_last_use_at_most_once_per_interval(gateway, simulator, make_key):
+    simulator()
+    key = make_key()
+    prefix = key.split(".")[0]
+    headers = {"Authorization": f"Bearer {key}"}
+    assert chat(gateway, headers).status_code == 200
+    import time
+
+    deadline = time.monotonic() + 5
+    while ApiKey.objects.get(prefix=prefix).last_used_at is None:
+        assert time.monotonic() < deadline, "last_used_at was never written"
+        time.sleep(0.05)
+    first = ApiKey.objects.get(prefix=prefix).last_used_at
+    assert chat(gateway, headers).status_code == 200
+    time.sleep(0.3)
+    assert ApiKey.objects.get(prefix=prefix).last_used_at == first
