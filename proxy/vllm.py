@@ -51,17 +51,21 @@ def _new_client() -> httpx.AsyncClient:
         max_keepalive_connections=settings.UPSTREAM_MAX_CONNECTIONS,
         keepalive_expiry=settings.UPSTREAM_KEEPALIVE_EXPIRY,
     )
-    timeout = httpx.Timeout(
+    if settings.UPSTREAM_TRANSPORT == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        return httpx.AsyncClient(transport=AiohttpTransport(limits=limits))
+    return httpx.AsyncClient(limits=limits)
+
+
+def _timeout() -> httpx.Timeout:
+    # Read from settings on each request, so a changed setting applies at once.
+    return httpx.Timeout(
         connect=settings.UPSTREAM_CONNECT_TIMEOUT,
         read=settings.UPSTREAM_READ_TIMEOUT,
         write=settings.UPSTREAM_READ_TIMEOUT,
         pool=settings.UPSTREAM_READ_TIMEOUT,
     )
-    if settings.UPSTREAM_TRANSPORT == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
-
-        return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=timeout)
-    return httpx.AsyncClient(limits=limits, timeout=timeout)
 
 
 def client() -> httpx.AsyncClient:
@@ -134,7 +138,9 @@ async def open_request(
     http = client()
     while True:
         attempts += 1
-        request = http.build_request(method, url, content=content, headers=_headers(request_id))
+        request = http.build_request(
+            method, url, content=content, headers=_headers(request_id), timeout=_timeout()
+        )
         try:
             response = await http.send(request, stream=True)
         except httpx.TimeoutException as exc:
