@@ -1,0 +1,66 @@
+"""`python manage.py vllm_simulator`: run the in-repo vLLM 0.32 simulator (proxy.simulator)
+as a fake upstream for the gateway, for demos, tests and benchmarks."""
+
+import sys
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from proxy.simulator import SimulatorConfig, serve
+
+
+class Command(BaseCommand):
+    help = (
+        "Run a simulated vLLM 0.32 OpenAI-compatible server (no model needed) until "
+        "SIGTERM/SIGINT. Prints one line once it accepts connections."
+    )
+    # Starts in a fraction of a second and touches neither the database nor the URLconf.
+    requires_system_checks = ()
+    requires_migrations_checks = False
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        defaults = SimulatorConfig()
+        parser.add_argument("--model", default=defaults.model, help="Served model name.")
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8001)
+        parser.add_argument(
+            "--tokens",
+            type=int,
+            default=defaults.tokens,
+            help="Tokens generated when the request does not force more (ignore_eos).",
+        )
+        parser.add_argument(
+            "--token-delay",
+            type=float,
+            default=defaults.token_delay,
+            help="Seconds before each generated token.",
+        )
+        parser.add_argument(
+            "--startup-delay",
+            type=float,
+            default=defaults.startup_delay,
+            help="Seconds of simulated model loading before the port is bound.",
+        )
+        parser.add_argument("--max-model-len", type=int, default=defaults.max_model_len)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        config = SimulatorConfig(
+            model=options["model"],
+            max_model_len=options["max_model_len"],
+            tokens=options["tokens"],
+            token_delay=options["token_delay"],
+            startup_delay=options["startup_delay"],
+        )
+        host, port = options["host"], options["port"]
+
+        def listening() -> None:
+            self.stdout.write(
+                f"vLLM simulator: model {config.model!r} listening on http://{host}:{port}"
+            )
+            self.stdout.flush()
+
+        try:
+            serve(config, host=host, port=port, on_listening=listening)
+        except KeyboardInterrupt:
+            sys.exit(0)
