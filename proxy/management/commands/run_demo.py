@@ -40,6 +40,7 @@ class Command(BaseCommand):
             subprocess.Popen(
                 [*manage, "vllm_simulator", "--model", options["model"], "--port", str(sim_port)],
                 env=env,
+                start_new_session=True,
             ),
             subprocess.Popen(
                 [
@@ -48,9 +49,13 @@ class Command(BaseCommand):
                 ],
                 env=env,
                 cwd=settings.BASE_DIR,
+                start_new_session=True,
             ),
         ]  # fmt: skip
+        # The children have their own sessions, so Ctrl-C reaches only this command,
+        # which stops them in order below.
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
         base = f"http://{host}:{port}"
         self.stdout.write(
             f"""
