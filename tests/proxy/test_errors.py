@@ -2,16 +2,15 @@
 bad input refused with a clear 4xx, vLLM's private routes never forwarded."""
 
 import json
-from pathlib import Path
 
 import httpx
 import pytest
 
 from proxy.errors import normalise_upstream_error
+from tests.wire import WIRE
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-WIRE = Path(__file__).resolve().parents[3] / "shared" / "vllm-0.32-wire"
 CHAT = {"model": "demo-model", "messages": [{"role": "user", "content": "hi"}]}
 
 

@@ -1,4 +1,4 @@
-"""The vLLM simulator against real vLLM 0.32 captures (/work/shared/vllm-0.32-wire):
+"""The vLLM simulator against real vLLM 0.32 captures (tests/wire/vllm-0.32):
 framing, field sets and order, headers, errors, metrics, loading and client disconnects.
 
 The simulator runs as a real subprocess (tests/simulator_process.py) serving the model
@@ -9,7 +9,6 @@ compared byte for byte.
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,14 +17,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.simulator_process import SimulatorProcess, free_port
+from tests.wire import WIRE
 
-WIRE = Path(__file__).resolve().parents[2].parent / "shared" / "vllm-0.32-wire"
 MODEL = "tiny"
 TOKEN_DELAY = 0.02
 HELLO = [{"role": "user", "content": "Say hello"}]  # 2 words + 4 + 3 = 9 prompt tokens
 HELLO_PROMPT_TOKENS = 9
-
-pytestmark = pytest.mark.skipif(not WIRE.is_dir(), reason=f"no vLLM captures at {WIRE}")
 
 
 @pytest.fixture(scope="module")
