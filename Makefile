@@ -21,7 +21,7 @@ PYTHON ?= $(shell \
 	  $$p/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$p/bin/python; exit; }; \
 	done)
 
-.PHONY: venv run test lint typecheck pytest clean
+.PHONY: venv run test lint typecheck pytest pytest-prod clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@if [ -z "$(PYTHON)" ]; then \
@@ -49,10 +49,26 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy .
 
+# The production lane: the same suite on PostgreSQL + Redis (the services at
+# 127.0.0.1:5432 and :6379 by default). Skipped with a clear line when they are not
+# running, except in CI, where that is a failure.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+
 pytest: venv
 	$(VENV)/bin/pytest
 
-test: lint typecheck pytest
+pytest-prod: venv
+	@if $(PY) -c 'import sys, psycopg, redis; psycopg.connect(sys.argv[1], connect_timeout=3).close(); redis.Redis.from_url(sys.argv[2], socket_connect_timeout=3).ping()' '$(TEST_DATABASE_URL)' '$(TEST_REDIS_URL)' 2>/dev/null; then \
+	  echo "== the suite again on PostgreSQL + Redis =="; \
+	  DATABASE_URL='$(TEST_DATABASE_URL)' REDIS_URL='$(TEST_REDIS_URL)' $(VENV)/bin/pytest --ignore=tests/proxy/test_simulator.py; \
+	elif [ -n "$$CI" ]; then \
+	  echo "PostgreSQL ($(TEST_DATABASE_URL)) or Redis ($(TEST_REDIS_URL)) is not reachable" >&2; exit 1; \
+	else \
+	  echo "SKIPPED the PostgreSQL + Redis lane: $(TEST_DATABASE_URL) or $(TEST_REDIS_URL) not reachable"; \
+	fi
+
+test: lint typecheck pytest pytest-prod
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

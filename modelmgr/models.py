@@ -92,9 +92,8 @@ class ApiKey(models.Model):
 class UsageDaily(models.Model):
     """Requests and tokens per key, model and day, from vLLM's own `usage`."""
 
-    key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL)
-    # The key's prefix ("env" for PROXY_API_KEY) identifies the row; its name is kept
-    # for display so usage stays readable after a key is deleted.
+    # The key's prefix ("env" for PROXY_API_KEY) identifies the row, not a foreign key:
+    # usage outlives a deleted key, and batched writes never race a key's deletion.
     key_prefix = models.CharField(max_length=16)
     key_name = models.CharField(max_length=100)
     model = models.CharField(max_length=200)

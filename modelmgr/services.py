@@ -50,7 +50,6 @@ def api_key_revoke(*, key: ApiKey) -> None:
 @dataclass(frozen=True, slots=True)
 class UsageDelta:
     key_prefix: str
-    key_id: int | None
     key_name: str
     model: str
     day: date
@@ -76,7 +75,6 @@ def usage_add(*, deltas: Iterable[UsageDelta]) -> None:
             with transaction.atomic():
                 UsageDaily.objects.create(
                     **where,
-                    key_id=delta.key_id,
                     key_name=delta.key_name,
                     requests=delta.requests,
                     errors=delta.errors,

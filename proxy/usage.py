@@ -1,11 +1,12 @@
 """Usage accounting off the request path: each request adds to an in-process tally,
 written to the database in batches every USAGE_FLUSH_SECONDS (0 = at once) and at exit.
-"""
+A failed write keeps its counts for the next try instead of losing them."""
 
 import asyncio
 import atexit
 import logging
 from dataclasses import dataclass
+from datetime import date
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -19,7 +20,6 @@ logger = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class _Tally:
-    key_id: int | None
     key_name: str
     requests: int = 0
     errors: int = 0
@@ -27,8 +27,18 @@ class _Tally:
     completion_tokens: int = 0
 
 
-_pending: dict[tuple[str, str, object], _Tally] = {}
+_pending: dict[tuple[str, str, date], _Tally] = {}
 _flusher: asyncio.Task[None] | None = None
+
+
+def _add(prefix: str, name: str, model: str, day: date, **counts: int) -> None:
+    tally = _pending.get((prefix, model, day))
+    if tally is None:
+        tally = _pending[(prefix, model, day)] = _Tally(key_name=name)
+    tally.requests += counts.get("requests", 0)
+    tally.errors += counts.get("errors", 0)
+    tally.prompt_tokens += counts.get("prompt_tokens", 0)
+    tally.completion_tokens += counts.get("completion_tokens", 0)
 
 
 def record(
@@ -40,37 +50,36 @@ def record(
     error: bool = False,
 ) -> None:
     """Count one request (call from the event loop)."""
-    slot = (principal.prefix, model, timezone.now().date())
-    tally = _pending.get(slot)
-    if tally is None:
-        tally = _pending[slot] = _Tally(key_id=principal.key_id, key_name=principal.name)
-    tally.requests += 1
-    tally.errors += int(error)
-    tally.prompt_tokens += prompt_tokens
-    tally.completion_tokens += completion_tokens
-    _ensure_flusher()
-
-
-def _ensure_flusher() -> None:
+    _add(
+        principal.prefix,
+        principal.name,
+        model,
+        timezone.now().date(),
+        requests=1,
+        errors=int(error),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )
     global _flusher
-    loop = asyncio.get_running_loop()
-    if _flusher is None or _flusher.done() or _flusher.get_loop() is not loop:
-        _flusher = loop.create_task(_flush_soon())
+    if _flusher is None or _flusher.done():
+        _flusher = asyncio.get_running_loop().create_task(_flush_while_pending())
 
 
-async def _flush_soon() -> None:
-    await asyncio.sleep(max(settings.USAGE_FLUSH_SECONDS, 0))
-    await flush()
+async def _flush_while_pending() -> None:
+    delay = max(settings.USAGE_FLUSH_SECONDS, 0)
+    while _pending:
+        await asyncio.sleep(delay)
+        if not await flush():
+            delay = max(delay, 1.0)  # the database is down: don't spin
 
 
 def _take() -> list[UsageDelta]:
     batch = [
         UsageDelta(
             key_prefix=prefix,
-            key_id=tally.key_id,
             key_name=tally.key_name,
             model=model,
-            day=day,  # type: ignore[arg-type]
+            day=day,
             requests=tally.requests,
             errors=tally.errors,
             prompt_tokens=tally.prompt_tokens,
@@ -82,14 +91,32 @@ def _take() -> list[UsageDelta]:
     return batch
 
 
-async def flush() -> None:
+def _restore(batch: list[UsageDelta]) -> None:
+    for d in batch:
+        _add(
+            d.key_prefix,
+            d.key_name,
+            d.model,
+            d.day,
+            requests=d.requests,
+            errors=d.errors,
+            prompt_tokens=d.prompt_tokens,
+            completion_tokens=d.completion_tokens,
+        )
+
+
+async def flush() -> bool:
+    """Write what is pending; False (counts kept for the next try) when that failed."""
     batch = _take()
     if not batch:
-        return
+        return True
     try:
         await sync_to_async(usage_add)(deltas=batch)
     except Exception:
-        logger.exception("could not write %d usage rows; they are lost", len(batch))
+        logger.exception("could not write %d usage rows; will retry", len(batch))
+        _restore(batch)
+        return False
+    return True
 
 
 @atexit.register
@@ -99,4 +126,4 @@ def _flush_at_exit() -> None:
         try:
             usage_add(deltas=batch)
         except Exception:
-            logger.exception("could not write %d usage rows at exit", len(batch))
+            logger.exception("could not write %d usage rows at exit; they are lost", len(batch))

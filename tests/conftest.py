@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import uvicorn
 from django.core.cache import cache
+from django.db import connection
 
 from modelmgr.models import Scope
 from modelmgr.services import api_key_create
@@ -55,6 +56,20 @@ def gateway() -> Iterator[ThreadedServer]:
     server = ThreadedServer(application).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_stray_connections(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    # The gateway's threads and subprocess workers keep PostgreSQL connections to the
+    # test database; end them so it can be dropped at the end of the session.
+    yield
+    with django_db_blocker.unblock():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
 
 
 @pytest.fixture(autouse=True)

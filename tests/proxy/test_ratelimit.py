@@ -112,7 +112,7 @@ def test_two_workers_sharing_redis_admit_exactly_the_limit(simulator, make_key):
                         f"{url}/v1/chat/completions", json=CHAT, headers=headers
                     ).status_code
                 )
-        assert statuses.count(200) == 5
+        assert statuses.count(200) == 5, statuses
         assert statuses.count(429) == 7
     finally:
         server.terminate()
