@@ -1,14 +1,31 @@
-"""The Django admin for keys and usage. A new key's plaintext is shown exactly once,
-in the message after saving; only its digest is stored."""
+"""The Django admin: keys and usage, and the model lifecycle (downloads with live
+progress, downloaded models and switching, switch history, workers, a dashboard).
+
+A new key's plaintext is shown exactly once, in the message after saving; only its
+digest is stored. Lifecycle rows are read-only here: every change goes through the
+modelmgr.lifecycle services (admin_views.py holds the pages beyond plain lists).
+"""
 
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.urls import URLPattern, path
+from django.utils.safestring import SafeString
 
-from modelmgr.models import ApiKey, Scope, UsageDaily
+from modelmgr import admin_views, lifecycle
+from modelmgr.models import (
+    ApiKey,
+    DownloadJob,
+    DownloadStatus,
+    ModelSwitch,
+    Scope,
+    ServedModel,
+    UsageDaily,
+    WorkerHeartbeat,
+)
 from modelmgr.services import api_key_revoke
 
 
@@ -108,3 +125,198 @@ class UsageDailyAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+# --- model lifecycle --------------------------------------------------------------------
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows that only the lifecycle services and the worker write."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(DownloadJob)
+class DownloadJobAdmin(ReadOnlyAdmin):
+    list_display = [
+        "repo_id",
+        "revision",
+        "status_cell",
+        "progress",
+        "speed",
+        "requested_by",
+        "created_at",
+        "finished_at",
+        "error_cell",
+    ]
+    list_filter = ["status", "auto_switch"]
+    search_fields = ["repo_id", "requested_by"]
+    actions = ["cancel", "retry"]
+    readonly_fields = ["progress"]
+    fields = [
+        "repo_id",
+        "revision",
+        "commit",
+        "status",
+        "progress",
+        "auto_switch",
+        "cancel_requested",
+        "requested_by",
+        "worker",
+        "error",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "updated_at",
+        "file_progress",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Adding means "start a download" (the service's form, not a ModelForm).
+        return request.user.has_perm("modelmgr.add_downloadjob")
+
+    def has_lifecycle_permission(self, request: HttpRequest) -> bool:
+        """Cancel and retry: whoever may start downloads."""
+        return self.has_add_permission(request)
+
+    def get_urls(self) -> list[URLPattern]:
+        progress = self.admin_site.admin_view(self.progress_view)
+        # Before the default patterns, whose "<path:object_id>/" would swallow it.
+        return [
+            path("progress.json", progress, name="modelmgr_downloadjob_progress"),
+            *super().get_urls(),
+        ]
+
+    def progress_view(self, request: HttpRequest) -> HttpResponse:
+        return admin_views.download_progress_view(self, request)
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        return admin_views.download_add_view(self, request)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # Only on GET: after an action's redirect the warning would show twice.
+        if (
+            request.method == "GET"
+            and DownloadJob.objects.filter(status=DownloadStatus.QUEUED).exists()
+            and not lifecycle.worker_alive()
+        ):
+            messages.warning(request, admin_views.WORKER_MISSING)
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="status", ordering="status")
+    def status_cell(self, obj: DownloadJob) -> SafeString:
+        return admin_views.live_field(obj, "status", obj.status)
+
+    @admin.display(description="progress")
+    def progress(self, obj: DownloadJob) -> SafeString:
+        return admin_views.progress_bar(obj)
+
+    @admin.display(description="speed")
+    def speed(self, obj: DownloadJob) -> SafeString:
+        return admin_views.live_field(obj, "speed_label", admin_views.job_speed(obj))
+
+    @admin.display(description="error")
+    def error_cell(self, obj: DownloadJob) -> SafeString:
+        preview = admin_views.error_preview(obj.error)
+        return admin_views.live_field(obj, "error_preview", preview, obj.error)
+
+    @admin.action(description="Cancel the selected downloads", permissions=["lifecycle"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet[DownloadJob]) -> None:
+        for job in queryset:
+            try:
+                job = lifecycle.download_cancel(job=job)
+            except lifecycle.LifecycleError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+                continue
+            if job.status == DownloadStatus.CANCELLED:
+                self.message_user(request, f"Cancelled the download of {job.repo_id}.")
+            else:
+                self.message_user(
+                    request, f"Asked the worker to stop the download of {job.repo_id}."
+                )
+
+    @admin.action(description="Retry the selected downloads", permissions=["lifecycle"])
+    def retry(self, request: HttpRequest, queryset: QuerySet[DownloadJob]) -> None:
+        for job in queryset:
+            try:
+                new_job = lifecycle.download_retry(
+                    job=job, requested_by=admin_views.admin_actor(request)
+                )
+            except lifecycle.LifecycleError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+                continue
+            self.message_user(
+                request,
+                f"Queued {new_job.repo_id} again (job {new_job.pk}); files already "
+                "complete are not fetched again.",
+            )
+
+
+@admin.register(ServedModel)
+class ServedModelAdmin(ReadOnlyAdmin):
+    """Its list is the downloaded models page (the Hugging Face cache is the truth about
+    what is on disk); the confirm page and the dashboard hang off its URLs."""
+
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("serve/", wrap(self.serve_view), name="modelmgr_servedmodel_serve"),
+            path("dashboard/", wrap(self.dashboard_view), name="talktuah_dashboard"),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        return admin_views.downloaded_models_view(self, request)
+
+    def serve_view(self, request: HttpRequest) -> HttpResponse:
+        return admin_views.serve_confirm_view(self, request)
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        return admin_views.dashboard_view(self, request)
+
+
+@admin.register(ModelSwitch)
+class ModelSwitchAdmin(ReadOnlyAdmin):
+    list_display = [
+        "transition",
+        "phase",
+        "requested_by",
+        "created_at",
+        "duration",
+        "error_preview",
+    ]
+    list_filter = ["phase"]
+    search_fields = ["from_model", "to_model", "requested_by"]
+    readonly_fields = ["duration"]
+
+    @admin.display(description="from → to")
+    def transition(self, obj: ModelSwitch) -> str:
+        return f"{obj.from_model or '—'} → {obj.to_model}"
+
+    @admin.display(description="duration (s)")
+    def duration(self, obj: ModelSwitch) -> str:
+        seconds = obj.duration_seconds
+        return "" if seconds is None else f"{seconds:.1f}"
+
+    @admin.display(description="error")
+    def error_preview(self, obj: ModelSwitch) -> str:
+        return admin_views.error_preview(obj.error)
+
+
+@admin.register(WorkerHeartbeat)
+class WorkerHeartbeatAdmin(ReadOnlyAdmin):
+    list_display = ["name", "pid", "started_at", "last_seen", "current"]
+    ordering = ["-last_seen"]

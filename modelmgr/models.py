@@ -115,3 +115,149 @@ class UsageDaily(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key_name} / {self.model} / {self.day}"
+
+
+class DownloadStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_DOWNLOAD_STATUSES = (DownloadStatus.QUEUED, DownloadStatus.RUNNING)
+
+
+class DownloadJob(models.Model):
+    """One download of a Hub repo into the Hugging Face cache vLLM reads. The row is the
+    queue entry, the live progress and the history."""
+
+    repo_id = models.CharField(max_length=200)
+    revision = models.CharField(max_length=100, default="main")
+    commit = models.CharField(max_length=64, blank=True, help_text="Resolved commit hash.")
+    status = models.CharField(
+        max_length=16, choices=DownloadStatus.choices, default=DownloadStatus.QUEUED
+    )
+    bytes_total = models.PositiveBigIntegerField(default=0)
+    bytes_done = models.PositiveBigIntegerField(default=0)
+    files_total = models.PositiveIntegerField(default=0)
+    files_done = models.PositiveIntegerField(default=0)
+    current_file = models.CharField(max_length=500, blank=True)
+    # Per-file progress: {"path": [done, total], ...} for the files of the plan.
+    file_progress = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    auto_switch = models.BooleanField(default=False, help_text="Serve the model when done.")
+    cancel_requested = models.BooleanField(default=False)
+    requested_by = models.CharField(max_length=150, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # One active job per repo: a second request gets the running one.
+            models.UniqueConstraint(
+                fields=["repo_id"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="one_active_download_per_repo",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.repo_id}@{self.revision} ({self.status})"
+
+    @property
+    def percent(self) -> float:
+        return round(100.0 * self.bytes_done / self.bytes_total, 1) if self.bytes_total else 0.0
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_DOWNLOAD_STATUSES
+
+
+class SwitchPhase(models.TextChoices):
+    REQUESTED = "requested"
+    STOPPING = "stopping"
+    STARTING = "starting"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+ACTIVE_SWITCH_PHASES = (
+    SwitchPhase.REQUESTED,
+    SwitchPhase.STOPPING,
+    SwitchPhase.STARTING,
+    SwitchPhase.LOADING,
+)
+
+
+class ModelSwitch(models.Model):
+    """One change of the model vLLM serves: the queue entry and the history."""
+
+    from_model = models.CharField(max_length=200, blank=True)
+    to_model = models.CharField(max_length=200)
+    phase = models.CharField(
+        max_length=16, choices=SwitchPhase.choices, default=SwitchPhase.REQUESTED
+    )
+    error = models.TextField(blank=True)
+    requested_by = models.CharField(max_length=150, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    phase_changed_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "model switches"
+        ordering = ["-created_at"]
+        constraints = [
+            # One switch at a time.
+            models.UniqueConstraint(
+                fields=["phase"],
+                condition=models.Q(phase__in=["requested", "stopping", "starting", "loading"]),
+                name="one_active_switch",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.from_model or '—'} → {self.to_model} ({self.phase})"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def is_active(self) -> bool:
+        return self.phase in ACTIVE_SWITCH_PHASES
+
+
+class ServedModel(models.Model):
+    """What the Hugging Face cache cannot tell about a downloaded model."""
+
+    repo_id = models.CharField(max_length=200, unique=True)
+    downloaded_by = models.CharField(max_length=150, blank=True)
+    downloaded_at = models.DateTimeField(null=True, blank=True)
+    commit = models.CharField(max_length=64, blank=True)
+    last_served_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.repo_id
+
+
+class WorkerHeartbeat(models.Model):
+    """A worker process says it is alive here every few seconds."""
+
+    name = models.CharField(max_length=200, unique=True)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    current = models.CharField(max_length=300, blank=True)
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,15 +1,20 @@
 """The proxy workflow: validate a request body, apply the key's limits, forward it to
 vLLM and relay the answer (streamed or not), recording usage on the way."""
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
+from modelmgr.lifecycle import active_switch
 from proxy import usage, vllm
 from proxy.auth import Principal
 from proxy.errors import (
@@ -129,12 +134,15 @@ async def forward(
     content = orjson.dumps(body) if changed else request.body
 
     try:
-        upstream = await vllm.open_request(
-            "POST", endpoint.path, content=content, request_id=request.headers.get("x-request-id")
+        upstream = await _open_through_switch(
+            endpoint.path, content, request.headers.get("x-request-id"), model
         )
     except vllm.VllmError as exc:
         usage.record(principal, model, error=True)
         raise upstream_error(exc) from exc
+    except ProxyError:
+        usage.record(principal, model, error=True)
+        raise
 
     if upstream.status >= 400 or not (
         stream and upstream.content_type.startswith("text/event-stream")
@@ -147,6 +155,47 @@ async def forward(
         content_type=upstream.content_type,
         headers=SSE_HEADERS,
     )
+
+
+async def _open_through_switch(
+    path: str, content: bytes, request_id: str | None, model: str
+) -> vllm.UpstreamResponse:
+    """Open the upstream request; while a model switch runs, wait for it (bounded)
+    instead of failing on vLLM being down or not knowing the new model yet."""
+    try:
+        upstream = await vllm.open_request("POST", path, content=content, request_id=request_id)
+    except vllm.VllmError as exc:
+        if exc.timed_out or not await _wait_for_switch(None):
+            raise
+    else:
+        if upstream.status != 404 or not await _wait_for_switch(model, before=upstream.aclose):
+            return upstream
+    vllm.forget_served_models()
+    return await vllm.open_request("POST", path, content=content, request_id=request_id)
+
+
+async def _wait_for_switch(
+    model: str | None, *, before: Callable[[], Awaitable[None]] | None = None
+) -> bool:
+    """False when no switch (to `model`, if given) runs. Else wait until it ends and
+    return True, or answer 503 with Retry-After once SWITCH_WAIT_SECONDS have passed.
+    Only reached on an upstream failure, so the hot path never queries the database."""
+    switch = await sync_to_async(active_switch)()
+    if switch is None or (model is not None and switch.to_model != model):
+        return False
+    if before is not None:
+        await before()
+    deadline = time.monotonic() + settings.SWITCH_WAIT_SECONDS
+    while switch is not None:
+        if time.monotonic() >= deadline:
+            raise UpstreamUnavailable(
+                f"vLLM is switching to '{switch.to_model}' ({switch.phase}); retry shortly.",
+                code="model_switching",
+                headers={"Retry-After": "10"},
+            )
+        await asyncio.sleep(0.5)
+        switch = await sync_to_async(active_switch)()
+    return True
 
 
 async def _whole_response(

@@ -204,3 +204,31 @@ async def served_model_names() -> list[str]:
 def forget_served_models() -> None:
     global _models_cache
     _models_cache = None
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    healthy: bool
+    models: list[str]
+    detail: str
+    latency_ms: float | None = None
+
+
+def probe(timeout: float = 2.0) -> Probe:
+    """One synchronous look at vLLM (/health, then /v1/models), for the worker and the
+    management views; never raises."""
+    base = settings.VLLM_BASE_URL
+    started = time.monotonic()
+    try:
+        with httpx.Client(timeout=timeout, headers=_headers(None)) as http:
+            health = http.get(base + "/health")
+            latency = (time.monotonic() - started) * 1000
+            if health.status_code != 200:
+                return Probe(False, [], f"/health answered HTTP {health.status_code}", latency)
+            listed = http.get(base + "/v1/models")
+            names = [str(card["id"]) for card in listed.json().get("data", []) if "id" in card]
+    except httpx.HTTPError as exc:
+        return Probe(False, [], f"unreachable: {exc.__class__.__name__}")
+    except (ValueError, AttributeError, TypeError):
+        return Probe(True, [], "/v1/models answered something that is not a model list")
+    return Probe(True, names, "ok", latency)

@@ -7,7 +7,15 @@ from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from proxy.errors import BadRequest, ProxyError, Unauthenticated, error_body, error_response
+from modelmgr.api import router as management_router
+from modelmgr.lifecycle import LifecycleError
+from proxy.errors import (
+    BadRequest,
+    ProxyError,
+    Unauthenticated,
+    error_body,
+    error_response,
+)
 from proxy.routers import index_router, openai_router, seed_router
 from talktuah_site import __version__
 
@@ -22,12 +30,22 @@ api = NinjaAPI(
 )
 api.add_router("/v1", openai_router)
 api.add_router("/api", seed_router)
+api.add_router("/api", management_router)
 api.add_router("", index_router)
 
 
 @api.exception_handler(ProxyError)
 def on_proxy_error(request: HttpRequest, exc: ProxyError) -> HttpResponse:
     return error_response(exc)
+
+
+@api.exception_handler(LifecycleError)
+def on_lifecycle_error(request: HttpRequest, exc: LifecycleError) -> HttpResponse:
+    return api.create_response(
+        request,
+        error_body(exc.message, "invalid_request_error", code=exc.code),
+        status=exc.status,
+    )
 
 
 @api.exception_handler(AuthenticationError)

@@ -210,3 +210,35 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django": {"level": "WARNING"}},
 }
+
+# --- model lifecycle: downloads, switches, the engine ----------------------------
+# The Hugging Face cache vLLM reads (shared volume with the vLLM container).
+HF_HOME = os.getenv("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
+HF_CACHE_DIR = Path(os.getenv("HF_HUB_CACHE", str(Path(HF_HOME) / "hub")))
+HF_ENDPOINT = os.getenv("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+HF_TOKEN = os.getenv("HF_TOKEN") or None
+# How vLLM is controlled: process (a child of the worker), docker, or external.
+TALKTUAH_ENGINE = os.getenv("TALKTUAH_ENGINE", "process")
+if TALKTUAH_ENGINE not in ("process", "docker", "external"):
+    raise ImproperlyConfigured("TALKTUAH_ENGINE must be process, docker or external")
+# The process engine's command; {model} {served_name} {port} {python} {manage}.
+ENGINE_PROCESS_COMMAND = os.getenv(
+    "ENGINE_PROCESS_COMMAND", "{python} {manage} vllm_simulator --model {served_name} --port {port}"
+)
+ENGINE_STOP_GRACE_SECONDS = envfloat("ENGINE_STOP_GRACE_SECONDS", 10.0)
+VLLM_PORT = envint("VLLM_PORT", 0) or None  # default: the port of VLLM_BASE_URL
+ENGINE_LOG_FILE = os.getenv("ENGINE_LOG_FILE") or None
+ENGINE_STATE_FILE = os.getenv("ENGINE_STATE_FILE") or None
+# The docker engine's vLLM container.
+VLLM_CONTAINER_NAME = os.getenv("VLLM_CONTAINER_NAME", "vllm")
+# The model the process engine starts when the worker starts (empty = none).
+VLLM_MODEL = os.getenv("VLLM_MODEL", "")
+# A switch fails (and the old model is restarted) if the new one is not ready by then.
+SWITCH_TIMEOUT_SECONDS = envfloat("SWITCH_TIMEOUT_SECONDS", 900.0)
+# How long a chat request waits for a running switch before 503 + Retry-After.
+SWITCH_WAIT_SECONDS = envfloat("SWITCH_WAIT_SECONDS", 120.0)
+WORKER_HEARTBEAT_SECONDS = envfloat("WORKER_HEARTBEAT_SECONDS", 5.0)
+# A worker silent this long is considered dead (its running jobs are recovered).
+WORKER_STALE_SECONDS = envfloat("WORKER_STALE_SECONDS", 30.0)
+# Progress writes of a running download, at most this many per second.
+DOWNLOAD_PROGRESS_WRITES_PER_SECOND = envfloat("DOWNLOAD_PROGRESS_WRITES_PER_SECOND", 4.0)

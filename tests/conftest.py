@@ -18,6 +18,9 @@ from modelmgr.services import api_key_create
 from proxy import auth, vllm
 from tests.simulator_process import SimulatorProcess, free_port
 
+# The local fake Hugging Face Hub and its `fake_hub` fixture.
+pytest_plugins = ["tests.fakehub"]
+
 
 class ThreadedServer:
     """An ASGI app under uvicorn on 127.0.0.1:<free port>, in a background thread."""

@@ -1,0 +1,104 @@
+"""`python manage.py run_worker`: runs downloads and model switches.
+
+The database rows are the queue. The worker recovers what a dead worker left running,
+starts the configured model (process engine, VLLM_MODEL), then loops: heartbeat, claim
+a switch (run in this thread), claim a download (run in a thread, so switches and the
+heartbeat go on during a long download). SIGTERM/SIGINT stop it cleanly: a running
+download is put back in the queue, resumable.
+"""
+
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+from modelmgr import engine as engine_adapter
+from modelmgr import lifecycle
+
+logger = logging.getLogger("modelmgr.worker")
+
+
+class Command(BaseCommand):
+    help = "Run the background worker: Hub downloads and model switches."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--poll", type=float, default=0.5, help="seconds between polls")
+        parser.add_argument(
+            "--downloads", type=int, default=1, help="downloads run at the same time"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.stopping = threading.Event()
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        name = lifecycle.worker_name()
+        started_at = timezone.now()
+        recovered = lifecycle.worker_recover()
+        lifecycle.worker_beat(name=name, started_at=started_at, current="starting")
+        self.stdout.write(
+            f"worker {name} started (engine {settings.TALKTUAH_ENGINE}; "
+            f"recovered {recovered} job(s) left by stopped workers)"
+        )
+        self._start_configured_model()
+
+        pool = ThreadPoolExecutor(max_workers=max(options["downloads"], 1))
+        running: set[Future[None]] = set()
+        last_beat = 0.0
+        try:
+            while not self.stopping.is_set():
+                now = time.monotonic()
+                if now - last_beat >= settings.WORKER_HEARTBEAT_SECONDS:
+                    current = f"{len(running)} download(s)" if running else "idle"
+                    lifecycle.worker_beat(name=name, started_at=started_at, current=current)
+                    last_beat = now
+                switch = lifecycle.model_switch_claim(worker=name)
+                if switch is not None:
+                    lifecycle.worker_beat(
+                        name=name, started_at=started_at, current=f"switch to {switch.to_model}"
+                    )
+                    lifecycle.model_switch_run(switch=switch)
+                    continue
+                running = {f for f in running if not f.done()}
+                if len(running) < options["downloads"]:
+                    job = lifecycle.download_claim(worker=name)
+                    if job is not None:
+                        self.stdout.write(f"downloading {job.repo_id} (job {job.pk})")
+                        running.add(pool.submit(self._download, job))
+                        continue
+                self.stopping.wait(options["poll"])
+        finally:
+            pool.shutdown(wait=True)
+            connection.close()
+            self.stdout.write(f"worker {name} stopped")
+
+    def _stop(self, signum: int, frame: object) -> None:
+        logger.info("worker stopping (signal %s)", signum)
+        self.stopping.set()
+
+    def _download(self, job: Any) -> None:
+        try:
+            lifecycle.download_run(job=job, should_stop=self.stopping.is_set)
+        finally:
+            close_old_connections()
+            connection.close()
+
+    def _start_configured_model(self) -> None:
+        model = settings.VLLM_MODEL
+        if not model or settings.TALKTUAH_ENGINE != "process":
+            return
+        engine = engine_adapter.get_engine()
+        if engine.state().running:
+            return
+        snapshot = lifecycle.hub.snapshot_path(model)
+        try:
+            engine.serve(model=str(snapshot or model), served_name=model)
+            self.stdout.write(f"started vLLM on {model}")
+        except engine_adapter.EngineError as exc:
+            self.stderr.write(f"could not start {model}: {exc}")

@@ -1,0 +1,494 @@
+"""The engine controller (modelmgr.engine): the process engine for real with the
+simulator, the docker engine at the docker SDK's HTTP boundary (a fake dockerd) and,
+when a Docker daemon is reachable, for real; the external engine's refusals."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker  # type: ignore[import-untyped]
+import httpx
+import pytest
+
+from modelmgr import engine as engine_module
+from modelmgr.engine import (
+    DockerEngine,
+    EngineError,
+    EngineReadOnly,
+    ExternalEngine,
+    ProcessEngine,
+    get_engine,
+)
+from tests.dockerd import FakeDockerAPI, host_shell_image
+from tests.simulator_process import free_port
+
+# A child that ignores SIGTERM, says so in the log, and would sleep for a minute.
+STUBBORN_COMMAND = (
+    '{python} -c "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); '
+    "print('ignoring SIGTERM', flush=True); time.sleep(60)\""
+)
+
+
+def served_models(port: int) -> list[str] | None:
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1.0)
+    except httpx.TransportError:
+        return None
+    return [model["id"] for model in response.json()["data"]]
+
+
+def wait_until_served(port: int, model: str, timeout: float = 20.0) -> None:
+    """Poll /v1/models as the switch does; fail early (with vLLM's log) if it died."""
+    engine = ProcessEngine()
+    deadline = time.monotonic() + timeout
+    while served_models(port) != [model]:
+        state = engine.state()
+        assert state.running, f"vLLM died before serving {model}: {state.detail}"
+        assert time.monotonic() < deadline, f"{model} not served on :{port}: {state.detail}"
+        time.sleep(0.05)
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def port_refuses(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # Still a zombie of this test process? Then it has exited too.
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def recorded_pid(settings: Any) -> int:
+    return int(json.loads((Path(settings.VAR_DIR) / "engine.json").read_text())["pid"])
+
+
+@pytest.fixture
+def process_settings(settings: Any, tmp_path: Path) -> Iterator[Any]:
+    """VAR_DIR in tmp_path, vLLM on a free port; whatever the test started is stopped."""
+    port = free_port()
+    settings.VAR_DIR = tmp_path
+    settings.VLLM_PORT = port
+    settings.VLLM_BASE_URL = f"http://127.0.0.1:{port}"
+    settings.ENGINE_STOP_GRACE_SECONDS = 5
+    settings.TALKTUAH_ENGINE = "process"
+    yield settings
+    ProcessEngine().stop()
+
+
+# --- the process engine -----------------------------------------------------------
+
+
+def test_it_serves_switches_and_stops_the_simulator(process_settings: Any) -> None:
+    port = process_settings.VLLM_PORT
+    engine = ProcessEngine()
+    assert engine.state().running is False
+
+    engine.serve(model="/snapshots/org--model-a", served_name="model-a")
+    wait_until_served(port, "model-a")
+    first_pid = recorded_pid(process_settings)
+    state = engine.state()
+    assert (state.running, state.model, state.served_name) == (
+        True,
+        "/snapshots/org--model-a",
+        "model-a",
+    )
+
+    engine.serve(model="org/model-b", served_name="model-b")
+    # serve() returned only once the old process was gone, port and all.
+    assert pid_gone(first_pid)
+    wait_until_served(port, "model-b")
+    assert engine.state().served_name == "model-b"
+    assert recorded_pid(process_settings) != first_pid
+
+    engine.stop()
+    assert port_refuses(port)
+    assert engine.state().running is False
+    assert not (Path(process_settings.VAR_DIR) / "engine.json").exists()
+    log = (Path(process_settings.VAR_DIR) / "engine.log").read_text()
+    assert "vllm_simulator --model model-a" in log
+    assert "vllm_simulator --model model-b" in log
+
+
+def test_it_stops_the_orphan_of_a_crashed_worker(process_settings: Any) -> None:
+    port = process_settings.VLLM_PORT
+    ProcessEngine().serve(model="model-a", served_name="model-a")
+    wait_until_served(port, "model-a")
+    orphan_pid = recorded_pid(process_settings)
+
+    # A restarted worker knows nothing but the state file.
+    restarted = ProcessEngine()
+    assert restarted.state().running is True
+    assert restarted.state().model == "model-a"
+    restarted.serve(model="model-b", served_name="model-b")
+    assert pid_gone(orphan_pid)
+    wait_until_served(port, "model-b")
+
+
+def test_it_leaves_alone_a_process_that_reused_the_recorded_pid(process_settings: Any) -> None:
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        record = {
+            "pid": stranger.pid,
+            "model": "model-a",
+            "served_name": "model-a",
+            "started_at": "2026-01-01T00:00:00+00:00",
+            "port": process_settings.VLLM_PORT,
+            "command": ["vllm", "serve", "model-a"],
+            "start_ticks": 1,
+        }
+        (Path(process_settings.VAR_DIR) / "engine.json").write_text(json.dumps(record))
+        engine = ProcessEngine()
+        assert engine.state().running is False
+        engine.stop()
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_it_kills_a_child_that_ignores_sigterm(process_settings: Any) -> None:
+    process_settings.ENGINE_PROCESS_COMMAND = STUBBORN_COMMAND
+    process_settings.ENGINE_STOP_GRACE_SECONDS = 1
+    log = Path(process_settings.VAR_DIR) / "engine.log"
+    engine = ProcessEngine()
+    engine.serve(model="model-a", served_name="model-a")
+    pid = recorded_pid(process_settings)
+    # (The log's header line holds the command, hence a whole line.)
+    wait_for(lambda: log.exists() and "ignoring SIGTERM" in log.read_text().splitlines())
+
+    started = time.monotonic()
+    engine.stop()
+    elapsed = time.monotonic() - started
+    assert pid_gone(pid)
+    assert 1.0 <= elapsed < 4.0
+    assert engine.state().running is False
+
+
+def test_it_reports_a_crashed_vllm_with_its_last_words(process_settings: Any) -> None:
+    process_settings.ENGINE_PROCESS_COMMAND = (
+        "{python} -c \"import sys; print('CUDA out of memory'); sys.exit(3)\""
+    )
+    engine = ProcessEngine()
+    engine.serve(model="model-a", served_name="model-a")
+    wait_for(lambda: not engine.state().running)
+    state = engine.state()
+    assert state.model == "model-a"
+    assert "exited with code 3" in state.detail
+    assert "CUDA out of memory" in state.detail
+
+
+def test_it_keeps_a_value_with_spaces_one_argument(process_settings: Any) -> None:
+    process_settings.ENGINE_PROCESS_COMMAND = "vllm serve {model} --served-model-name {served_name}"
+    command = ProcessEngine().command(model="/models/my model; rm -rf /", served_name="m")
+    assert command == ["vllm", "serve", "/models/my model; rm -rf /", "--served-model-name", "m"]
+
+
+def test_it_rejects_an_unknown_placeholder(process_settings: Any) -> None:
+    process_settings.ENGINE_PROCESS_COMMAND = "vllm serve {modle}"
+    with pytest.raises(EngineError, match=r"ENGINE_PROCESS_COMMAND.*\{model\}"):
+        ProcessEngine().serve(model="m", served_name="m")
+
+
+def test_it_refuses_a_port_held_by_another_program(
+    process_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "PORT_RELEASE_SECONDS", 0.2)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", process_settings.VLLM_PORT))
+        squatter.listen()
+        with pytest.raises(EngineError, match=f"port {process_settings.VLLM_PORT} is in use"):
+            ProcessEngine().serve(model="m", served_name="m")
+
+
+def test_it_explains_a_missing_program(process_settings: Any) -> None:
+    process_settings.ENGINE_PROCESS_COMMAND = "/nonexistent/vllm serve {model}"
+    with pytest.raises(EngineError, match="could not start vLLM"):
+        ProcessEngine().serve(model="m", served_name="m")
+
+
+# --- the external engine, get_engine ----------------------------------------------
+
+
+def test_the_external_engine_refuses_changes() -> None:
+    engine = ExternalEngine()
+    assert engine.read_only is True
+    with pytest.raises(EngineReadOnly, match="TALKTUAH_ENGINE=external"):
+        engine.serve(model="m", served_name="m")
+    with pytest.raises(EngineReadOnly):
+        engine.stop()
+    assert "external" in engine.state().detail
+
+
+@pytest.mark.parametrize(
+    ("name", "engine_class"),
+    [("process", ProcessEngine), ("docker", DockerEngine), ("external", ExternalEngine)],
+)
+def test_get_engine_picks_by_setting(settings: Any, name: str, engine_class: type) -> None:
+    settings.TALKTUAH_ENGINE = name
+    engine = get_engine()
+    assert isinstance(engine, engine_class)
+    assert engine.name == name
+
+
+def test_get_engine_defaults_to_process(settings: Any) -> None:
+    del settings.TALKTUAH_ENGINE
+    assert isinstance(get_engine(), ProcessEngine)
+
+
+def test_get_engine_rejects_an_unknown_name(settings: Any) -> None:
+    settings.TALKTUAH_ENGINE = "kubernetes"
+    with pytest.raises(EngineError, match="unknown TALKTUAH_ENGINE 'kubernetes'"):
+        get_engine()
+
+
+# --- the docker engine at the HTTP boundary ---------------------------------------
+
+
+@pytest.fixture
+def fake_docker(settings: Any) -> Iterator[FakeDockerAPI]:
+    settings.VLLM_CONTAINER_NAME = "vllm"
+    settings.ENGINE_STOP_GRACE_SECONDS = 7
+    with FakeDockerAPI() as fake:
+        yield fake
+
+
+def docker_engine(fake: FakeDockerAPI) -> DockerEngine:
+    return DockerEngine(client=docker.DockerClient(base_url=fake.base_url))
+
+
+def test_it_recreates_the_container_with_the_new_model(fake_docker: FakeDockerAPI) -> None:
+    old = fake_docker.add_container("vllm")
+    docker_engine(fake_docker).serve(model="B", served_name="B")
+
+    assert fake_docker.operations() == ["inspect", "stop", "rename", "create", "start", "remove"]
+    assert fake_docker.request("stop").query == {"t": "7"}
+    assert fake_docker.request("rename").query == {"name": f"vllm-replaced-{old['Id'][:12]}"}
+    assert fake_docker.request("remove").ref == old["Id"]
+    create = fake_docker.request("create")
+    assert create.query == {"name": "vllm"}
+    body, host = create.body, create.body["HostConfig"]
+    assert body["Image"] == "vllm/vllm-openai:v0.32.0"
+    assert body["Entrypoint"] == ["vllm", "serve"]
+    assert body["Cmd"] == ["--model", "B", "--served-model-name", "B", "--port", "8000"]
+    assert body["Env"] == old["Config"]["Env"]
+    assert body["Labels"] == old["Config"]["Labels"]
+    assert body["ExposedPorts"] == {"8000/tcp": {}}
+    assert "Hostname" not in body  # the old container's id
+    assert host["DeviceRequests"] == old["HostConfig"]["DeviceRequests"]
+    assert host["PortBindings"] == old["HostConfig"]["PortBindings"]
+    assert host["RestartPolicy"] == {"Name": "unless-stopped", "MaximumRetryCount": 0}
+    assert host["IpcMode"] == "host"
+    assert host["ShmSize"] == 8589934592
+    assert host["NetworkMode"] == "talktuah_default"
+    # The bind mount, and the anonymous cache volume by its name.
+    assert host["Binds"] == [
+        "/srv/talktuah/models:/models:ro",
+        f"{'f00dcache' * 4}:/root/.cache/vllm",
+    ]
+    assert body["NetworkingConfig"] == {
+        "EndpointsConfig": {"talktuah_default": {"Aliases": ["vllm"]}}
+    }
+    assert fake_docker.request("start").ref != old["Id"]
+
+    state = docker_engine(fake_docker).state()
+    assert (state.running, state.model, state.served_name) == (True, "B", "B")
+    assert "vllm/vllm-openai:v0.32.0" in state.detail
+
+
+def test_it_reconnects_the_other_networks(fake_docker: FakeDockerAPI) -> None:
+    old = fake_docker.add_container("vllm")
+    old["NetworkSettings"]["Networks"]["monitoring"] = {
+        "Aliases": ["vllm-metrics", old["Id"][:12]],
+        "IPAMConfig": {"IPv4Address": "10.9.0.5"},
+    }
+    docker_engine(fake_docker).serve(model="B", served_name="B")
+    # Docker before API 1.44 takes one network at create time: the others are connected.
+    assert fake_docker.operations()[3:6] == ["create", "connect", "start"]
+    assert list(fake_docker.request("create").body["NetworkingConfig"]["EndpointsConfig"]) == [
+        "talktuah_default"
+    ]
+    connect = fake_docker.request("connect")
+    assert connect.ref == "monitoring"
+    assert connect.body["EndpointConfig"]["Aliases"] == ["vllm-metrics"]
+    assert connect.body["EndpointConfig"]["IPAMConfig"]["IPv4Address"] == "10.9.0.5"
+
+
+def test_it_only_restarts_when_the_model_is_unchanged(fake_docker: FakeDockerAPI) -> None:
+    old = fake_docker.add_container("vllm")
+    docker_engine(fake_docker).serve(model="A", served_name="A")
+    assert fake_docker.operations() == ["inspect", "restart"]
+    assert fake_docker.request("restart").ref == old["Id"]
+    assert fake_docker.request("restart").query == {"t": "7"}
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "cmd", "expected"),
+    [
+        # vllm serve MODEL (the positional style of `vllm serve`)
+        (
+            ["vllm", "serve"],
+            ["A", "--port", "8000"],
+            ["B", "--port", "8000", "--served-model-name", "b"],
+        ),
+        (
+            None,
+            ["vllm", "serve", "A", "--served-model-name", "a", "alias"],
+            ["vllm", "serve", "B", "--served-model-name", "b"],
+        ),
+        (
+            ["vllm", "serve"],
+            ["--port", "8000"],
+            ["B", "--port", "8000", "--served-model-name", "b"],
+        ),
+        # the older api_server entrypoint, and = forms
+        (
+            ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+            ["--model=A", "--served_model_name=a"],
+            ["--model=B", "--served_model_name=b"],
+        ),
+        (
+            ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+            ["--port", "8000"],
+            ["--port", "8000", "--model", "B", "--served-model-name", "b"],
+        ),
+    ],
+)
+def test_it_replaces_the_model_in_any_style_of_arguments(
+    fake_docker: FakeDockerAPI, entrypoint: list[str] | None, cmd: list[str], expected: list[str]
+) -> None:
+    fake_docker.add_container("vllm", entrypoint=entrypoint or [], cmd=cmd)
+    docker_engine(fake_docker).serve(model="B", served_name="b")
+    assert fake_docker.request("create").body["Cmd"] == expected
+    assert docker_engine(fake_docker).state().model == "B"
+
+
+def test_it_puts_the_old_container_back_when_docker_refuses_the_new_one(
+    fake_docker: FakeDockerAPI,
+) -> None:
+    old = fake_docker.add_container("vllm")
+    fake_docker.failures["create"] = (500, "could not select device driver nvidia")
+    with pytest.raises(EngineError, match="could not select device driver nvidia"):
+        docker_engine(fake_docker).serve(model="B", served_name="B")
+    assert fake_docker.operations()[-2:] == ["rename", "start"]
+    assert fake_docker.find("vllm") is old
+    assert old["State"]["Running"] is True
+
+
+def test_it_stops_the_container_with_the_grace_period(fake_docker: FakeDockerAPI) -> None:
+    fake_docker.add_container("vllm")
+    engine = docker_engine(fake_docker)
+    engine.stop()
+    assert fake_docker.operations() == ["inspect", "stop"]
+    assert fake_docker.request("stop").query == {"t": "7"}
+    state = engine.state()
+    assert (state.running, state.model) == (False, "A")
+    assert "exited" in state.detail
+
+
+def test_it_names_the_missing_container(settings: Any, fake_docker: FakeDockerAPI) -> None:
+    settings.VLLM_CONTAINER_NAME = "vllm-gpu0"
+    fake_docker.add_container("vllm")
+    with pytest.raises(EngineError, match="no Docker container 'vllm-gpu0'"):
+        docker_engine(fake_docker).serve(model="B", served_name="B")
+    with pytest.raises(EngineError, match="vllm-gpu0"):
+        docker_engine(fake_docker).stop()
+    assert docker_engine(fake_docker).state().running is False
+
+
+def test_it_says_docker_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    closed = f"tcp://127.0.0.1:{free_port()}"
+    # A client made earlier (its API version known): every call is refused.
+    engine = DockerEngine(client=docker.DockerClient(base_url=closed, version="1.45"))
+    with pytest.raises(EngineError, match="Docker is unreachable"):
+        engine.serve(model="B", served_name="B")
+    with pytest.raises(EngineError, match="Docker is unreachable"):
+        engine.state()
+    # From the environment, as in production.
+    monkeypatch.setenv("DOCKER_HOST", closed)
+    with pytest.raises(EngineError, match=f"Docker is unreachable at {closed}"):
+        DockerEngine().state()
+
+
+# --- the docker engine for real ---------------------------------------------------
+
+
+def docker_daemon_problem() -> str | None:
+    try:
+        client = docker.from_env(timeout=5)
+        client.ping()
+        client.close()
+    except Exception as exc:
+        return str(exc).splitlines()[0][:200]
+    return None
+
+
+_NO_DOCKER = docker_daemon_problem()
+
+
+@pytest.mark.skipif(_NO_DOCKER is not None, reason=f"no Docker daemon: {_NO_DOCKER}")
+def test_it_switches_a_real_container(settings: Any) -> None:
+    client = docker.from_env()
+    name = f"talktuah-test-vllm-{uuid.uuid4().hex[:8]}"
+    settings.VLLM_CONTAINER_NAME = name
+    settings.ENGINE_STOP_GRACE_SECONDS = 5
+    # A stand-in for vLLM that takes vLLM's arguments and exits on SIGTERM (as PID 1 it
+    # would otherwise ignore it, and every stop would take the whole grace period).
+    script = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
+    client.api.create_container(
+        host_shell_image(client),
+        entrypoint=["/bin/sh", "-c", script, "vllm"],
+        command=["--model", "A", "--served-model-name", "A"],
+        environment={"HF_HOME": "/models"},
+        labels={"talktuah.test": "1"},
+        name=name,
+        host_config=client.api.create_host_config(
+            restart_policy={"Name": "unless-stopped"}, ipc_mode="host", shm_size="64m"
+        ),
+    )
+    client.api.start(name)
+    engine = DockerEngine()
+    try:
+        assert engine.state().model == "A"
+        started = time.monotonic()
+        engine.serve(model="B", served_name="b")
+        assert time.monotonic() - started < 5
+
+        attrs = client.api.inspect_container(name)
+        assert attrs["State"]["Running"] is True
+        assert attrs["Config"]["Cmd"] == ["--model", "B", "--served-model-name", "b"]
+        assert attrs["Config"]["Entrypoint"] == ["/bin/sh", "-c", script, "vllm"]
+        assert "HF_HOME=/models" in attrs["Config"]["Env"]
+        assert attrs["Config"]["Labels"]["talktuah.test"] == "1"
+        assert attrs["HostConfig"]["IpcMode"] == "host"
+        assert attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+        state = engine.state()
+        assert (state.running, state.model, state.served_name) == (True, "B", "b")
+        assert not client.containers.list(all=True, filters={"name": f"{name}-replaced"})
+
+        engine.serve(model="B", served_name="b")  # unchanged: a restart, same container
+        assert client.api.inspect_container(name)["Id"] == attrs["Id"]
+
+        engine.stop()
+        assert engine.state().running is False
+    finally:
+        for container in client.containers.list(all=True, filters={"name": name}):
+            container.remove(force=True)
+        client.close()
