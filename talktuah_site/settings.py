@@ -208,7 +208,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django": {"level": "WARNING"}},
+    # httpx logs every request at INFO: far too chatty for the probes and the proxy.
+    "loggers": {"django": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }
 
 # --- model lifecycle: downloads, switches, the engine ----------------------------

@@ -1,5 +1,6 @@
-"""`python manage.py run_demo`: what `make run` starts — the vLLM simulator and the
-gateway under uvicorn on localhost — with a ready-to-paste curl and OpenAI-SDK snippet.
+"""`python manage.py run_demo`: what `make run` starts on localhost — the gateway under
+uvicorn, the worker (whose process engine runs the vLLM simulator) and a local fake
+Hugging Face Hub with a demo repo — with a ready-to-paste curl and OpenAI-SDK snippet.
 Ctrl-C (or SIGTERM) stops everything it started."""
 
 import os
@@ -27,6 +28,7 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--sim-port", type=int, default=8001)
         parser.add_argument("--model", default="demo-model")
+        parser.add_argument("--hub-port", type=int, default=8002)
 
     def handle(self, *args: Any, **options: Any) -> None:
         host, port, sim_port = options["host"], options["port"], options["sim_port"]
@@ -34,14 +36,26 @@ class Command(BaseCommand):
         if not key_file.exists():
             raise CommandError("No demo key: run `python manage.py demo_setup` first.")
         key = key_file.read_text().strip()
-        env = {**os.environ, "VLLM_BASE_URL": f"http://127.0.0.1:{sim_port}"}
+        hub_url = f"http://127.0.0.1:{options['hub_port']}"
+        env = {
+            **os.environ,
+            "VLLM_BASE_URL": f"http://127.0.0.1:{sim_port}",
+            "VLLM_MODEL": options["model"],
+            "TALKTUAH_ENGINE": "process",
+            # The demo downloads from the local fake Hub into var/hf, never from the web.
+            "HF_ENDPOINT": hub_url,
+            "HF_HOME": str(settings.VAR_DIR / "hf"),
+            "HF_HUB_CACHE": str(settings.VAR_DIR / "hf" / "hub"),
+            "HF_HUB_DISABLE_XET": "1",
+        }
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         children = [
             subprocess.Popen(
-                [*manage, "vllm_simulator", "--model", options["model"], "--port", str(sim_port)],
+                [*manage, "fake_hub", "--port", str(options["hub_port"])],
                 env=env,
                 start_new_session=True,
             ),
+            subprocess.Popen([*manage, "run_worker"], env=env, start_new_session=True),
             subprocess.Popen(
                 [
                     sys.executable, "-m", "uvicorn", "talktuah_site.asgi:application",
@@ -59,7 +73,8 @@ class Command(BaseCommand):
         base = f"http://{host}:{port}"
         self.stdout.write(
             f"""
-TalkTuah is starting on {base} (simulated model {options["model"]!r} on :{sim_port}).
+TalkTuah is starting on {base} (simulated model {options["model"]!r} on :{sim_port},
+a fake Hub with demo/tiny-chat on {hub_url}).
 Admin: {base}/admin/ (admin / admin)   API docs: {base}/api/docs
 
 Chat, streamed token by token:
@@ -75,6 +90,12 @@ With the OpenAI SDK (pip install openai):
   stream = client.chat.completions.create(model="{options["model"]}", stream=True,
       messages=[{{"role": "user", "content": "Hello!"}}])
   for chunk in stream: print(chunk.choices[0].delta.content or "", end="", flush=True)
+
+Download the demo model from the fake Hub and serve it when done:
+
+  curl -X POST "{base}/api/download-model?model_id=demo/tiny-chat&auto=true" \
+    -H "Authorization: Bearer {key}"
+  curl {base}/api/download-progress -H "Authorization: Bearer {key}"
 
 Ctrl-C stops everything.
 """
