@@ -6,7 +6,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest
-from ninja import Router
+from ninja import Router, Status
 
 from modelmgr import lifecycle
 from proxy import vllm
@@ -23,14 +23,14 @@ def _who(request: HttpRequest) -> str:
 @router.post("/download-model", response={202: dict[str, Any]})
 async def download_model(
     request: HttpRequest, model_id: str, auto: bool = False, revision: str = "main"
-) -> tuple[int, dict[str, Any]]:
+) -> Status[dict[str, Any]]:
     """Queue a download from the Hub (202 with the job). A repo already downloading
     returns that job; `auto=true` switches to the model when it is done."""
     job, created = await sync_to_async(lifecycle.download_start)(
         repo_id=model_id, revision=revision, auto_switch=auto, requested_by=_who(request)
     )
     progress = await sync_to_async(lifecycle.download_progress)(job)
-    return 202, {**progress, "created": created}
+    return Status(202, {**progress, "created": created})
 
 
 @router.get("/download-progress")
@@ -49,12 +49,12 @@ async def model_status(request: HttpRequest) -> dict[str, Any]:
 
 
 @router.post("/switch-model", response={202: dict[str, Any]})
-async def switch_model(request: HttpRequest, model_id: str) -> tuple[int, dict[str, Any]]:
+async def switch_model(request: HttpRequest, model_id: str) -> Status[dict[str, Any]]:
     """Serve another downloaded model: 404 when not downloaded, 409 while a switch runs."""
     switch = await sync_to_async(lifecycle.model_switch_request)(
         repo_id=model_id, requested_by=_who(request)
     )
-    return 202, lifecycle.switch_summary(switch)
+    return Status(202, lifecycle.switch_summary(switch))
 
 
 @router.get("/model-loading-status")

@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from modelmgr.engine import ProcessEngine
 from modelmgr.management.commands.demo_setup import demo_key_file
 
 
@@ -115,3 +116,6 @@ Ctrl-C stops everything.
                     child.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     child.kill()
+            # The worker leaves vLLM running on purpose (a restarted worker adopts it);
+            # the demo stops it with everything else.
+            ProcessEngine().stop()
