@@ -164,6 +164,7 @@ class SimulatorConfig:
     tokens: int = 16  # tokens generated when the request does not force more
     token_delay: float = 0.02  # seconds before each generated token
     startup_delay: float = 0.0  # seconds of "loading" before the socket is bound
+    root: str | None = None  # what vLLM "loaded" (its --model), shown as the card's root
 
 
 class RequestError(Exception):
@@ -368,7 +369,7 @@ class Simulator:
             "object": "model",
             "created": now,
             "owned_by": "vllm",
-            "root": f"/models/{model}",
+            "root": self.config.root or f"/models/{model}",
             "parent": None,
             "max_model_len": self.config.max_model_len,
             "permission": [

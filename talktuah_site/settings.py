@@ -224,7 +224,9 @@ if TALKTUAH_ENGINE not in ("process", "docker", "external"):
     raise ImproperlyConfigured("TALKTUAH_ENGINE must be process, docker or external")
 # The process engine's command; {model} {served_name} {port} {python} {manage}.
 ENGINE_PROCESS_COMMAND = os.getenv(
-    "ENGINE_PROCESS_COMMAND", "{python} {manage} vllm_simulator --model {served_name} --port {port}"
+    "ENGINE_PROCESS_COMMAND",
+    "{python} {manage} vllm_simulator --model {model} --served-model-name {served_name}"
+    " --port {port}",
 )
 ENGINE_STOP_GRACE_SECONDS = envfloat("ENGINE_STOP_GRACE_SECONDS", 10.0)
 VLLM_PORT = envint("VLLM_PORT", 0) or None  # default: the port of VLLM_BASE_URL

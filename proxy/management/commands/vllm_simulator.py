@@ -21,7 +21,14 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         defaults = SimulatorConfig()
-        parser.add_argument("--model", default=defaults.model, help="Served model name.")
+        parser.add_argument(
+            "--model",
+            default=defaults.model,
+            help="What vLLM loads; also the served name unless --served-model-name is given.",
+        )
+        parser.add_argument(
+            "--served-model-name", help="The name clients use (as vLLM's option of that name)."
+        )
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8001)
         parser.add_argument(
@@ -45,8 +52,10 @@ class Command(BaseCommand):
         parser.add_argument("--max-model-len", type=int, default=defaults.max_model_len)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        served_name = options["served_model_name"]
         config = SimulatorConfig(
-            model=options["model"],
+            model=served_name or options["model"],
+            root=options["model"] if served_name else None,
             max_model_len=options["max_model_len"],
             tokens=options["tokens"],
             token_delay=options["token_delay"],
