@@ -2,11 +2,13 @@
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import F
+from django.utils import timezone
 
 from modelmgr.models import ApiKey, Scope, UsageDaily
 
@@ -84,3 +86,19 @@ def usage_add(*, deltas: Iterable[UsageDelta]) -> None:
         except IntegrityError:
             # Another process created the row between our update and insert.
             UsageDaily.objects.filter(**where).update(**increments)
+
+
+def usage_rows(*, key_prefix: str, days: int) -> list[dict[str, Any]]:
+    """A key's usage rows of the last `days` days, newest first."""
+    since = timezone.now().date() - timedelta(days=days - 1)
+    return [
+        {
+            "day": row.day.isoformat(),
+            "model": row.model,
+            "requests": row.requests,
+            "errors": row.errors,
+            "prompt_tokens": row.prompt_tokens,
+            "completion_tokens": row.completion_tokens,
+        }
+        for row in UsageDaily.objects.filter(key_prefix=key_prefix, day__gte=since)
+    ]

@@ -2,6 +2,8 @@
 vLLM and relay the answer (streamed or not), recording usage on the way."""
 
 import asyncio
+import hmac
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
 from modelmgr.lifecycle import active_switch
+from modelmgr.services import usage_rows
 from proxy import usage, vllm
 from proxy.auth import Principal
 from proxy.errors import (
@@ -22,12 +25,28 @@ from proxy.errors import (
     Forbidden,
     PayloadTooLarge,
     ProxyError,
+    Unauthenticated,
     UnsupportedMediaType,
     UpstreamTimeout,
     UpstreamUnavailable,
     UpstreamUnreachable,
     normalise_upstream_error,
     sse_error_event,
+)
+from proxy.metrics import (
+    ACTIVE_STREAMS,
+    COMPLETION_TOKENS,
+    CONTENT_TYPE_LATEST,
+    OVERHEAD,
+    PROMPT_TOKENS,
+    RATE_LIMITED,
+    REQUESTS,
+    RETRIES,
+    TIME_TO_FIRST_TOKEN,
+    UPSTREAM_LATENCY,
+    UPSTREAM_UP,
+    gateway_exposition,
+    vllm_families,
 )
 from proxy.ratelimit import add_tokens, check_request_rate, check_token_rate
 
@@ -36,15 +55,18 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
+    name: str  # the metric label
     path: str  # vLLM's path
     required: str  # the field a body must carry
     stream_default: bool = False
 
 
-CHAT = Endpoint("/v1/chat/completions", "messages")
-SEED_CHAT = Endpoint("/v1/chat/completions", "messages", stream_default=True)
-COMPLETIONS = Endpoint("/v1/completions", "prompt")
-EMBEDDINGS = Endpoint("/v1/embeddings", "input")
+CHAT = Endpoint("chat_completions", "/v1/chat/completions", "messages")
+SEED_CHAT = Endpoint("api_chat", "/v1/chat/completions", "messages", stream_default=True)
+COMPLETIONS = Endpoint("completions", "/v1/completions", "prompt")
+EMBEDDINGS = Endpoint("embeddings", "/v1/embeddings", "input")
+OVERHEAD_HEADER = "X-TalkTuah-Overhead-Ms"
+access_log = logging.getLogger("talktuah.access")
 
 
 def upstream_error(exc: vllm.VllmError) -> ProxyError:
@@ -100,17 +122,56 @@ async def default_model() -> str:
     return names[0]
 
 
+@dataclass(slots=True)
+class Call:
+    """One proxied request, as metrics, usage and the access log see it."""
+
+    principal: Principal
+    endpoint: Endpoint
+    started: float
+    model: str = ""
+    stream: bool = False
+    status: int = 0
+    accepted: bool = False  # vLLM took the model (so it is a bounded label value)
+    attempts: int = 0
+    upstream_started: float = 0.0
+    upstream_seconds: float = 0.0
+    overhead_seconds: float = 0.0
+    ttft_seconds: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: bool = False
+
+
+def _started_at(request: HttpRequest) -> float:
+    # Stamped by asgi.py when the request reached the process.
+    scope = getattr(request, "scope", None) or {}
+    return float(scope.get("talktuah.started") or time.perf_counter())
+
+
 async def forward(
     *, request: HttpRequest, principal: Principal, endpoint: Endpoint
 ) -> HttpResponseBase:
     """Forward one OpenAI-style request to vLLM; the body passes through unchanged but
     for a missing model and, on streams, `stream_options.include_usage`."""
+    call = Call(principal=principal, endpoint=endpoint, started=_started_at(request))
+    try:
+        return await _forward(request, call)
+    except ProxyError as exc:
+        call.status, call.error = exc.status, True
+        await finish(call)
+        raise
+
+
+async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
+    endpoint, principal = call.endpoint, call.principal
     body = parse_body(request, endpoint)
     changed = False
     model = body.get("model")
     if not model:
         model = body["model"] = await default_model()
         changed = True
+    call.model = model
     if not principal.may_use(model):
         raise Forbidden(
             f"This API key may not use the model '{model}'.",
@@ -120,7 +181,7 @@ async def forward(
     await check_request_rate(request, principal)
     await check_token_rate(principal)
 
-    stream = bool(body.get("stream", endpoint.stream_default))
+    stream = call.stream = bool(body.get("stream", endpoint.stream_default))
     client_wants_usage = True
     if stream:
         # Ask vLLM for the usage chunk so usage can be recorded; strip it again below
@@ -133,28 +194,35 @@ async def forward(
             changed = True
     content = orjson.dumps(body) if changed else request.body
 
+    call.upstream_started = time.perf_counter()
     try:
         upstream = await _open_through_switch(
             endpoint.path, content, request.headers.get("x-request-id"), model
         )
     except vllm.VllmError as exc:
-        usage.record(principal, model, error=True)
+        call.attempts = exc.attempts
         raise upstream_error(exc) from exc
-    except ProxyError:
-        usage.record(principal, model, error=True)
-        raise
+    call.attempts = upstream.attempts
+    call.status = upstream.status
+    call.accepted = upstream.status < 400
 
     if upstream.status >= 400 or not (
         stream and upstream.content_type.startswith("text/event-stream")
     ):
-        return await _whole_response(upstream, principal=principal, model=model)
-    return StreamingHttpResponse(
-        relay_stream(
-            upstream, principal=principal, model=model, strip_usage=not client_wants_usage
-        ),
+        return await _whole_response(upstream, call)
+    # The header goes before the body: the gateway's own time until now, that is before
+    # vLLM was asked and since its headers came back.
+    headers_at = time.perf_counter()
+    response = StreamingHttpResponse(
+        relay_stream(upstream, call, strip_usage=not client_wants_usage),
         content_type=upstream.content_type,
         headers=SSE_HEADERS,
     )
+    call.overhead_seconds = (call.upstream_started - call.started) + (
+        time.perf_counter() - headers_at
+    )
+    response[OVERHEAD_HEADER] = _ms(call.overhead_seconds)
+    return response
 
 
 async def _open_through_switch(
@@ -198,29 +266,31 @@ async def _wait_for_switch(
     return True
 
 
-async def _whole_response(
-    upstream: vllm.UpstreamResponse, *, principal: Principal, model: str
-) -> HttpResponse:
+async def _whole_response(upstream: vllm.UpstreamResponse, call: Call) -> HttpResponse:
     # A client that leaves while this waits cancels the task: the finally closes the
     # upstream connection and vLLM aborts the generation.
     try:
         content = await upstream.read()
     except vllm.VllmError as exc:
-        usage.record(principal, model, error=True)
         raise upstream_error(exc) from exc
     finally:
         await upstream.aclose()
+    done = time.perf_counter()
+    call.upstream_seconds = done - call.upstream_started
     if upstream.status >= 400:
-        usage.record(principal, model, error=True)
-        return HttpResponse(
+        call.error = True
+        response = HttpResponse(
             normalise_upstream_error(upstream.status, content),
             status=upstream.status,
             content_type="application/json",
         )
-    prompt, completion = _usage_of(content)
-    usage.record(principal, model, prompt_tokens=prompt, completion_tokens=completion)
-    await add_tokens(principal, prompt + completion)
-    return HttpResponse(content, status=upstream.status, content_type=upstream.content_type)
+    else:
+        call.prompt_tokens, call.completion_tokens = _usage_of(content)
+        response = HttpResponse(content, status=upstream.status, content_type=upstream.content_type)
+    call.overhead_seconds = (done - call.started) - call.upstream_seconds
+    await finish(call)
+    response[OVERHEAD_HEADER] = _ms(time.perf_counter() - call.started - call.upstream_seconds)
+    return response
 
 
 def _usage_of(content: bytes) -> tuple[int, int]:
@@ -239,7 +309,7 @@ def _is_usage_chunk(event: bytes) -> bool:
 
 
 async def relay_stream(
-    upstream: vllm.UpstreamResponse, *, principal: Principal, model: str, strip_usage: bool
+    upstream: vllm.UpstreamResponse, call: Call, *, strip_usage: bool
 ) -> AsyncIterator[bytes]:
     """Relay vLLM's SSE bytes as they arrive.
 
@@ -248,8 +318,8 @@ async def relay_stream(
     disconnects cancels this generator: the finally closes vLLM's connection at once.
     """
     pending = b""
-    prompt = completion = 0
-    finished = broken = False
+    finished = False
+    ACTIVE_STREAMS.inc()
     try:
         async for chunk in upstream.iter_raw():
             pending += chunk
@@ -261,7 +331,7 @@ async def relay_stream(
                 kept = []
                 for event in events.split(b"\n\n")[:-1]:
                     if _is_usage_chunk(event):
-                        prompt, completion = _usage_of(event[6:])
+                        call.prompt_tokens, call.completion_tokens = _usage_of(event[6:])
                         if strip_usage:
                             continue
                     kept.append(event + b"\n\n")
@@ -269,26 +339,81 @@ async def relay_stream(
             if events.endswith(b"data: [DONE]\n\n"):
                 finished = True
             if events:
+                if call.ttft_seconds is None:
+                    call.ttft_seconds = time.perf_counter() - call.started
                 yield events
         if pending:
             yield pending
         if not finished:
-            broken = True
+            call.error = True
             yield sse_error_event(
                 "vLLM closed the stream before it finished.", "upstream_error", 502
             )
     except vllm.VllmError as exc:
-        broken = True
+        call.error = True
         if exc.timed_out:
             yield sse_error_event(str(exc), "upstream_timeout", 504)
         else:
             yield sse_error_event(str(exc), "upstream_error", 502)
     finally:
+        ACTIVE_STREAMS.dec()
+        call.upstream_seconds = time.perf_counter() - call.upstream_started
         await upstream.aclose()
+        await finish(call)
+
+
+async def finish(call: Call) -> None:
+    """Record a finished request: usage, token budget, metrics, one access-log line."""
+    model_label = vllm.model_label(call.model, accepted=call.accepted) if call.model else "none"
+    if call.model:
         usage.record(
-            principal, model, prompt_tokens=prompt, completion_tokens=completion, error=broken
+            call.principal,
+            call.model,
+            prompt_tokens=call.prompt_tokens,
+            completion_tokens=call.completion_tokens,
+            error=call.error,
         )
-        await add_tokens(principal, prompt + completion)
+    endpoint = call.endpoint.name
+    key = call.principal.name
+    REQUESTS.labels(key, model_label, endpoint, str(call.status)).inc()
+    if call.attempts > 1:
+        RETRIES.inc(call.attempts - 1)
+    if call.status == 429:
+        RATE_LIMITED.labels(key, "rate").inc()
+    if call.upstream_started:
+        UPSTREAM_LATENCY.labels(endpoint).observe(call.upstream_seconds)
+        OVERHEAD.labels(endpoint).observe(max(call.overhead_seconds, 0.0))
+        UPSTREAM_UP.set(0 if call.status in (502, 504) else 1)
+    if call.ttft_seconds is not None:
+        TIME_TO_FIRST_TOKEN.labels(model_label).observe(call.ttft_seconds)
+    if call.prompt_tokens or call.completion_tokens:
+        PROMPT_TOKENS.labels(key, model_label).inc(call.prompt_tokens)
+        COMPLETION_TOKENS.labels(key, model_label).inc(call.completion_tokens)
+        await add_tokens(call.principal, call.prompt_tokens + call.completion_tokens)
+    # Never the key, never the prompt or the completion.
+    access_log.info(
+        "%s",
+        orjson.dumps(
+            {
+                "key": call.principal.prefix,
+                "key_name": key,
+                "model": call.model or None,
+                "endpoint": endpoint,
+                "stream": call.stream,
+                "status": call.status,
+                "prompt_tokens": call.prompt_tokens,
+                "completion_tokens": call.completion_tokens,
+                "ttft_ms": _ms(call.ttft_seconds) if call.ttft_seconds is not None else None,
+                "duration_ms": _ms(time.perf_counter() - call.started),
+                "overhead_ms": _ms(call.overhead_seconds),
+                "attempts": call.attempts,
+            }
+        ).decode(),
+    )
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3f}"
 
 
 async def list_models(principal: Principal) -> HttpResponse:
@@ -305,3 +430,34 @@ async def list_models(principal: Principal) -> HttpResponse:
         )
     data["data"] = [card for card in data.get("data", []) if principal.may_use(str(card.get("id")))]
     return HttpResponse(orjson.dumps(data), content_type="application/json")
+
+
+async def metrics_response(request: HttpRequest) -> HttpResponse:
+    """/metrics: optionally behind METRICS_TOKEN; the gateway's families, then vLLM's."""
+    if settings.METRICS_TOKEN:
+        presented = request.headers.get("authorization", "")
+        if not hmac.compare_digest(presented.encode(), f"Bearer {settings.METRICS_TOKEN}".encode()):
+            raise Unauthenticated("The metrics need 'Authorization: Bearer <METRICS_TOKEN>'.")
+    own = await sync_to_async(gateway_exposition)()
+    upstream = await vllm.metrics_text()
+    UPSTREAM_UP.set(1 if upstream is not None else 0)
+    text = own + vllm_families(upstream).encode() if upstream else own
+    return HttpResponse(text, content_type=CONTENT_TYPE_LATEST)
+
+
+async def key_usage(principal: Principal, *, days: int) -> dict[str, Any]:
+    """A key's own usage per model and day, newest first, with totals."""
+    if not 1 <= days <= 366:
+        raise BadRequest("'days' must be between 1 and 366.", param="days")
+    rows = await sync_to_async(usage_rows)(key_prefix=principal.prefix, days=days)
+    totals = {
+        field: sum(row[field] for row in rows)
+        for field in ("requests", "errors", "prompt_tokens", "completion_tokens")
+    }
+    return {
+        "key": principal.prefix,
+        "name": principal.name,
+        "days": days,
+        "totals": totals,
+        "usage": rows,
+    }

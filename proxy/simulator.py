@@ -312,6 +312,7 @@ class Simulator:
         self.generation_tokens_total = 0
         self.request_success = dict.fromkeys(FINISHED_REASONS, 0)
         self.requests_total = 0  # generation requests accepted
+        self.http_requests_total = 0  # every HTTP request, any route (for cache tests)
         self.aborted_requests_total = 0  # ... whose client left before the end
         self.rejected_requests_total = 0  # generation requests refused with a 4xx
         self.ttft = _Histogram(TTFT_BUCKETS)
@@ -336,6 +337,7 @@ class Simulator:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            self.http_requests_total += 1
             route = self._routes.get(scope["path"])
             if route is None:
                 await _send_response(send, 404, _NOT_FOUND)
@@ -487,6 +489,12 @@ class Simulator:
             "Generation requests the simulator accepted.",
             "counter",
             [("simulator_requests_total", self.requests_total)],
+        )
+        family(
+            "simulator_http_requests_total",
+            "HTTP requests of any route, this scrape included.",
+            "counter",
+            [("simulator_http_requests_total", self.http_requests_total)],
         )
         family(
             "simulator_aborted_requests_total",

@@ -232,3 +232,61 @@ def probe(timeout: float = 2.0) -> Probe:
     except (ValueError, AttributeError, TypeError):
         return Probe(True, [], "/v1/models answered something that is not a model list")
     return Probe(True, names, "ok", latency)
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What one quick look at vLLM found (no retries: health checks must be fast)."""
+
+    reachable: bool
+    healthy: bool
+    latency_ms: float | None
+    models: list[dict[str, Any]]
+    metrics_text: str | None
+    detail: str
+
+
+async def health_check(wait: float = 2.0) -> Health:
+    http = client()
+    base = settings.VLLM_BASE_URL
+    headers = _headers(None)
+    started = time.monotonic()
+    try:
+        health = await http.get(base + "/health", headers=headers, timeout=wait)
+    except httpx.HTTPError as exc:
+        return Health(False, False, None, [], None, f"unreachable: {exc.__class__.__name__}")
+    latency = round((time.monotonic() - started) * 1000, 2)
+    if health.status_code != 200:
+        detail = f"/health answered HTTP {health.status_code}"
+        return Health(True, False, latency, [], None, detail)
+    models: list[dict[str, Any]] = []
+    metrics_text = None
+    detail = "ok"
+    try:
+        listed = await http.get(base + "/v1/models", headers=headers, timeout=wait)
+        models = [card for card in listed.json().get("data", []) if isinstance(card, dict)]
+        scraped = await http.get(base + "/metrics", headers=headers, timeout=wait)
+        if scraped.status_code == 200:
+            metrics_text = scraped.text
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        detail = f"vLLM is up but did not list its models or metrics: {exc.__class__.__name__}"
+    return Health(True, True, latency, models, metrics_text, detail)
+
+
+async def metrics_text(wait: float = 2.0) -> str | None:
+    """vLLM's /metrics exposition, or None when it does not answer."""
+    try:
+        response = await client().get(
+            settings.VLLM_BASE_URL + "/metrics", headers=_headers(None), timeout=wait
+        )
+    except httpx.HTTPError:
+        return None
+    return response.text if response.status_code == 200 else None
+
+
+def model_label(model: str, *, accepted: bool) -> str:
+    """A bounded metric label: the model when vLLM accepted it (so it serves it) or
+    listed it lately, else "other" (clients can send any string)."""
+    if accepted or (_models_cache is not None and model in _models_cache[1]):
+        return model
+    return "other"

@@ -16,7 +16,7 @@ from proxy.errors import (
     error_body,
     error_response,
 )
-from proxy.routers import index_router, openai_router, seed_router
+from proxy.routers import index_router, monitoring_router, openai_router, seed_router
 from talktuah_site import __version__
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ api.add_router("/v1", openai_router)
 api.add_router("/api", seed_router)
 api.add_router("/api", management_router)
 api.add_router("", index_router)
+api.add_router("", monitoring_router)
 
 
 @api.exception_handler(ProxyError)

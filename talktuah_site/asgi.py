@@ -5,6 +5,7 @@ thread hop per request; everything else (admin, management API) keeps the full s
 """
 
 import os
+import time
 from typing import Any
 
 from django.core.asgi import get_asgi_application
@@ -35,6 +36,8 @@ def is_lean(path: str) -> bool:
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    # When the request reached the process: the gateway's overhead is measured from here.
+    scope["talktuah.started"] = time.perf_counter()
     if scope["type"] == "http" and is_lean(scope["path"]):
         await lean_application(scope, receive, send)
     else:

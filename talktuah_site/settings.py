@@ -201,6 +201,12 @@ DEFAULT_TPM_LIMIT = envint("DEFAULT_TPM_LIMIT", 0)  # 0 = no token limit
 RATELIMIT_ENABLE = envbool("RATELIMIT_ENABLE", True)
 USAGE_FLUSH_SECONDS = envfloat("USAGE_FLUSH_SECONDS", 2.0)
 
+# When set, GET /metrics needs "Authorization: Bearer <METRICS_TOKEN>".
+METRICS_TOKEN = os.getenv("METRICS_TOKEN", "")
+# One JSON line per proxied request on the "talktuah.access" logger (key prefix, never keys
+# or text); set false to silence it.
+ACCESS_LOG = envbool("ACCESS_LOG", True)
+
 LOG_LEVEL = os.getenv("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
@@ -209,7 +215,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     # httpx logs every request at INFO: far too chatty for the probes and the proxy.
-    "loggers": {"django": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
+    "loggers": {
+        "django": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "talktuah.access": {"level": "INFO" if ACCESS_LOG else "WARNING"},
+    },
 }
 
 # --- model lifecycle: downloads, switches, the engine ----------------------------

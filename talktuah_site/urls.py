@@ -3,7 +3,7 @@ anything else under /v1 and /api (vLLM's private routes are never forwarded)."""
 
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
-from django.urls import include, path, re_path
+from django.urls import path, re_path
 
 from proxy.errors import NotFound, error_response
 from talktuah_site.api import api
@@ -15,7 +15,6 @@ async def not_found(request: HttpRequest) -> HttpResponse:
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("", include("django_prometheus.urls")),
     path("", api.urls),
     re_path(r"^(?:v1|api)/", not_found),
 ]
