@@ -438,9 +438,9 @@ async def metrics_response(request: HttpRequest) -> HttpResponse:
         presented = request.headers.get("authorization", "")
         if not hmac.compare_digest(presented.encode(), f"Bearer {settings.METRICS_TOKEN}".encode()):
             raise Unauthenticated("The metrics need 'Authorization: Bearer <METRICS_TOKEN>'.")
-    own = await sync_to_async(gateway_exposition)()
     upstream = await vllm.metrics_text()
     UPSTREAM_UP.set(1 if upstream is not None else 0)
+    own = await sync_to_async(gateway_exposition)()
     text = own + vllm_families(upstream).encode() if upstream else own
     return HttpResponse(text, content_type=CONTENT_TYPE_LATEST)
 

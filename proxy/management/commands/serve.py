@@ -1,0 +1,49 @@
+"""`python manage.py serve --workers N`: the production entry point. Runs uvicorn with
+N worker processes; with more than one, Prometheus metrics go through a multiprocess
+folder (PROMETHEUS_MULTIPROC_DIR, default var/prometheus) that is emptied first, so a
+scrape sums every worker and never counts a previous run."""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+
+class Command(BaseCommand):
+    help = "Run the gateway under uvicorn (several workers, multiprocess metrics)."
+    requires_system_checks = ()
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default=os.getenv("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.getenv("PORT", "8000")))
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=int(os.getenv("WEB_CONCURRENCY", "1")),
+            help="uvicorn worker processes (default: WEB_CONCURRENCY or 1)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        workers = max(options["workers"], 1)
+        multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if workers > 1 and not multiproc:
+            multiproc = str(Path(settings.VAR_DIR) / "prometheus")
+        if multiproc:
+            # Left-over files of a previous run would be summed into this one's counts.
+            shutil.rmtree(multiproc, ignore_errors=True)
+            Path(multiproc).mkdir(parents=True)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc
+        command = [
+            sys.executable, "-m", "uvicorn", "talktuah_site.asgi:application",
+            "--host", options["host"], "--port", str(options["port"]),
+            "--workers", str(workers), "--no-access-log", "--lifespan", "off",
+        ]  # fmt: skip
+        self.stdout.write(
+            f"serving on http://{options['host']}:{options['port']} with {workers} worker(s)"
+        )
+        self.stdout.flush()
+        os.execv(sys.executable, command)
