@@ -12,6 +12,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 from django.utils.safestring import SafeString
 
@@ -26,7 +27,7 @@ from modelmgr.models import (
     UsageDaily,
     WorkerHeartbeat,
 )
-from modelmgr.services import api_key_revoke
+from modelmgr.services import api_key_revoke, usage_summary
 
 
 class ApiKeyForm(forms.ModelForm):
@@ -119,6 +120,40 @@ class UsageDailyAdmin(admin.ModelAdmin):
     list_filter = ["day", "model"]
     search_fields = ["key_name", "key_prefix", "model"]
     date_hierarchy = "day"
+    change_list_template = "admin/modelmgr/usagedaily/change_list.html"
+
+    def get_urls(self) -> list[URLPattern]:
+        summary = self.admin_site.admin_view(self.summary_view)
+        return [path("summary/", summary, name="modelmgr_usage_summary"), *super().get_urls()]
+
+    def summary_view(self, request: HttpRequest) -> HttpResponse:
+        """Totals per key and a chart of tokens per day."""
+        try:
+            days = min(max(int(request.GET.get("days", 30)), 1), 366)
+        except ValueError:
+            days = 30
+        summary = usage_summary(days=days)
+        peak = max((d["tokens"] for d in summary["per_day"]), default=0) or 1
+        bar_width = 600 / days
+        bars = [
+            {
+                **d,
+                "x": round(i * bar_width, 2),
+                "width": round(max(bar_width - 1, 1), 2),
+                "height": round(120 * d["tokens"] / peak, 2),
+                "y": round(120 - 120 * d["tokens"] / peak, 2),
+            }
+            for i, d in enumerate(summary["per_day"])
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Usage of the last {days} days",
+            "opts": self.model._meta,
+            "summary": summary,
+            "bars": bars,
+            "peak": peak,
+        }
+        return TemplateResponse(request, "admin/modelmgr/usagedaily/summary.html", context)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -24,7 +24,7 @@ from django.utils.text import Truncator
 
 from modelmgr import lifecycle
 from modelmgr.models import DownloadJob, DownloadStatus, ModelSwitch
-from proxy import vllm
+from proxy import monitoring, vllm
 
 WORKER_MISSING = "No worker is running: start one with `python manage.py run_worker`"
 # The poller asks for the active jobs of one page; more than a page never makes sense.
@@ -290,9 +290,9 @@ def serve_confirm_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> H
 
 
 def queue_figures() -> dict[str, Any] | None:
-    """vLLM's queue (waiting / running requests) for the dashboard; None until the
-    vLLM metrics reader exists. The template shows every key of the mapping."""
-    return None
+    """vLLM's queue (waiting / running requests, KV-cache usage) for the dashboard, from
+    its /metrics; None when vLLM does not answer. The template shows every key."""
+    return monitoring.queue_figures(vllm.metrics_text_sync())
 
 
 def dashboard_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResponse:

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Sum
 from django.utils import timezone
 
 from modelmgr.models import ApiKey, Scope, UsageDaily
@@ -102,3 +102,34 @@ def usage_rows(*, key_prefix: str, days: int) -> list[dict[str, Any]]:
         }
         for row in UsageDaily.objects.filter(key_prefix=key_prefix, day__gte=since)
     ]
+
+
+def usage_summary(*, days: int) -> dict[str, Any]:
+    """Totals per key and tokens per day over the last `days` days (for the admin)."""
+    today = timezone.now().date()
+    since = today - timedelta(days=days - 1)
+    rows = UsageDaily.objects.filter(day__gte=since)
+    per_key = list(
+        rows.values("key_prefix", "key_name")
+        .annotate(
+            requests=Sum("requests"),
+            errors=Sum("errors"),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+        )
+        .order_by("-completion_tokens", "key_name")
+    )
+    by_day = {
+        row["day"]: row
+        for row in rows.values("day").annotate(
+            requests=Sum("requests"), tokens=Sum(F("prompt_tokens") + F("completion_tokens"))
+        )
+    }
+    per_day = []
+    for offset in range(days):
+        day = since + timedelta(days=offset)
+        found = by_day.get(day, {})
+        per_day.append(
+            {"day": day, "requests": found.get("requests", 0), "tokens": found.get("tokens", 0)}
+        )
+    return {"days": days, "since": since, "per_key": per_key, "per_day": per_day}

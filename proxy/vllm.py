@@ -290,3 +290,13 @@ def model_label(model: str, *, accepted: bool) -> str:
     if accepted or (_models_cache is not None and model in _models_cache[1]):
         return model
     return "other"
+
+
+def metrics_text_sync(timeout: float = 2.0) -> str | None:
+    """vLLM's /metrics for synchronous callers (the admin), or None."""
+    try:
+        with httpx.Client(timeout=timeout, headers=_headers(None)) as http:
+            response = http.get(settings.VLLM_BASE_URL + "/metrics")
+    except httpx.HTTPError:
+        return None
+    return response.text if response.status_code == 200 else None

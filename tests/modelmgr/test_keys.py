@@ -101,3 +101,33 @@ def test_the_admin_revokes_keys(admin_client):
     assert response.status_code == 200
     key.refresh_from_db()
     assert not key.is_active
+
+
+@pytest.mark.django_db
+def test_the_admin_usage_page_totals_per_key_and_charts_days(admin_client):
+    from django.utils import timezone
+
+    from modelmgr.models import UsageDaily
+
+    today = timezone.now().date()
+    UsageDaily.objects.create(
+        key_prefix="tt-aaaaaaaa", key_name="alice", model="m", day=today, requests=3,
+        prompt_tokens=30, completion_tokens=70,
+    )  # fmt: skip
+    UsageDaily.objects.create(
+        key_prefix="tt-aaaaaaaa", key_name="alice", model="n", day=today, requests=1,
+        prompt_tokens=5, completion_tokens=5,
+    )  # fmt: skip
+    UsageDaily.objects.create(
+        key_prefix="tt-bbbbbbbb", key_name="bob", model="m", day=today, requests=1, errors=1
+    )
+    page = admin_client.get("/admin/modelmgr/usagedaily/summary/?days=7")
+    assert page.status_code == 200
+    html = page.content.decode()
+    table = html[html.index('id="usage-per-key"') :]
+    assert table.index("alice") < table.index("bob")
+    assert "<td>4</td><td>0</td><td>35</td><td>75</td>" in table
+    assert html.count("<rect ") == 7
+    assert "110 tokens, 5 requests" in html
+    listing = admin_client.get("/admin/modelmgr/usagedaily/").content.decode()
+    assert "/admin/modelmgr/usagedaily/summary/" in listing
