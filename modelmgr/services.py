@@ -119,8 +119,8 @@ def usage_summary(*, days: int) -> dict[str, Any]:
         )
         .order_by("-completion_tokens", "key_name")
     )
-    by_day = {
-        row["day"]: row
+    by_day: dict[date, dict[str, Any]] = {
+        row["day"]: dict(row)
         for row in rows.values("day").annotate(
             requests=Sum("requests"), tokens=Sum(F("prompt_tokens") + F("completion_tokens"))
         )

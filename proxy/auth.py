@@ -19,6 +19,7 @@ from django.utils import timezone
 from ninja.security.base import AuthBase
 
 from modelmgr.models import ApiKey, Scope, hash_key, split_prefix
+from proxy.db import run_sync
 from proxy.errors import Forbidden, Unauthenticated
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ async def _lookup(prefix: str) -> _CachedKey | None:
     hit = _cache.get(prefix)
     if hit is not None and hit[0] > now:
         return hit[1]
-    key = await ApiKey.objects.filter(prefix=prefix).afirst()
+    key = await run_sync(ApiKey.objects.filter(prefix=prefix).first)
     cached = _snapshot(key) if key is not None else None
     _cache[prefix] = (now + settings.API_KEY_CACHE_SECONDS, cached)
     return cached
@@ -102,7 +103,7 @@ def _env_principal() -> Principal:
 
 async def _write_last_used(key_id: int) -> None:
     try:
-        await ApiKey.objects.filter(pk=key_id).aupdate(last_used_at=timezone.now())
+        await run_sync(ApiKey.objects.filter(pk=key_id).update, last_used_at=timezone.now())
     except Exception:
         # Bookkeeping must never fail a request; the next interval tries again.
         logger.warning("could not record last use of key %s", key_id, exc_info=True)

@@ -6,11 +6,11 @@ import asyncio
 import time
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelmgr.lifecycle import active_switch, switch_summary
 from proxy import gpu, vllm
+from proxy.db import run_sync
 from proxy.metrics import UPSTREAM_UP
 
 HEALTH_CACHE_SECONDS = 1.0
@@ -51,7 +51,7 @@ def queue_figures(metrics_text: str | None) -> dict[str, float] | None:
 
 async def _compute() -> tuple[int, dict[str, Any]]:
     probe = await vllm.health_check()
-    switch = await sync_to_async(active_switch)()
+    switch = await run_sync(active_switch)
     gpus = await asyncio.to_thread(gpu.gpus)
     served = probe.models[0] if probe.models else None
     if switch is not None and not (served and served.get("id") == switch.to_model):

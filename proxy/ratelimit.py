@@ -3,19 +3,28 @@ the same cache. The cache is settings-driven: local memory for one process, Redi
 (REDIS_URL) when several workers or instances must share the counts."""
 
 import time
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
+from django.core.cache.backends.locmem import LocMemCache
 from django.http import HttpRequest
 from django_ratelimit.core import get_usage
 
 from proxy.auth import Principal
 from proxy.errors import RateLimited
 
-# django-ratelimit's decorator does not await async views; its core function is sync
-# (cache I/O), so it runs in the thread pool, off the event loop.
-_get_usage = sync_to_async(get_usage, thread_sensitive=False)
+# django-ratelimit's decorator does not await async views; its core function is sync.
+# With a network cache (Redis) it runs in the thread pool, off the event loop; with the
+# in-process local-memory cache it never blocks, so it runs inline (no thread hop).
+_get_usage_in_thread = sync_to_async(get_usage, thread_sensitive=False)
+
+
+async def _get_usage(request: HttpRequest, **kwargs: Any) -> dict[str, Any] | None:
+    if isinstance(cache, LocMemCache):
+        return get_usage(request, **kwargs)
+    return await _get_usage_in_thread(request, **kwargs)
 
 
 async def check_request_rate(request: HttpRequest, principal: Principal) -> None:

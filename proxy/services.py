@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
@@ -20,6 +19,7 @@ from modelmgr.lifecycle import active_switch
 from modelmgr.services import usage_rows
 from proxy import usage, vllm
 from proxy.auth import Principal
+from proxy.db import run_sync
 from proxy.errors import (
     BadRequest,
     Forbidden,
@@ -248,7 +248,7 @@ async def _wait_for_switch(
     """False when no switch (to `model`, if given) runs. Else wait until it ends and
     return True, or answer 503 with Retry-After once SWITCH_WAIT_SECONDS have passed.
     Only reached on an upstream failure, so the hot path never queries the database."""
-    switch = await sync_to_async(active_switch)()
+    switch = await run_sync(active_switch)
     if switch is None or (model is not None and switch.to_model != model):
         return False
     if before is not None:
@@ -262,7 +262,7 @@ async def _wait_for_switch(
                 headers={"Retry-After": "10"},
             )
         await asyncio.sleep(0.5)
-        switch = await sync_to_async(active_switch)()
+        switch = await run_sync(active_switch)
     return True
 
 
@@ -440,7 +440,7 @@ async def metrics_response(request: HttpRequest) -> HttpResponse:
             raise Unauthenticated("The metrics need 'Authorization: Bearer <METRICS_TOKEN>'.")
     upstream = await vllm.metrics_text()
     UPSTREAM_UP.set(1 if upstream is not None else 0)
-    own = await sync_to_async(gateway_exposition)()
+    own = await run_sync(gateway_exposition)
     text = own + vllm_families(upstream).encode() if upstream else own
     return HttpResponse(text, content_type=CONTENT_TYPE_LATEST)
 
@@ -449,7 +449,7 @@ async def key_usage(principal: Principal, *, days: int) -> dict[str, Any]:
     """A key's own usage per model and day, newest first, with totals."""
     if not 1 <= days <= 366:
         raise BadRequest("'days' must be between 1 and 366.", param="days")
-    rows = await sync_to_async(usage_rows)(key_prefix=principal.prefix, days=days)
+    rows = await run_sync(usage_rows, key_prefix=principal.prefix, days=days)
     totals = {
         field: sum(row[field] for row in rows)
         for field in ("requests", "errors", "prompt_tokens", "completion_tokens")

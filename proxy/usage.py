@@ -8,12 +8,12 @@ import logging
 from dataclasses import dataclass
 from datetime import date
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
 from modelmgr.services import UsageDelta, usage_add
 from proxy.auth import Principal
+from proxy.db import run_sync
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ async def flush() -> bool:
     if not batch:
         return True
     try:
-        await sync_to_async(usage_add)(deltas=batch)
+        await run_sync(usage_add, deltas=batch)
     except Exception:
         logger.exception("could not write %d usage rows; will retry", len(batch))
         _restore(batch)

@@ -1,9 +1,18 @@
 """ASGI entry point. Two Django handlers share one process: the proxy routes (/v1/...,
-/api/chat, /api/models) run on a lean handler whose middleware is all async-native
-(settings.LEAN_MIDDLEWARE), because under ASGI every classic Django middleware costs a
-thread hop per request; everything else (admin, management API) keeps the full stack.
+/api/chat, /api/models) run on a lean handler, everything else (admin, management API,
+metrics) on Django's full stack.
+
+Under ASGI each classic Django middleware and each sync signal receiver costs a thread
+hop per request, and Django's handler opens a new thread-sensitive executor (a new OS
+thread) per request. The lean handler avoids all of them: its middleware is async-native
+(settings.LEAN_MIDDLEWARE), and it sends the request signals inline. Their receivers
+(connection and query-log housekeeping, cache closing) only touch the calling thread's
+resources, and the event loop's thread holds no database connection; the proxy's own
+database calls tidy their thread's connections themselves (proxy/db.py).
 """
 
+import asyncio
+import contextlib
 import os
 import time
 from typing import Any
@@ -15,8 +24,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "talktuah_site.settings")
 full_application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402  (after the app registry is ready)
-from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.core import signals  # noqa: E402
+from django.core.exceptions import RequestAborted  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
 from django.test.utils import override_settings  # noqa: E402
+from django.urls import set_script_prefix  # noqa: E402
 
 LEAN_PATHS = ("/api/chat", "/api/models")
 
@@ -27,6 +39,56 @@ class LeanASGIHandler(ASGIHandler):
         with override_settings(MIDDLEWARE=settings.LEAN_MIDDLEWARE):
             super().load_middleware(is_async)
 
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # No ThreadSensitiveContext: sync_to_async calls share the process's sync thread
+        # instead of a new thread per request.
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Django's ASGIHandler.handle, with the request signals sent inline. As there,
+        a client disconnect cancels the task producing the response."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            assert error_response is not None
+            body_file.close()
+            await self.send_response(error_response, send)
+            error_response.close()
+            return
+
+        async def process_request() -> Any:
+            response = await self.run_get_response(request)
+            # A CancelledError here: the client left while the response was being sent.
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.send_response(response, send)
+            return response
+
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request()),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                with contextlib.suppress(RequestAborted):
+                    task.result()
+            else:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        try:
+            response = tasks[1].result()
+        except asyncio.CancelledError:
+            signals.request_finished.send(sender=self.__class__)
+        else:
+            response.close()  # sends request_finished
+        body_file.close()
+
 
 lean_application = LeanASGIHandler()
 
@@ -35,7 +97,26 @@ def is_lean(path: str) -> bool:
     return path.startswith("/v1/") or path in LEAN_PATHS
 
 
+async def lifespan(receive: Any, send: Any) -> None:
+    """Start-up and shutdown of a worker process: at shutdown, write the pending usage
+    counts and close the upstream connections."""
+    from proxy import usage, vllm
+
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await usage.flush()
+            await vllm.reset_client()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+        return
     # When the request reached the process: the gateway's overhead is measured from here.
     scope["talktuah.started"] = time.perf_counter()
     if scope["type"] == "http" and is_lean(scope["path"]):

@@ -185,7 +185,7 @@ UPSTREAM_READ_TIMEOUT = envfloat("UPSTREAM_READ_TIMEOUT", 600.0)
 UPSTREAM_KEEPALIVE_EXPIRY = envfloat("UPSTREAM_KEEPALIVE_EXPIRY", 4.0)
 UPSTREAM_MAX_CONNECTIONS = envint("UPSTREAM_MAX_CONNECTIONS", 2000)
 UPSTREAM_RETRY_SECONDS = envfloat("UPSTREAM_RETRY_SECONDS", 30.0)
-UPSTREAM_TRANSPORT = os.getenv("UPSTREAM_TRANSPORT", "httpx")
+UPSTREAM_TRANSPORT = os.getenv("UPSTREAM_TRANSPORT", "aiohttp")
 if UPSTREAM_TRANSPORT not in ("httpx", "aiohttp"):
     raise ImproperlyConfigured("UPSTREAM_TRANSPORT must be httpx or aiohttp")
 # How long the served model list (used for a missing "model") is cached.

@@ -26,7 +26,14 @@ from modelmgr.engine import (
     ProcessEngine,
     get_engine,
 )
-from tests.dockerd import FakeDockerAPI, host_shell_image
+from tests.dockerd import (
+    HOST_IMAGE,
+    TEST_LABEL,
+    DockerDaemon,
+    FakeDockerAPI,
+    docker_daemon_fixture,  # noqa: F401 (the `docker_daemon` fixture)
+    host_python,
+)
 from tests.simulator_process import free_port
 
 # A child that ignores SIGTERM, says so in the log, and would sleep for a minute.
@@ -123,8 +130,8 @@ def test_it_serves_switches_and_stops_the_simulator(process_settings: Any) -> No
     assert engine.state().running is False
     assert not (Path(process_settings.VAR_DIR) / "engine.json").exists()
     log = (Path(process_settings.VAR_DIR) / "engine.log").read_text()
-    assert "vllm_simulator --model model-a" in log
-    assert "vllm_simulator --model model-b" in log
+    assert "--served-model-name model-a" in log
+    assert "--served-model-name model-b" in log
 
 
 def test_it_stops_the_orphan_of_a_crashed_worker(process_settings: Any) -> None:
@@ -428,67 +435,122 @@ def test_it_says_docker_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # --- the docker engine for real ---------------------------------------------------
+#
+# The simulator in a container, as vLLM runs in production: an image of this host's
+# libraries (`docker import`, no registry), the host's Python, venv and repo mounted
+# read-only, host networking. Needs a Docker daemon (the running one, else a private
+# dockerd started as root; see tests.dockerd), else skipped.
 
 
-def docker_daemon_problem() -> str | None:
+def container_models(client: Any, name: str, port: int) -> list[dict[str, Any]] | None:
+    """/v1/models' data, None while nothing answers; fails (with the logs) if the
+    container stopped."""
     try:
-        client = docker.from_env(timeout=5)
-        client.ping()
-        client.close()
-    except Exception as exc:
-        return str(exc).splitlines()[0][:200]
-    return None
+        return list(httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1.0).json()["data"])
+    except httpx.TransportError:
+        attrs = client.api.inspect_container(name)
+        # (Its restart policy would start it again: a restart is a failure too.)
+        state = attrs["State"]
+        assert state["Running"] and not state["Restarting"] and attrs["RestartCount"] == 0, (
+            f"container {name} exited with code {state['ExitCode']}: "
+            + client.api.logs(name).decode(errors="replace")[-2000:]
+        )
+        return None
 
 
-_NO_DOCKER = docker_daemon_problem()
+def wait_until_container_serves(
+    client: Any, name: str, port: int, model: str, timeout: float = 30.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        models = container_models(client, name, port)
+        if models is not None and [entry["id"] for entry in models] == [model]:
+            return models[0]
+        assert time.monotonic() < deadline, f"{model} not served on :{port}, but {models}"
+        time.sleep(0.05)
 
 
-@pytest.mark.skipif(_NO_DOCKER is not None, reason=f"no Docker daemon: {_NO_DOCKER}")
-def test_it_switches_a_real_container(settings: Any) -> None:
-    client = docker.from_env()
+def test_it_switches_a_real_vllm_container(
+    docker_daemon: DockerDaemon, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not docker_daemon.local:
+        pytest.skip(f"the Docker daemon at {docker_daemon.docker_host} is not on this host")
+    client = docker_daemon.client
+    # DockerEngine finds Docker as in production: from the environment.
+    monkeypatch.setenv("DOCKER_HOST", docker_daemon.docker_host)
     name = f"talktuah-test-vllm-{uuid.uuid4().hex[:8]}"
     settings.VLLM_CONTAINER_NAME = name
     settings.ENGINE_STOP_GRACE_SECONDS = 5
-    # A stand-in for vLLM that takes vLLM's arguments and exits on SIGTERM (as PID 1 it
-    # would otherwise ignore it, and every stop would take the whole grace period).
-    script = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
+    python = host_python()
+    port = free_port()
+    entrypoint = [python.executable, python.manage, "vllm_simulator"]
+    env = ["TALKTUAH_VAR_DIR=/tmp/talktuah", "PYTHONDONTWRITEBYTECODE=1", "HF_HOME=/models"]
     client.api.create_container(
-        host_shell_image(client),
-        entrypoint=["/bin/sh", "-c", script, "vllm"],
-        command=["--model", "A", "--served-model-name", "A"],
-        environment={"HF_HOME": "/models"},
-        labels={"talktuah.test": "1"},
+        docker_daemon.host_image(),
+        entrypoint=entrypoint,
+        command=["--model", "A", "--port", str(port)],
+        environment=env,
+        labels={TEST_LABEL: "1"},
         name=name,
         host_config=client.api.create_host_config(
-            restart_policy={"Name": "unless-stopped"}, ipc_mode="host", shm_size="64m"
+            binds=python.binds,
+            network_mode="host",
+            restart_policy={"Name": "unless-stopped"},
+            ipc_mode="host",
+            shm_size="64m",
         ),
     )
-    client.api.start(name)
     engine = DockerEngine()
     try:
-        assert engine.state().model == "A"
-        started = time.monotonic()
-        engine.serve(model="B", served_name="b")
-        assert time.monotonic() - started < 5
+        client.api.start(name)
+        wait_until_container_serves(client, name, port, "A")
+        state = engine.state()
+        assert (state.running, state.model, state.served_name) == (True, "A", "A")
+        old = client.api.inspect_container(name)
+
+        engine.serve(model="org/model-b", served_name="model-b")
+        served = wait_until_container_serves(client, name, port, "model-b")
+        assert served["root"] == "org/model-b"
 
         attrs = client.api.inspect_container(name)
-        assert attrs["State"]["Running"] is True
-        assert attrs["Config"]["Cmd"] == ["--model", "B", "--served-model-name", "b"]
-        assert attrs["Config"]["Entrypoint"] == ["/bin/sh", "-c", script, "vllm"]
-        assert "HF_HOME=/models" in attrs["Config"]["Env"]
-        assert attrs["Config"]["Labels"]["talktuah.test"] == "1"
-        assert attrs["HostConfig"]["IpcMode"] == "host"
-        assert attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+        assert attrs["Id"] != old["Id"]
+        assert attrs["Config"]["Cmd"] == [
+            "--model",
+            "org/model-b",
+            "--port",
+            str(port),
+            "--served-model-name",
+            "model-b",
+        ]
+        assert attrs["Config"]["Entrypoint"] == entrypoint
+        assert attrs["Config"]["Image"] == HOST_IMAGE
+        assert set(env) <= set(attrs["Config"]["Env"])
+        assert attrs["Config"]["Labels"] == {TEST_LABEL: "1"}
+        host_config = attrs["HostConfig"]
+        assert host_config["NetworkMode"] == "host"
+        assert host_config["Binds"] == python.binds
+        assert sorted((m["Source"], m["Destination"], m["RW"]) for m in attrs["Mounts"]) == [
+            (str(path), str(path), False) for path in sorted(python.mounts)
+        ]
+        assert host_config["RestartPolicy"]["Name"] == "unless-stopped"
+        assert host_config["IpcMode"] == "host"
+        assert host_config["ShmSize"] == 64 * 1024 * 1024
         state = engine.state()
-        assert (state.running, state.model, state.served_name) == (True, "B", "b")
-        assert not client.containers.list(all=True, filters={"name": f"{name}-replaced"})
+        assert (state.running, state.model, state.served_name) == (True, "org/model-b", "model-b")
+        assert [c.name for c in client.containers.list(all=True, filters={"name": name})] == [name]
 
-        engine.serve(model="B", served_name="b")  # unchanged: a restart, same container
+        # The same model again: a restart of the same container, not a recreation.
+        engine.serve(model="org/model-b", served_name="model-b")
         assert client.api.inspect_container(name)["Id"] == attrs["Id"]
+        wait_until_container_serves(client, name, port, "model-b")
 
+        started = time.monotonic()
         engine.stop()
+        # The simulator, PID 1 in its container, exits on SIGTERM: no SIGKILL needed.
+        assert time.monotonic() - started < 5
+        assert client.api.inspect_container(name)["State"]["ExitCode"] == 0
+        assert port_refuses(port)
         assert engine.state().running is False
     finally:
         for container in client.containers.list(all=True, filters={"name": name}):
             container.remove(force=True)
-        client.close()

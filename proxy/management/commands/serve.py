@@ -40,7 +40,7 @@ class Command(BaseCommand):
         command = [
             sys.executable, "-m", "uvicorn", "talktuah_site.asgi:application",
             "--host", options["host"], "--port", str(options["port"]),
-            "--workers", str(workers), "--no-access-log", "--lifespan", "off",
+            "--workers", str(workers), "--no-access-log", "--lifespan", "on",
         ]  # fmt: skip
         self.stdout.write(
             f"serving on http://{options['host']}:{options['port']} with {workers} worker(s)"
