@@ -129,8 +129,9 @@ else:
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
             # A file, not memory: tests run the gateway on real sockets in other
-            # threads and processes, which must see the same database.
-            "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
+            # threads and processes, which must see the same database. One per test
+            # session, so two sessions on one checkout never share it.
+            "TEST": {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")},
         }
     }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
