@@ -49,6 +49,7 @@ from proxy.metrics import (
     vllm_families,
 )
 from proxy.ratelimit import add_tokens, check_request_rate, check_token_rate
+from proxy.shutdown import register_stream, unregister_stream
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -319,43 +320,60 @@ async def relay_stream(
     """
     pending = b""
     finished = False
+    shutting_down = False
+
+    async def end_for_shutdown() -> None:
+        # Called at the end of the shutdown grace period: closing the upstream response
+        # wakes the loop below, which then ends the stream with an error event.
+        nonlocal shutting_down
+        shutting_down = True
+        await upstream.aclose()
+
+    register_stream(end_for_shutdown)
     ACTIVE_STREAMS.inc()
     try:
-        async for chunk in upstream.iter_raw():
-            pending += chunk
-            end = pending.rfind(b"\n\n")
-            if end < 0:
-                continue
-            events, pending = pending[: end + 2], pending[end + 2 :]
-            if b'"usage":' in events:
-                kept = []
-                for event in events.split(b"\n\n")[:-1]:
-                    if _is_usage_chunk(event):
-                        call.prompt_tokens, call.completion_tokens = _usage_of(event[6:])
-                        if strip_usage:
-                            continue
-                    kept.append(event + b"\n\n")
-                events = b"".join(kept)
-            if events.endswith(b"data: [DONE]\n\n"):
-                finished = True
-            if events:
-                if call.ttft_seconds is None:
-                    call.ttft_seconds = time.perf_counter() - call.started
-                yield events
-        if pending:
-            yield pending
-        if not finished:
+        try:
+            async for chunk in upstream.iter_raw():
+                pending += chunk
+                end = pending.rfind(b"\n\n")
+                if end < 0:
+                    continue
+                events, pending = pending[: end + 2], pending[end + 2 :]
+                if b'"usage":' in events:
+                    kept = []
+                    for event in events.split(b"\n\n")[:-1]:
+                        if _is_usage_chunk(event):
+                            call.prompt_tokens, call.completion_tokens = _usage_of(event[6:])
+                            if strip_usage:
+                                continue
+                        kept.append(event + b"\n\n")
+                    events = b"".join(kept)
+                if events.endswith(b"data: [DONE]\n\n"):
+                    finished = True
+                if events:
+                    if call.ttft_seconds is None:
+                        call.ttft_seconds = time.perf_counter() - call.started
+                    yield events
+        except vllm.VllmError as exc:
+            if not shutting_down:
+                call.error = True
+                code, kind = (504, "upstream_timeout") if exc.timed_out else (502, "upstream_error")
+                yield sse_error_event(str(exc), kind, code)
+                return
+        if shutting_down and not finished:
+            call.error = True
+            yield sse_error_event(
+                "The gateway is shutting down; send the request again.", "gateway_shutdown", 503
+            )
+        elif not finished:
+            if pending:
+                yield pending
             call.error = True
             yield sse_error_event(
                 "vLLM closed the stream before it finished.", "upstream_error", 502
             )
-    except vllm.VllmError as exc:
-        call.error = True
-        if exc.timed_out:
-            yield sse_error_event(str(exc), "upstream_timeout", 504)
-        else:
-            yield sse_error_event(str(exc), "upstream_error", 502)
     finally:
+        unregister_stream(end_for_shutdown)
         ACTIVE_STREAMS.dec()
         call.upstream_seconds = time.perf_counter() - call.upstream_started
         await upstream.aclose()

@@ -98,13 +98,15 @@ def is_lean(path: str) -> bool:
 
 
 async def lifespan(receive: Any, send: Any) -> None:
-    """Start-up and shutdown of a worker process: at shutdown, write the pending usage
-    counts and close the upstream connections."""
-    from proxy import usage, vllm
+    """Start-up and shutdown of a worker process: the graceful-shutdown drain goes in
+    front of uvicorn's signal handlers; at shutdown, write the pending usage counts and
+    close the upstream connections."""
+    from proxy import shutdown, usage, vllm
 
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            shutdown.install()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await usage.flush()

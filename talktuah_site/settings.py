@@ -192,6 +192,11 @@ if UPSTREAM_TRANSPORT not in ("httpx", "aiohttp"):
 # How long the served model list (used for a missing "model") is cached.
 UPSTREAM_MODELS_CACHE_SECONDS = envfloat("UPSTREAM_MODELS_CACHE_SECONDS", 5.0)
 
+# Graceful shutdown: /readyz answers 503 this long before the listener closes...
+SHUTDOWN_DRAIN_SECONDS = envfloat("SHUTDOWN_DRAIN_SECONDS", 5.0)
+# ...then streams in flight get this long before they are ended with an SSE error event.
+SHUTDOWN_GRACE_SECONDS = envfloat("SHUTDOWN_GRACE_SECONDS", 30.0)
+
 # --- keys, limits, usage --------------------------------------------------------
 # Seed compatibility: this value is accepted as an admin key.
 PROXY_API_KEY = os.getenv("PROXY_API_KEY", "")
@@ -213,11 +218,13 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"expected_responses": {"()": "proxy.logfilters.ExpectedResponses"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     # httpx logs every request at INFO: far too chatty for the probes and the proxy.
     "loggers": {
         "django": {"level": "WARNING"},
+        "django.request": {"level": "WARNING", "filters": ["expected_responses"]},
         "httpx": {"level": "WARNING"},
         "talktuah.access": {"level": "INFO" if ACCESS_LOG else "WARNING"},
     },

@@ -41,6 +41,8 @@ class Command(BaseCommand):
             sys.executable, "-m", "uvicorn", "talktuah_site.asgi:application",
             "--host", options["host"], "--port", str(options["port"]),
             "--workers", str(workers), "--no-access-log", "--lifespan", "on",
+            # What the shutdown grace (proxy/shutdown.py) did not end by then is cancelled.
+            "--timeout-graceful-shutdown", str(int(settings.SHUTDOWN_GRACE_SECONDS) + 5),
         ]  # fmt: skip
         self.stdout.write(
             f"serving on http://{options['host']}:{options['port']} with {workers} worker(s)"
