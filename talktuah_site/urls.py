@@ -1,9 +1,12 @@
 """URL map: the admin, Prometheus metrics, the NinjaAPI, and an OpenAI-shape 404 for
 anything else under /v1 and /api (vLLM's private routes are never forwarded)."""
 
+from django.conf import settings
 from django.contrib import admin
+from django.contrib.staticfiles.views import serve as staticfiles_serve
 from django.http import HttpRequest, HttpResponse
 from django.urls import path, re_path
+from django.views.static import serve as static_serve
 
 from proxy.errors import NotFound, error_response
 from talktuah_site.api import api
@@ -13,7 +16,17 @@ async def not_found(request: HttpRequest) -> HttpResponse:
     return error_response(NotFound(f"No route {request.method} {request.path}.", code=404))
 
 
+# The admin's CSS and JS. The gateway serves them itself (they are few and only the admin
+# loads them): from the apps in DEBUG, from STATIC_ROOT (collectstatic) otherwise.
+if settings.DEBUG:
+    static_files = re_path(r"^static/(?P<path>.*)$", staticfiles_serve)
+else:
+    static_files = re_path(
+        r"^static/(?P<path>.*)$", static_serve, {"document_root": settings.STATIC_ROOT}
+    )
+
 urlpatterns = [
+    static_files,
     path("admin/", admin.site.urls),
     path("", api.urls),
     re_path(r"^(?:v1|api)/", not_found),
