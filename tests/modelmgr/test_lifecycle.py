@@ -16,6 +16,7 @@ from django.db import close_old_connections, connection
 
 from modelmgr import lifecycle
 from modelmgr.models import DownloadJob, DownloadStatus, ModelSwitch, ServedModel, SwitchPhase
+from tests.gateway_process import database_url
 from tests.simulator_process import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -132,15 +133,6 @@ def test_two_workers_claim_disjoint_jobs(fake_hub):
     assert sorted(claimed["a"] + claimed["b"]) == sorted(ids)
     assert not set(claimed["a"]) & set(claimed["b"])
     assert set(DownloadJob.objects.values_list("status", flat=True)) == {DownloadStatus.RUNNING}
-
-
-def database_url() -> str:
-    s = connection.settings_dict
-    if s["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{s['NAME']}"
-    return (
-        f"postgres://{s['USER'] or ''}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
-    )
 
 
 def start_worker(fake_hub, tmp_path, **env):

@@ -2,25 +2,20 @@
 
 import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelmgr.models import ModelSwitch, SwitchPhase
 from proxy import monitoring
+from tests.gateway_process import GatewayProcess
 from tests.simulator_process import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-REPO = Path(__file__).resolve().parents[2]
 CHAT = {"model": "demo-model", "messages": [{"role": "user", "content": "a secret prompt"}]}
 
 
@@ -244,44 +239,18 @@ def test_a_key_sees_its_own_usage(gateway, simulator, make_key):
     assert bad.status_code == 400
 
 
-def database_url() -> str:
-    s = connection.settings_dict
-    if s["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{s['NAME']}"
-    return (
-        f"postgres://{s['USER'] or ''}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
-    )
-
-
 def test_one_scrape_counts_the_requests_of_every_worker(simulator, make_key, tmp_path):
     sim = simulator()
     key = make_key(name="multi", rpm_limit=10_000)
-    port = free_port()
     env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),
         "VLLM_BASE_URL": sim.url,
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
         "TALKTUAH_VAR_DIR": str(tmp_path / "var"),
     }
     (tmp_path / "prom").mkdir()
     (tmp_path / "prom" / "stale_counter_1.db").write_bytes(b"left over")  # must be emptied
-    server = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", "2"],
-        cwd=REPO,
-        env=env,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/livez", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.1)
+    with GatewayProcess(workers=2, env=env) as server:
+        url = server.url
         for _ in range(20):
             with httpx.Client(timeout=10) as client:  # new connections: both workers serve
                 response = client.post(
@@ -291,9 +260,6 @@ def test_one_scrape_counts_the_requests_of_every_worker(simulator, make_key, tmp
                 )
                 assert response.status_code == 200
         text = httpx.get(f"{url}/metrics", timeout=10).text
-    finally:
-        server.terminate()
-        server.wait(15)
     counted = sum(
         sample.value
         for family in text_string_to_metric_families(text)

@@ -2,21 +2,16 @@
 processes sharing the real Redis."""
 
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-from django.db import connection
 
-from tests.simulator_process import free_port
+from tests.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CHAT = {"model": "demo-model", "messages": [{"role": "user", "content": "hi"}]}
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_it_answers_429_with_retry_after_past_the_rpm_limit(gateway, simulator, make_key):
@@ -58,50 +53,19 @@ def redis_available() -> bool:
         return False
 
 
-def database_url() -> str:
-    settings_dict = connection.settings_dict
-    if settings_dict["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{settings_dict['NAME']}"
-    return (
-        f"postgres://{settings_dict['USER'] or ''}@{settings_dict['HOST'] or '127.0.0.1'}:"
-        f"{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}"
-    )
-
-
 @pytest.mark.skipif(not redis_available(), reason="needs Redis on 127.0.0.1:6379")
-def test_two_workers_sharing_redis_admit_exactly_the_limit(simulator, make_key):
+def test_two_workers_sharing_redis_admit_exactly_the_limit(simulator, make_key, tmp_path):
     sim = simulator()
     key = make_key(rpm_limit=5)
-    port = free_port()
     prefix = f"talktuah-test-{os.getpid()}-{time.monotonic_ns()}"
     env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),
         "REDIS_URL": "redis://127.0.0.1:6379/0",
         "CACHE_KEY_PREFIX": prefix,
         "VLLM_BASE_URL": sim.url,
-        "DJANGO_SETTINGS_MODULE": "talktuah_site.settings",
+        "TALKTUAH_VAR_DIR": str(tmp_path),
     }
-    server = subprocess.Popen(
-        [
-            sys.executable, "-m", "uvicorn", "talktuah_site.asgi:application",
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--no-access-log",
-            "--log-level", "warning",
-        ],
-        cwd=REPO,
-        env=env,
-    )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.1)
+    with GatewayProcess(workers=2, env=env) as server:
+        url = server.url
         headers = {"Authorization": f"Bearer {key}"}
         statuses = []
         # Fresh connections, so both worker processes take requests.
@@ -112,8 +76,5 @@ def test_two_workers_sharing_redis_admit_exactly_the_limit(simulator, make_key):
                         f"{url}/v1/chat/completions", json=CHAT, headers=headers
                     ).status_code
                 )
-        assert statuses.count(200) == 5, statuses
-        assert statuses.count(429) == 7
-    finally:
-        server.terminate()
-        server.wait(10)
+    assert statuses.count(200) == 5, statuses
+    assert statuses.count(429) == 7

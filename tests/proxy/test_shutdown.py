@@ -3,33 +3,18 @@ connections are accepted, streams in flight finish within the grace period, and 
 rest end with an SSE error event and [DONE]."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-from django.db import connection
 
-from tests.simulator_process import free_port
+from tests.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-REPO = Path(__file__).resolve().parents[2]
 CHAT = {"model": "demo-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-
-
-def database_url() -> str:
-    s = connection.settings_dict
-    if s["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{s['NAME']}"
-    return (
-        f"postgres://{s['USER'] or ''}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
-    )
 
 
 def read_stream(url, key, body, into):
@@ -50,29 +35,15 @@ def read_stream(url, key, body, into):
 def test_sigterm_drains_then_finishes_or_ends_streams(simulator, make_key, tmp_path):
     sim = simulator(token_delay=0.02)
     key = make_key(rpm_limit=10_000)
-    port = free_port()
     env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),
         "VLLM_BASE_URL": sim.url,
         "TALKTUAH_VAR_DIR": str(tmp_path),
         "SHUTDOWN_DRAIN_SECONDS": "1.5",
         "SHUTDOWN_GRACE_SECONDS": "2",
     }
-    server = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port)], cwd=REPO, env=env
-    )
-    url = f"http://127.0.0.1:{port}"
+    server = GatewayProcess(env=env).start()
+    url = server.url
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.1)
         short, long = {}, {}
         # ~1.5 s of tokens: ends within the grace period.
         short_body = {**CHAT, "max_tokens": 75, "ignore_eos": True}
@@ -85,7 +56,7 @@ def test_sigterm_drains_then_finishes_or_ends_streams(simulator, make_key, tmp_p
         for client in clients:
             client.start()
         time.sleep(0.5)
-        server.send_signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         # Draining: still answering, but not ready.
         assert httpx.get(f"{url}/readyz", timeout=2).status_code == 503
@@ -96,11 +67,9 @@ def test_sigterm_drains_then_finishes_or_ends_streams(simulator, make_key, tmp_p
         for client in clients:
             client.join(20)
         # uvicorn re-raises the signal once it has shut down cleanly.
-        assert server.wait(20) in (0, -signal.SIGTERM)
+        assert server.process.wait(20) in (0, -signal.SIGTERM)
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(10)
+        server.stop()
     assert short.get("status") == 200, short
     assert short["lines"][-1] == "data: [DONE]"
     assert all("error" not in line for line in short["lines"])
