@@ -137,3 +137,27 @@ def test_it_records_last_use_at_most_once_per_interval(gateway, simulator, make_
     assert chat(gateway, headers).status_code == 200
     time.sleep(0.3)
     assert ApiKey.objects.get(prefix=prefix).last_used_at == first
+
+
+def test_cors_follows_the_settings(gateway, simulator, make_key, settings):
+    simulator()
+    settings.CORS_ALLOWED_ORIGINS = ["https://chat.example.com"]
+    preflight = {
+        "Origin": "https://chat.example.com",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    allowed = httpx.options(f"{gateway.url}/v1/chat/completions", headers=preflight)
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://chat.example.com"
+    assert "authorization" in allowed.headers["access-control-allow-headers"]
+    other = httpx.options(
+        f"{gateway.url}/v1/chat/completions", headers={**preflight, "Origin": "https://evil.test"}
+    )
+    assert "access-control-allow-origin" not in other.headers
+    key = make_key()
+    response = chat(
+        gateway, {"Authorization": f"Bearer {key}", "Origin": "https://chat.example.com"}
+    )
+    assert response.headers["access-control-allow-origin"] == "https://chat.example.com"
+    assert response.headers["x-content-type-options"] == "nosniff"
