@@ -7,7 +7,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
 from django.core.cache.backends.locmem import LocMemCache
 from django.http import HttpRequest
 from django_ratelimit.core import get_usage
@@ -22,7 +22,8 @@ _get_usage_in_thread = sync_to_async(get_usage, thread_sensitive=False)
 
 
 async def _get_usage(request: HttpRequest, **kwargs: Any) -> dict[str, Any] | None:
-    if isinstance(cache, LocMemCache):
+    # `cache` is a proxy object: look at the backend behind it.
+    if isinstance(caches["default"], LocMemCache):
         return get_usage(request, **kwargs)
     return await _get_usage_in_thread(request, **kwargs)
 
