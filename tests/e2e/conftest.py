@@ -26,6 +26,7 @@ from django.test import override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelmgr import engine as engine_adapter
+from tests import waiting
 from tests.simulator_process import free_port
 
 VLLM_PYTHON_VAR = "TALKTUAH_VLLM_PYTHON"
@@ -290,14 +291,4 @@ def vllm_a(real_vllm: RealVllm, settings: Any) -> RealVllm:
 
 @pytest.fixture
 def wait_for() -> Callable[..., Any]:
-    def wait(predicate: Callable[[], Any], timeout: float = 10.0, message: str = "it") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-            time.sleep(0.05)
-
-    return wait
+    return waiting.wait_for

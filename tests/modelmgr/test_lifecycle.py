@@ -18,6 +18,7 @@ from modelmgr import lifecycle
 from modelmgr.models import DownloadJob, DownloadStatus, ModelSwitch, ServedModel, SwitchPhase
 from tests.gateway_process import database_url
 from tests.simulator_process import free_port
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,17 +33,6 @@ def tiny_model_files(weights: bytes = b"\0" * 1024) -> dict[str, bytes]:
         "model.safetensors": weights,
         "pytorch_model.bin": b"x" * 2048,  # skipped: safetensors exist
     }
-
-
-def wait_for(predicate, timeout=20.0, interval=0.05, message="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
-        time.sleep(interval)
 
 
 def job_row(job_id):
