@@ -108,6 +108,10 @@ class LifecycleCollector(Collector):
 
 
 _lifecycle_collector = LifecycleCollector()
+# Single-process mode: the lifecycle families in a registry of their own (the default
+# registry holds the live metrics and django-prometheus's).
+_LIFECYCLE_REGISTRY = CollectorRegistry()
+_LIFECYCLE_REGISTRY.register(_lifecycle_collector)
 
 
 def gateway_exposition() -> bytes:
@@ -119,10 +123,6 @@ def gateway_exposition() -> bytes:
         registry.register(_lifecycle_collector)
         return generate_latest(registry)
     return generate_latest(REGISTRY) + generate_latest(_LIFECYCLE_REGISTRY)
-
-
-_LIFECYCLE_REGISTRY = CollectorRegistry()
-_LIFECYCLE_REGISTRY.register(_lifecycle_collector)
 
 
 def vllm_families(text: str) -> str:

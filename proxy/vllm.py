@@ -7,6 +7,7 @@ total time; once vLLM has started answering a request is never replayed.
 """
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -59,13 +60,14 @@ def _new_client() -> httpx.AsyncClient:
 
 
 def _timeout() -> httpx.Timeout:
-    # Read from settings on each request, so a changed setting applies at once.
-    return httpx.Timeout(
-        connect=settings.UPSTREAM_CONNECT_TIMEOUT,
-        read=settings.UPSTREAM_READ_TIMEOUT,
-        write=settings.UPSTREAM_READ_TIMEOUT,
-        pool=settings.UPSTREAM_READ_TIMEOUT,
-    )
+    # Read from settings on each request, so a changed setting applies at once; the
+    # object is built only when the values change (this is on the request path).
+    return _timeout_for(settings.UPSTREAM_CONNECT_TIMEOUT, settings.UPSTREAM_READ_TIMEOUT)
+
+
+@functools.lru_cache(maxsize=4)
+def _timeout_for(connect: float, read: float) -> httpx.Timeout:
+    return httpx.Timeout(connect=connect, read=read, write=read, pool=read)
 
 
 def client() -> httpx.AsyncClient:
