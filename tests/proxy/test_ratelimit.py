@@ -6,6 +6,7 @@ import time
 
 import httpx
 import pytest
+from django_ratelimit.core import _get_window
 
 from tests.gateway_process import GatewayProcess
 
@@ -14,9 +15,21 @@ pytestmark = pytest.mark.django_db(transaction=True)
 CHAT = {"model": "demo-model", "messages": [{"role": "user", "content": "hi"}]}
 
 
+def away_from_window_edges(key: str) -> None:
+    """Sleep past the end of the key's minute windows when it is near: a test that
+    crosses one would see the counts reset and admit twice the limit."""
+    rpm_end = _get_window(key.split(".")[0], 60)  # django-ratelimit's (jittered) window
+    tpm_end = (int(time.time()) // 60 + 1) * 60  # the token window: whole minutes
+    for end in sorted((rpm_end, tpm_end)):
+        left = end - time.time()
+        if left < 15:
+            time.sleep(max(left, 0) + 0.5)
+
+
 def test_it_answers_429_with_retry_after_past_the_rpm_limit(gateway, simulator, make_key):
     simulator()
     key = make_key(rpm_limit=3)
+    away_from_window_edges(key)
     headers = {"Authorization": f"Bearer {key}"}
     statuses = [
         httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, headers=headers).status_code
@@ -34,6 +47,7 @@ def test_it_answers_429_with_retry_after_past_the_rpm_limit(gateway, simulator, 
 def test_it_refuses_requests_past_the_token_limit(gateway, simulator, make_key):
     simulator(tokens=10)
     key = make_key(tpm_limit=25)
+    away_from_window_edges(key)
     headers = {"Authorization": f"Bearer {key}"}
     url = f"{gateway.url}/v1/chat/completions"
     assert httpx.post(url, json=CHAT, headers=headers).status_code == 200
@@ -57,6 +71,7 @@ def redis_available() -> bool:
 def test_two_workers_sharing_redis_admit_exactly_the_limit(simulator, make_key, tmp_path):
     sim = simulator()
     key = make_key(rpm_limit=5)
+    away_from_window_edges(key)
     prefix = f"talktuah-test-{os.getpid()}-{time.monotonic_ns()}"
     env = {
         "REDIS_URL": "redis://127.0.0.1:6379/0",
