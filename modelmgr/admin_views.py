@@ -24,7 +24,8 @@ from django.utils.text import Truncator
 
 from modelmgr import lifecycle
 from modelmgr.models import DownloadJob, DownloadStatus, ModelSwitch
-from proxy import monitoring, vllm
+from plumbing import vllm
+from proxy import monitoring
 
 WORKER_MISSING = "No worker is running: start one with `python manage.py run_worker`"
 # The poller asks for the active jobs of one page; more than a page never makes sense.

@@ -9,7 +9,7 @@ from django.http import HttpRequest
 from ninja import Router, Status
 
 from modelmgr import lifecycle
-from proxy import vllm
+from plumbing import vllm
 from proxy.auth import admin_auth, principal_of
 
 router = Router(tags=["Model management"], auth=admin_auth)

@@ -32,7 +32,7 @@ from modelmgr.models import (
     SwitchPhase,
     WorkerHeartbeat,
 )
-from proxy import vllm
+from plumbing import vllm
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from django.utils import timezone
 from ninja.security.base import AuthBase
 
 from modelmgr.models import ApiKey, Scope, hash_key, split_prefix
-from proxy.db import run_sync
-from proxy.errors import Forbidden, Unauthenticated
+from plumbing.db import run_sync
+from plumbing.errors import Forbidden, Unauthenticated
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelmgr.lifecycle import active_switch, switch_summary
-from proxy import gpu, vllm
-from proxy.db import run_sync
+from plumbing import gpu, vllm
+from plumbing.db import run_sync
 from proxy.metrics import UPSTREAM_UP
 
 HEALTH_CACHE_SECONDS = 1.0

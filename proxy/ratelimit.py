@@ -13,7 +13,7 @@ from django.http import HttpRequest
 from django_ratelimit.core import get_usage
 
 from proxy.auth import Principal
-from proxy.errors import RateLimited
+from plumbing.errors import RateLimited
 
 # django-ratelimit's decorator does not await async views; its core function is sync.
 # With a network cache (Redis) it runs in the thread pool, off the event loop; with the

@@ -19,8 +19,8 @@ from modelmgr.lifecycle import active_switch
 from modelmgr.services import usage_rows
 from proxy import usage, vllm
 from proxy.auth import Principal
-from proxy.db import run_sync
-from proxy.errors import (
+from plumbing.db import run_sync
+from plumbing.errors import (
     BadRequest,
     Forbidden,
     PayloadTooLarge,
@@ -70,12 +70,6 @@ OVERHEAD_HEADER = "X-TalkTuah-Overhead-Ms"
 access_log = logging.getLogger("talktuah.access")
 
 
-def upstream_error(exc: vllm.VllmError) -> ProxyError:
-    if exc.timed_out:
-        return UpstreamTimeout(str(exc), code="upstream_timeout")
-    return UpstreamUnreachable(str(exc), code="upstream_unreachable")
-
-
 def parse_body(request: HttpRequest, endpoint: Endpoint) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise UnsupportedMediaType(
@@ -114,10 +108,7 @@ def parse_body(request: HttpRequest, endpoint: Endpoint) -> dict[str, Any]:
 
 
 async def default_model() -> str:
-    try:
-        names = await vllm.served_model_names()
-    except vllm.VllmError as exc:
-        raise upstream_error(exc) from exc
+    names = await vllm.served_model_names()
     if not names:
         raise UpstreamUnavailable("vLLM serves no model right now.", headers={"Retry-After": "5"})
     return names[0]
@@ -158,7 +149,7 @@ async def forward(
     call = Call(principal=principal, endpoint=endpoint, started=_started_at(request))
     try:
         return await _forward(request, call)
-    except ProxyError as exc:
+    except TalkTuahError as exc:
         call.status, call.error = exc.status, True
         await finish(call)
         raise
@@ -200,9 +191,9 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
         upstream = await _open_through_switch(
             endpoint.path, content, request.headers.get("x-request-id"), model
         )
-    except vllm.VllmError as exc:
+    except UpstreamError as exc:
         call.attempts = exc.attempts
-        raise upstream_error(exc) from exc
+        raise
     call.attempts = upstream.attempts
     call.status = upstream.status
     call.accepted = upstream.status < 400
@@ -233,8 +224,10 @@ async def _open_through_switch(
     instead of failing on vLLM being down or not knowing the new model yet."""
     try:
         upstream = await vllm.open_request("POST", path, content=content, request_id=request_id)
-    except vllm.VllmError as exc:
-        if exc.timed_out or not await _wait_for_switch(None):
+    except UpstreamTimeout:
+        raise
+    except UpstreamError:
+        if not await _wait_for_switch(None):
             raise
     else:
         if upstream.status != 404 or not await _wait_for_switch(model, before=upstream.aclose):
@@ -272,8 +265,6 @@ async def _whole_response(upstream: vllm.UpstreamResponse, call: Call) -> HttpRe
     # upstream connection and vLLM aborts the generation.
     try:
         content = await upstream.read()
-    except vllm.VllmError as exc:
-        raise upstream_error(exc) from exc
     finally:
         await upstream.aclose()
     done = time.perf_counter()
@@ -354,11 +345,11 @@ async def relay_stream(
                     if call.ttft_seconds is None:
                         call.ttft_seconds = time.perf_counter() - call.started
                     yield events
-        except vllm.VllmError as exc:
+        except UpstreamError as exc:
             if not shutting_down:
                 call.error = True
-                code, kind = (504, "upstream_timeout") if exc.timed_out else (502, "upstream_error")
-                yield sse_error_event(str(exc), kind, code)
+                kind = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
+                yield sse_error_event(str(exc), kind, exc.status)
                 return
         if shutting_down and not finished:
             call.error = True
@@ -436,10 +427,7 @@ def _ms(seconds: float) -> str:
 
 async def list_models(principal: Principal) -> HttpResponse:
     """vLLM's model list, filtered by the key's allowed models."""
-    try:
-        status, data = await vllm.get_json("/v1/models")
-    except vllm.VllmError as exc:
-        raise upstream_error(exc) from exc
+    status, data = await vllm.get_json("/v1/models")
     if status >= 400 or not isinstance(data, dict):
         return HttpResponse(
             normalise_upstream_error(status, orjson.dumps(data)),

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from modelmgr.services import UsageDelta, usage_add
 from proxy.auth import Principal
-from proxy.db import run_sync
+from plumbing.db import run_sync
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from modelmgr.api import router as management_router
 from modelmgr.lifecycle import LifecycleError
-from proxy.errors import (
+from plumbing.errors import (
     BadRequest,
     ProxyError,
     Unauthenticated,

@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import path, re_path
 from django.views.static import serve as static_serve
 
-from proxy.errors import NotFound, error_response
+from plumbing.errors import NotFound, error_response
 from talktuah_site.api import api
 
 

@@ -28,7 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelmgr import lifecycle
 from modelmgr.models import DownloadJob, DownloadStatus, ModelSwitch, Scope, SwitchPhase, UsageDaily
-from proxy import monitoring, vllm
+from plumbing import vllm
+from proxy import monitoring
 
 from .conftest import MAX_MODEL_LEN, PHASES, VLLM_ENV, RealVllm, metrics_of
 

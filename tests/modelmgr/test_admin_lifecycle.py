@@ -22,7 +22,7 @@ from modelmgr.models import (
     SwitchPhase,
     WorkerHeartbeat,
 )
-from proxy import vllm
+from plumbing import vllm
 
 JOBS = "/admin/modelmgr/downloadjob/"
 PROGRESS = "/admin/modelmgr/downloadjob/progress.json"

@@ -113,7 +113,7 @@ def test_restart_api_drops_pooled_connections(gateway, admin_headers, simulator,
     assert httpx.post(
         f"{gateway.url}/v1/chat/completions", json=chat, headers=admin_headers
     ).is_success
-    from proxy import vllm
+    from plumbing import vllm
 
     before = vllm._state
     assert before is not None

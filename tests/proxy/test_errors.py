@@ -6,7 +6,7 @@ import json
 import httpx
 import pytest
 
-from proxy.errors import normalise_upstream_error
+from plumbing.errors import normalise_upstream_error
 from tests.wire import WIRE
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -17,15 +17,15 @@ import httpx
 import orjson
 from django.conf import settings
 
+from plumbing.errors import (
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamInvalidResponse,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
-class VllmError(Exception):
-    """vLLM could not be reached, timed out, or broke a response off."""
-
-    def __init__(self, message: str, *, timed_out: bool = False, attempts: int = 1) -> None:
-        super().__init__(message)
-        self.timed_out = timed_out
-        self.attempts = attempts
-
+__all__ = ["UpstreamError"]  # what every function here may raise (a subclass of it)
 
 # Errors raised before the first response byte: nothing reached vLLM's handler, or
 # vLLM went away before answering, so the request may be sent again.
@@ -109,9 +109,9 @@ class UpstreamResponse:
         try:
             return await self._response.aread()
         except httpx.TimeoutException as exc:
-            raise VllmError("vLLM did not answer in time", timed_out=True) from exc
+            raise UpstreamTimeout("vLLM did not answer in time") from exc
         except httpx.HTTPError as exc:
-            raise VllmError(f"vLLM broke off its response: {exc!r}") from exc
+            raise UpstreamDisconnected(f"vLLM broke off its response: {exc!r}") from exc
 
     async def iter_raw(self) -> AsyncIterator[bytes]:
         """Bytes as they arrive, no buffering."""
@@ -119,9 +119,9 @@ class UpstreamResponse:
             async for chunk in self._response.aiter_raw():
                 yield chunk
         except httpx.TimeoutException as exc:
-            raise VllmError("vLLM stopped sending (read timeout)", timed_out=True) from exc
+            raise UpstreamTimeout("vLLM stopped sending (read timeout)") from exc
         except httpx.HTTPError as exc:
-            raise VllmError(f"vLLM broke off the stream: {exc!r}") from exc
+            raise UpstreamDisconnected(f"vLLM broke off the stream: {exc!r}") from exc
 
     async def aclose(self) -> None:
         # Closing an unfinished response closes its connection: that is how vLLM learns
@@ -147,9 +147,7 @@ async def open_request(
             response = await http.send(request, stream=True)
         except httpx.TimeoutException as exc:
             if not isinstance(exc, httpx.ConnectTimeout):
-                raise VllmError(
-                    "vLLM did not answer in time", timed_out=True, attempts=attempts
-                ) from exc
+                raise UpstreamTimeout("vLLM did not answer in time", attempts=attempts) from exc
             last_error: Exception = exc
         except _RETRYABLE as exc:
             last_error = exc
@@ -161,7 +159,7 @@ async def open_request(
                 _response=response,
             )
         if time.monotonic() + delay > deadline:
-            raise VllmError(
+            raise UpstreamUnreachable(
                 f"vLLM at {settings.VLLM_BASE_URL} is unreachable after {attempts} attempts: "
                 f"{last_error!r}",
                 attempts=attempts,
@@ -180,7 +178,9 @@ async def get_json(path: str) -> tuple[int, Any]:
     try:
         return response.status, orjson.loads(content) if content else None
     except orjson.JSONDecodeError as exc:
-        raise VllmError(f"vLLM answered {path} with something that is not JSON") from exc
+        raise UpstreamInvalidResponse(
+            f"vLLM answered {path} with something that is not JSON"
+        ) from exc
 
 
 _models_cache: tuple[float, list[str]] | None = None
@@ -197,7 +197,7 @@ async def served_model_names() -> list[str]:
         return _models_cache[1]
     status, data = await get_json("/v1/models")
     if status != 200 or not isinstance(data, dict):
-        raise VllmError(f"vLLM answered /v1/models with HTTP {status}")
+        raise UpstreamInvalidResponse(f"vLLM answered /v1/models with HTTP {status}")
     names = [str(card["id"]) for card in data.get("data", []) if "id" in card]
     _models_cache = (now, names)
     return names

@@ -1,0 +1,270 @@
+"""Every error TalkTuah raises, in one tree (as httpx keeps its own in one module), and
+the one error shape of its HTTP surface.
+
+The root, `TalkTuahError`, carries what an answer needs: the HTTP status, OpenAI's
+error `type`, a `code`, the offending `param` and extra headers (`Retry-After`). Each
+kind of failure is a subclass, so callers catch the kind they handle and never branch
+on a flag. Whatever reaches the API leaves, through one handler in
+`talktuah_site/api.py`, as `{"error": {"message", "type", "param", "code"}}` so OpenAI
+SDKs can parse it.
+
+    TalkTuahError
+    ├── BadRequest (400) ─ InvalidRepoId
+    ├── Unauthenticated (401)
+    ├── Forbidden (403)
+    ├── NotFound (404) ─ ModelNotDownloaded, JobNotFound
+    ├── Conflict (409)
+    ├── PayloadTooLarge (413)
+    ├── UnsupportedMediaType (415)
+    ├── RateLimited (429)
+    ├── UpstreamError: vLLM failed us
+    │   ├── UpstreamUnreachable (502) ─ UpstreamDisconnected, UpstreamInvalidResponse
+    │   ├── UpstreamUnavailable (503)
+    │   └── UpstreamTimeout (504)
+    ├── HubError: the Hugging Face Hub or the cache's disk failed a download
+    │   ├── RepoNotFound, RepoGated, HubUnauthorized, HubUnreachable, DiskFull
+    │   ├── DownloadCancelled
+    │   └── HubFailure (anything else)
+    └── EngineError: vLLM could not be started, stopped or inspected
+        └── EngineReadOnly (409)
+"""
+
+from typing import Any
+
+import orjson
+from django.http import HttpResponse
+
+
+class TalkTuahError(Exception):
+    """The root: an error with an HTTP status and an OpenAI-shape body."""
+
+    status: int = 500
+    type: str = "internal_error"
+    code: str | int | None = None  # None: the status
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else (type(self).code or self.status)
+        self.headers = headers or {}
+
+
+# --- the request was refused ---------------------------------------------------------
+
+
+class BadRequest(TalkTuahError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class InvalidRepoId(BadRequest):
+    code = "invalid_request"
+
+
+class Unauthenticated(TalkTuahError):
+    status = 401
+    type = "authentication_error"
+
+
+class Forbidden(TalkTuahError):
+    status = 403
+    type = "permission_error"
+
+
+class NotFound(TalkTuahError):
+    status = 404
+    type = "not_found_error"
+
+
+class ModelNotDownloaded(NotFound):
+    type = "invalid_request_error"
+    code = "model_not_downloaded"
+
+
+class JobNotFound(NotFound):
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class Conflict(TalkTuahError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class PayloadTooLarge(TalkTuahError):
+    status = 413
+    type = "invalid_request_error"
+
+
+class UnsupportedMediaType(TalkTuahError):
+    status = 415
+    type = "invalid_request_error"
+
+
+class RateLimited(TalkTuahError):
+    status = 429
+    type = "rate_limit_error"
+
+
+# --- vLLM failed us -------------------------------------------------------------------
+
+
+class UpstreamError(TalkTuahError):
+    """vLLM could not be reached, timed out, or broke a response off. `attempts` says
+    how many times the request was sent (retries happen only before the first byte)."""
+
+    status = 502
+    type = "upstream_error"
+
+    def __init__(self, message: str, *, attempts: int = 1, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.attempts = attempts
+
+
+class UpstreamUnreachable(UpstreamError):
+    type = "upstream_unreachable"
+    code = "upstream_unreachable"
+
+
+class UpstreamDisconnected(UpstreamUnreachable):
+    """vLLM closed the connection in the middle of its answer."""
+
+
+class UpstreamInvalidResponse(UpstreamUnreachable):
+    """vLLM answered something the gateway cannot read (not JSON, not a model list):
+    to a client that is the same as no answer."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    type = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    type = "upstream_timeout"
+    code = "upstream_timeout"
+
+
+# --- the Hub (downloads) --------------------------------------------------------------
+
+
+class HubError(TalkTuahError):
+    """A Hub operation failed; `str(exc)` says it to a person, the class says how."""
+
+    status = 502
+    type = "hub_error"
+
+
+class RepoNotFound(HubError):
+    status = 404
+
+
+class RepoGated(HubError):
+    status = 403
+
+
+class HubUnauthorized(HubError):
+    status = 401
+
+
+class HubUnreachable(HubError):
+    """Network trouble, or the Hub is overloaded: worth retrying later."""
+
+
+class DiskFull(HubError):
+    status = 507
+
+
+class DownloadCancelled(HubError):
+    status = 409
+
+
+class HubFailure(HubError):
+    """Anything else the Hub client raised."""
+
+
+# --- the engine (what runs vLLM) ------------------------------------------------------
+
+
+class EngineError(TalkTuahError):
+    """vLLM could not be started, stopped or inspected; the message says why."""
+
+    status = 502
+    type = "engine_error"
+
+
+class EngineReadOnly(EngineError):
+    """The engine is managed outside TalkTuah and refuses changes."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+# --- the wire shape -------------------------------------------------------------------
+
+
+def error_body(
+    message: str, type_: str, *, param: str | None = None, code: str | int | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(exc: TalkTuahError) -> HttpResponse:
+    body = error_body(exc.message, exc.type, param=exc.param, code=exc.code)
+    response = HttpResponse(orjson.dumps(body), status=exc.status, content_type="application/json")
+    for name, value in exc.headers.items():
+        response[name] = value
+    return response
+
+
+def normalise_upstream_error(status: int, content: bytes) -> bytes:
+    """vLLM's error body in OpenAI's shape, whatever vLLM sent.
+
+    vLLM 0.32 sends the nested shape already; older servers send a flat
+    `{"message", "type", "code"}`, its auth middleware `{"error": "Unauthorized"}`,
+    and FastAPI's own routes `{"detail": ...}`.
+    """
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        inner = data.get("error")
+        if isinstance(inner, dict) and "message" in inner:
+            inner.setdefault("type", "upstream_error")
+            inner.setdefault("param", None)
+            inner.setdefault("code", status)
+            return orjson.dumps({"error": inner})
+        if isinstance(inner, str):
+            return orjson.dumps(error_body(inner, "upstream_error", code=status))
+        if "message" in data:
+            return orjson.dumps(
+                error_body(
+                    str(data["message"]),
+                    str(data.get("type") or "upstream_error"),
+                    param=data.get("param"),
+                    code=data.get("code", status),
+                )
+            )
+        if "detail" in data:
+            detail = data["detail"]
+            message = detail if isinstance(detail, str) else orjson.dumps(detail).decode()
+            return orjson.dumps(error_body(f"upstream: {message}", "upstream_error", code=status))
+    text = content.decode("utf-8", "replace").strip()[:500] or f"HTTP {status}"
+    return orjson.dumps(error_body(f"upstream: {text}", "upstream_error", code=status))
+
+
+def sse_error_event(message: str, type_: str, code: int) -> bytes:
+    """The event that ends a stream that broke after it started, followed by [DONE]."""
+    return b"data: " + orjson.dumps(error_body(message, type_, code=code)) + b"\n\ndata: [DONE]\n\n"
