@@ -3,7 +3,7 @@ progress, downloaded models and switching, switch history, workers, a dashboard)
 
 A new key's plaintext is shown exactly once, in the message after saving; only its
 digest is stored. Lifecycle rows are read-only here: every change goes through the
-modelmgr.lifecycle services (admin_views.py holds the pages beyond plain lists).
+services in modelmgr/services.py (admin_views.py holds the pages beyond plain lists).
 """
 
 from typing import Any
@@ -16,7 +16,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 from django.utils.safestring import SafeString
 
-from modelmgr import admin_views, lifecycle
+from modelmgr import admin_views, selectors, services
 from modelmgr.models import (
     ApiKey,
     DownloadJob,
@@ -27,7 +27,9 @@ from modelmgr.models import (
     UsageDaily,
     WorkerHeartbeat,
 )
-from modelmgr.services import api_key_revoke, usage_summary
+from modelmgr.selectors import usage_summary
+from modelmgr.services import api_key_create, api_key_revoke
+from plumbing.errors import TalkTuahError
 
 
 class ApiKeyForm(forms.ModelForm):
@@ -87,9 +89,20 @@ class ApiKeyAdmin(admin.ModelAdmin):
         if change:
             super().save_model(request, obj, form, change)
             return
-        plaintext, _prefix = ApiKey.generate()
-        obj.set_key(plaintext)
-        super().save_model(request, obj, form, change)
+        # The same service as the command and the tests: the admin only collects the fields.
+        data = form.cleaned_data
+        key, plaintext = api_key_create(
+            name=data["name"],
+            owner=data.get("owner"),
+            scopes=data["scopes"],
+            allowed_models=data.get("allowed_models") or (),
+            rpm_limit=data.get("rpm_limit"),
+            tpm_limit=data.get("tpm_limit"),
+            expires_at=data.get("expires_at"),
+            is_active=data.get("is_active", True),
+        )
+        obj.pk = key.pk
+        obj.refresh_from_db()
         messages.warning(
             request,
             f"The new key is {plaintext} — copy it now: it is stored only as a digest "
@@ -244,7 +257,7 @@ class DownloadJobAdmin(ReadOnlyAdmin):
         if (
             request.method == "GET"
             and DownloadJob.objects.filter(status=DownloadStatus.QUEUED).exists()
-            and not lifecycle.worker_alive()
+            and not selectors.worker_alive()
         ):
             messages.warning(request, admin_views.WORKER_MISSING)
         return super().changelist_view(request, extra_context)
@@ -270,8 +283,8 @@ class DownloadJobAdmin(ReadOnlyAdmin):
     def cancel(self, request: HttpRequest, queryset: QuerySet[DownloadJob]) -> None:
         for job in queryset:
             try:
-                job = lifecycle.download_cancel(job=job)
-            except lifecycle.LifecycleError as exc:
+                job = services.download_cancel(job=job)
+            except TalkTuahError as exc:
                 self.message_user(request, exc.message, messages.ERROR)
                 continue
             if job.status == DownloadStatus.CANCELLED:
@@ -285,10 +298,10 @@ class DownloadJobAdmin(ReadOnlyAdmin):
     def retry(self, request: HttpRequest, queryset: QuerySet[DownloadJob]) -> None:
         for job in queryset:
             try:
-                new_job = lifecycle.download_retry(
+                new_job = services.download_retry(
                     job=job, requested_by=admin_views.admin_actor(request)
                 )
-            except lifecycle.LifecycleError as exc:
+            except TalkTuahError as exc:
                 self.message_user(request, exc.message, messages.ERROR)
                 continue
             self.message_user(

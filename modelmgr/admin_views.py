@@ -22,10 +22,10 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
-from modelmgr import lifecycle
+from modelmgr import selectors, services
 from modelmgr.models import DownloadJob, DownloadStatus, ModelSwitch
 from plumbing import vllm
-from proxy import monitoring
+from plumbing.errors import TalkTuahError
 
 WORKER_MISSING = "No worker is running: start one with `python manage.py run_worker`"
 # The poller asks for the active jobs of one page; more than a page never makes sense.
@@ -118,12 +118,12 @@ def job_speed(job: DownloadJob) -> str:
     # alive, two queries per call, so it is not called for every row of the list.
     if job.status != DownloadStatus.RUNNING:
         return ""
-    return speed_label(lifecycle.download_progress(job))
+    return speed_label(selectors.download_progress(job))
 
 
 def progress_json(job: DownloadJob) -> dict[str, Any]:
-    """lifecycle.download_progress plus the labels the page shows."""
-    progress = lifecycle.download_progress(job)
+    """selectors.download_progress plus the labels the page shows."""
+    progress = selectors.download_progress(job)
     return {
         **progress,
         "label": progress_label(
@@ -181,13 +181,13 @@ def download_add_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> Ht
     form = DownloadForm(request.POST if request.method == "POST" else None)
     if form.is_valid():
         try:
-            job, created = lifecycle.download_start(
+            job, created = services.download_start(
                 repo_id=form.cleaned_data["repo_id"],
                 revision=form.cleaned_data["revision"],
                 auto_switch=form.cleaned_data["auto_switch"],
                 requested_by=admin_actor(request),
             )
-        except lifecycle.LifecycleError as exc:
+        except TalkTuahError as exc:
             messages.error(request, exc.message)
         else:
             if created:
@@ -205,7 +205,7 @@ def download_add_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> Ht
         "title": "Download a model from the Hub",
         "opts": opts,
         "form": form,
-        "worker_alive": lifecycle.worker_alive(),
+        "worker_alive": selectors.worker_alive(),
         "worker_missing": WORKER_MISSING,
     }
     return TemplateResponse(request, "admin/modelmgr/downloadjob/download_form.html", context)
@@ -226,7 +226,7 @@ def downloaded_models_view(model_admin: admin.ModelAdmin, request: HttpRequest) 
             "serving": model.repo_id in probe.models,
             "serve_url": f"{serve_url}?{urlencode({'model': model.repo_id})}",
         }
-        for model in lifecycle.downloaded_models()
+        for model in selectors.downloaded_models()
     ]
     context = {
         **model_admin.admin_site.each_context(request),
@@ -234,7 +234,7 @@ def downloaded_models_view(model_admin: admin.ModelAdmin, request: HttpRequest) 
         "opts": model_admin.model._meta,
         "rows": rows,
         "probe": probe,
-        "switch": lifecycle.active_switch(),
+        "switch": selectors.active_switch(),
         "can_switch": request.user.has_perm(SWITCH_PERMISSION),
         "engine": settings.TALKTUAH_ENGINE,
     }
@@ -248,10 +248,10 @@ def serve_confirm_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> H
     models_url = reverse("admin:modelmgr_servedmodel_changelist")
     if request.method == "POST":
         try:
-            switch = lifecycle.model_switch_request(
+            switch = services.model_switch_request(
                 repo_id=request.POST.get("model", ""), requested_by=admin_actor(request)
             )
-        except lifecycle.LifecycleError as exc:
+        except TalkTuahError as exc:
             messages.error(request, exc.message)
             return redirect(models_url)
         messages.success(
@@ -259,12 +259,12 @@ def serve_confirm_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> H
             f"Switch requested: {switch.from_model or 'nothing'} → {switch.to_model}. "
             "vLLM restarts; follow the phase below.",
         )
-        if not lifecycle.worker_alive():
+        if not selectors.worker_alive():
             messages.warning(request, WORKER_MISSING)
         return redirect("admin:modelmgr_modelswitch_changelist")
 
     repo_id = request.GET.get("model", "").strip()
-    target = next((m for m in lifecycle.downloaded_models() if m.repo_id == repo_id), None)
+    target = next((m for m in selectors.downloaded_models() if m.repo_id == repo_id), None)
     if target is None:
         messages.error(request, f"'{repo_id}' is not downloaded: download it first.")
         return redirect(models_url)
@@ -277,11 +277,11 @@ def serve_confirm_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> H
         "size": human_size(target.size_bytes),
         "current": probe.models[0] if probe.models else None,
         "probe": probe,
-        "switch": lifecycle.active_switch(),
+        "switch": selectors.active_switch(),
         "wait_seconds": settings.SWITCH_WAIT_SECONDS,
         "timeout_seconds": settings.SWITCH_TIMEOUT_SECONDS,
         "engine": settings.TALKTUAH_ENGINE,
-        "worker_alive": lifecycle.worker_alive(),
+        "worker_alive": selectors.worker_alive(),
         "worker_missing": WORKER_MISSING,
     }
     return TemplateResponse(request, "admin/modelmgr/servedmodel/serve_confirm.html", context)
@@ -293,13 +293,13 @@ def serve_confirm_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> H
 def queue_figures() -> dict[str, Any] | None:
     """vLLM's queue (waiting / running requests, KV-cache usage) for the dashboard, from
     its /metrics; None when vLLM does not answer. The template shows every key."""
-    return monitoring.queue_figures(vllm.metrics_text_sync())
+    return vllm.queue_figures(vllm.metrics_text_sync())
 
 
 def dashboard_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResponse:
     probe = vllm.probe()
-    job = lifecycle.download_get()
-    switch = lifecycle.active_switch() or ModelSwitch.objects.order_by("-created_at").first()
+    job = selectors.download_get()
+    switch = selectors.active_switch() or ModelSwitch.objects.order_by("-created_at").first()
     context = {
         **model_admin.admin_site.each_context(request),
         "title": "TalkTuah dashboard",
@@ -314,7 +314,7 @@ def dashboard_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpR
         else "",
         "job_status": live_field(job, "status", job.status) if job else "",
         "switch": switch,
-        "worker_alive": lifecycle.worker_alive(),
+        "worker_alive": selectors.worker_alive(),
         "worker_missing": WORKER_MISSING,
         "engine": settings.TALKTUAH_ENGINE,
     }

@@ -1,16 +1,24 @@
-"""Management routes (admin scope), on the seed's paths and query parameters:
-downloads, switches, loading status, restart. Each view calls one lifecycle service."""
+"""Management routes (admin scope) on the paths and query parameters of TalkTuah's
+original API: downloads, switches, loading status, restart. Each view calls one service
+or selector and returns its data; the schemas in `schemas.py` give the shapes."""
 
-from typing import Any
-
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest
 from ninja import Router, Status
 
-from modelmgr import lifecycle
+from modelmgr import selectors, services
+from modelmgr.auth import admin_auth, principal_of
+from modelmgr.schemas import (
+    DownloadIdleOut,
+    DownloadProgressOut,
+    DownloadStartedOut,
+    LoadingStatusOut,
+    ModelStatusOut,
+    RestartOut,
+    SwitchOut,
+)
 from plumbing import vllm
-from proxy.auth import admin_auth, principal_of
+from plumbing.db import run_sync
 
 router = Router(tags=["Model management"], auth=admin_auth)
 
@@ -20,53 +28,57 @@ def _who(request: HttpRequest) -> str:
     return f"key:{principal.name} ({principal.prefix})"
 
 
-@router.post("/download-model", response={202: dict[str, Any]})
+@router.post("/download-model", response={202: DownloadStartedOut})
 async def download_model(
     request: HttpRequest, model_id: str, auto: bool = False, revision: str = "main"
-) -> Status[dict[str, Any]]:
+) -> Status[dict[str, object]]:
     """Queue a download from the Hub (202 with the job). A repo already downloading
     returns that job; `auto=true` switches to the model when it is done."""
-    job, created = await sync_to_async(lifecycle.download_start)(
-        repo_id=model_id, revision=revision, auto_switch=auto, requested_by=_who(request)
+    job, created = await run_sync(
+        services.download_start,
+        repo_id=model_id,
+        revision=revision,
+        auto_switch=auto,
+        requested_by=_who(request),
     )
-    progress = await sync_to_async(lifecycle.download_progress)(job)
+    progress = await run_sync(selectors.download_progress, job)
     return Status(202, {**progress, "created": created})
 
 
-@router.get("/download-progress")
-async def download_progress(request: HttpRequest, job_id: int | None = None) -> dict[str, Any]:
+@router.get("/download-progress", response=DownloadProgressOut | DownloadIdleOut)
+async def download_progress(request: HttpRequest, job_id: int | None = None) -> dict[str, object]:
     """Progress of one job (`job_id`), else of the current or last download."""
-    job = await sync_to_async(lifecycle.download_get)(job_id=job_id)
+    job = await run_sync(selectors.download_get, job_id=job_id)
     if job is None:
         return {"status": "idle", "job_id": None, "message": "No download has been requested."}
-    return await sync_to_async(lifecycle.download_progress)(job)
+    return await run_sync(selectors.download_progress, job)
 
 
-@router.get("/model-status")
-async def model_status(request: HttpRequest) -> dict[str, Any]:
+@router.get("/model-status", response=ModelStatusOut)
+async def model_status(request: HttpRequest) -> dict[str, object]:
     """Downloaded models with sizes, whether any is available, what vLLM serves."""
-    return await sync_to_async(lifecycle.model_status)()
+    return await run_sync(selectors.model_status)
 
 
-@router.post("/switch-model", response={202: dict[str, Any]})
-async def switch_model(request: HttpRequest, model_id: str) -> Status[dict[str, Any]]:
+@router.post("/switch-model", response={202: SwitchOut})
+async def switch_model(request: HttpRequest, model_id: str) -> Status[dict[str, object]]:
     """Serve another downloaded model: 404 when not downloaded, 409 while a switch runs."""
-    switch = await sync_to_async(lifecycle.model_switch_request)(
-        repo_id=model_id, requested_by=_who(request)
+    switch = await run_sync(
+        services.model_switch_request, repo_id=model_id, requested_by=_who(request)
     )
-    return Status(202, lifecycle.switch_summary(switch))
+    return Status(202, selectors.switch_summary(switch))
 
 
-@router.get("/model-loading-status")
-async def model_loading_status(request: HttpRequest) -> dict[str, Any]:
+@router.get("/model-loading-status", response=LoadingStatusOut)
+async def model_loading_status(request: HttpRequest) -> dict[str, object]:
     """Is vLLM ready, on which model, the switch phase and since when, the last error."""
-    return await sync_to_async(lifecycle.loading_status)()
+    return await run_sync(selectors.loading_status)
 
 
-@router.post("/restart-api")
-async def restart_api(request: HttpRequest) -> dict[str, Any]:
+@router.post("/restart-api", response=RestartOut)
+async def restart_api(request: HttpRequest) -> dict[str, str]:
     """Drop this worker's pooled upstream connections: the next request resolves DNS
-    and connects afresh (what the seed restarted its container for)."""
+    and connects afresh (what the original API restarted its container for)."""
     await vllm.reset_client()
     vllm.forget_served_models()
     return {

@@ -9,7 +9,8 @@ that the download worker calls in its own process:
   cancellation, and resume of a partially downloaded file on the next run;
 - what is in that cache, and is it complete (`cached_models`, `snapshot_path`).
 
-Every failure leaves as one `HubError` whose `kind` the callers branch on and whose text
+Every failure leaves as a `HubError` (plumbing/errors.py) whose subclass says what went
+wrong (`RepoNotFound`, `RepoGated`, `DiskFull`, `DownloadCancelled`, ...) and whose text
 a person can act on.
 
 Why `download` does not just call `snapshot_download`: in huggingface_hub 2.4.0 a file
@@ -41,16 +42,22 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from django.conf import settings
 
+from plumbing.errors import (
+    DiskFull,
+    DownloadCancelled,
+    HubError,
+    HubFailure,
+    HubUnauthorized,
+    HubUnreachable,
+    RepoGated,
+    RepoNotFound,
+)
+
 if TYPE_CHECKING:
     from huggingface_hub.hf_api import RepoFile as HfRepoFile
 
 logger = logging.getLogger(__name__)
 
-HubErrorKind = Literal[
-    "not_found", "gated", "unauthorized", "disk_full", "network", "cancelled", "other"
-]
-
-DEFAULT_ENDPOINT = "https://huggingface.co"
 # Headroom on top of the bytes still to download (logs, lock files, a config rewrite).
 DISK_MARGIN_BYTES = 256 * 1024 * 1024
 # Bytes per progress update: the library's default (10 MiB) makes progress jumpy.
@@ -64,14 +71,6 @@ _NEVER_LOADED_SUFFIXES = (".h5", ".msgpack", ".onnx", ".onnx_data", ".ot", ".tfl
 _NEVER_LOADED_DIRS = ("onnx/", "coreml/", "openvino/")
 # Superseded when the repo has safetensors: vLLM loads those and ignores these.
 _SUPERSEDED_SUFFIXES = (".bin", ".pth", ".pt", ".gguf")
-
-
-class HubError(Exception):
-    """A Hub operation failed; `kind` says how, `str(exc)` says it to a person."""
-
-    def __init__(self, kind: HubErrorKind, message: str) -> None:
-        super().__init__(message)
-        self.kind: HubErrorKind = kind
 
 
 @dataclass(frozen=True)
@@ -120,24 +119,17 @@ class CachedModel:
 
 
 def _endpoint() -> str:
-    configured = getattr(settings, "HF_ENDPOINT", None) or os.environ.get("HF_ENDPOINT")
-    return str(configured or DEFAULT_ENDPOINT).rstrip("/")
+    return str(settings.HF_ENDPOINT).rstrip("/")
 
 
 def _cache_dir(cache_dir: Path | None) -> Path:
-    if cache_dir is None:
-        cache_dir = getattr(settings, "HF_CACHE_DIR", None)
-    if cache_dir is None:
-        from huggingface_hub import constants
-
-        cache_dir = Path(constants.HF_HUB_CACHE)
-    return Path(cache_dir).expanduser()
+    return Path(cache_dir if cache_dir is not None else settings.HF_CACHE_DIR).expanduser()
 
 
 def _token(token: str | None) -> str | Literal[False]:
     # False, not None: with None the library would also try a token saved by
     # `hf auth login` on this host; the gateway uses only the token it is configured with.
-    return token or getattr(settings, "HF_TOKEN", None) or False
+    return token or settings.HF_TOKEN or False
 
 
 def _repo_dir(cache_dir: Path, repo_id: str) -> Path:
@@ -169,63 +161,50 @@ def _to_hub_error(
     if isinstance(exc, HubError):
         return exc
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return HubError("disk_full", f"The disk of the Hugging Face cache is full: {exc}.")
+        return DiskFull(f"The disk of the Hugging Face cache is full: {exc}.")
     if isinstance(exc, errors.GatedRepoError):
         if token:
-            return HubError(
-                "gated",
+            return RepoGated(
                 f"The repo '{repo_id}' is gated and the configured HF_TOKEN has no access to "
                 f"it: accept its terms at https://huggingface.co/{repo_id} with that account.",
             )
-        return HubError(
-            "gated",
+        return RepoGated(
             f"The repo '{repo_id}' is gated: accept its terms at "
             f"https://huggingface.co/{repo_id} and set HF_TOKEN to a token of that account.",
         )
     if isinstance(exc, errors.RevisionNotFoundError):
-        return HubError(
-            "not_found", f"The repo '{repo_id}' has no revision '{revision}' on the Hub."
-        )
+        return RepoNotFound(f"The repo '{repo_id}' has no revision '{revision}' on the Hub.")
     if isinstance(exc, errors.RemoteEntryNotFoundError):
-        return HubError(
-            "not_found", f"A file of '{repo_id}' is missing on the Hub ({exc.response.url})."
-        )
+        return RepoNotFound(f"A file of '{repo_id}' is missing on the Hub ({exc.response.url}).")
     if isinstance(exc, errors.DisabledRepoError):
-        return HubError("not_found", f"The repo '{repo_id}' is disabled on the Hub.")
+        return RepoNotFound(f"The repo '{repo_id}' is disabled on the Hub.")
     if isinstance(exc, errors.RepositoryNotFoundError):
         hint = "check the token in HF_TOKEN" if token else "set HF_TOKEN"
-        return HubError(
-            "not_found",
+        return RepoNotFound(
             f"The repo '{repo_id}' does not exist on the Hub (or is private: {hint}).",
         )
     if isinstance(exc, errors.HfHubHTTPError):
         status = exc.response.status_code
         if status == 401:
-            return HubError(
-                "unauthorized", "The Hub rejected the token (401 Unauthorized): check HF_TOKEN."
-            )
+            return HubUnauthorized("The Hub rejected the token (401 Unauthorized): check HF_TOKEN.")
         if status == 403:
-            return HubError(
-                "unauthorized",
+            return HubUnauthorized(
                 f"The Hub refused access to '{repo_id}' (403 Forbidden): the token in "
                 "HF_TOKEN lacks the permission to read it.",
             )
         if status == 429 or status >= 500:
-            return HubError(
-                "network",
+            return HubUnreachable(
                 f"The Hub is unavailable for now (HTTP {status}) while fetching '{repo_id}': "
                 "retry later.",
             )
-        return HubError("other", f"The Hub answered HTTP {status} for '{repo_id}': {exc}")
+        return HubFailure(f"The Hub answered HTTP {status} for '{repo_id}': {exc}")
     if isinstance(exc, errors.OfflineModeIsEnabled):
-        return HubError(
-            "network", "HF_HUB_OFFLINE is set in this process: it cannot reach the Hub."
-        )
+        return HubUnreachable("HF_HUB_OFFLINE is set in this process: it cannot reach the Hub.")
     if isinstance(exc, httpx2.TransportError | errors.LocalEntryNotFoundError | TimeoutError):
-        return HubError("network", f"Cannot reach the Hub at {_endpoint()}: {exc}")
+        return HubUnreachable(f"Cannot reach the Hub at {_endpoint()}: {exc}")
     if isinstance(exc, errors.HFValidationError):
-        return HubError("other", f"'{repo_id}' is not a valid Hub repo id: {exc}")
-    return HubError("other", f"Unexpected error from the Hub client for '{repo_id}': {exc!r}")
+        return HubFailure(f"'{repo_id}' is not a valid Hub repo id: {exc}")
+    return HubFailure(f"Unexpected error from the Hub client for '{repo_id}': {exc!r}")
 
 
 # --- planning --------------------------------------------------------------------------
@@ -277,7 +256,7 @@ def plan_download(repo_id: str, revision: str = "main", *, token: str | None = N
     try:
         info = api.model_info(repo_id, revision=revision, token=tok)
         if not info.sha:
-            raise HubError("other", f"The Hub did not say which commit '{revision}' is.")
+            raise HubFailure(f"The Hub did not say which commit '{revision}' is.")
         entries = [
             e
             for e in api.list_repo_tree(repo_id, revision=info.sha, recursive=True, token=tok)
@@ -285,7 +264,7 @@ def plan_download(repo_id: str, revision: str = "main", *, token: str | None = N
         ]
         files, skipped = _select_files(entries)
         if not files:
-            raise HubError("not_found", f"The repo '{repo_id}' has no files to download.")
+            raise RepoNotFound(f"The repo '{repo_id}' has no files to download.")
         if info.gated:
             # Listing a gated repo is public, downloading is not: ask for one file's
             # metadata now, so a missing access fails the plan instead of the download.
@@ -333,7 +312,7 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def check_disk(plan: RepoPlan, *, cache_dir: Path | None = None) -> None:
-    """Raise HubError('disk_full') when the cache's disk cannot take what is still missing."""
+    """Raise DiskFull when the cache's disk cannot take what is still missing."""
     cache = _cache_dir(cache_dir)
     repo_dir = _repo_dir(cache, plan.repo_id)
     missing = sum(f.size - _bytes_present(repo_dir, plan, f) for f in plan.files)
@@ -341,8 +320,7 @@ def check_disk(plan: RepoPlan, *, cache_dir: Path | None = None) -> None:
         return
     free = shutil.disk_usage(_existing_ancestor(cache)).free
     if free < missing + DISK_MARGIN_BYTES:
-        raise HubError(
-            "disk_full",
+        raise DiskFull(
             f"Not enough disk space for '{plan.repo_id}' in {cache}: "
             f"{human_bytes(missing)} still to download (plus {human_bytes(DISK_MARGIN_BYTES)} "
             f"headroom), {human_bytes(free)} free.",
@@ -402,8 +380,7 @@ class _Tracker:
 
     def check_stop(self) -> None:
         if self.should_stop is not None and self.should_stop():
-            raise HubError(
-                "cancelled",
+            raise DownloadCancelled(
                 f"The download of '{self.plan.repo_id}' was stopped; what was downloaded "
                 "stays in the cache and the next run continues from there.",
             )
@@ -534,7 +511,7 @@ def download(
     run (cancel, crash, network failure) continues where it stopped. `on_progress` gets
     at most PROGRESS_CALLS_PER_SECOND calls, plus a final one at 100%. `should_stop` is
     polled for every chunk received (keep it cheap): when it returns True the download
-    stops with HubError('cancelled').
+    stops with DownloadCancelled.
     """
     from huggingface_hub import constants, hf_hub_download
 

@@ -1,16 +1,57 @@
-"""Workflows on keys and usage, shared by the API, the admin and the commands."""
+"""Workflows that write: keys, usage counts, downloads, model switches and the workers'
+bookkeeping. The API, the admin, the commands and the worker all call these (reads are
+in `selectors.py`).
 
-from collections.abc import Iterable
+Requests (`download_start`, `model_switch_request`, cancel, retry) only write rows; the
+worker claims the rows atomically (a conditional UPDATE: of two workers only one sees
+its UPDATE match) and runs the long work (`download_run`, `model_switch_run`).
+"""
+
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import F, Sum
+from django.db.models import F
 from django.utils import timezone
 
-from modelmgr.models import ApiKey, Scope, UsageDaily
+from modelmgr import engine as engine_adapter
+from modelmgr import hub
+from modelmgr.models import (
+    ACTIVE_DOWNLOAD_STATUSES,
+    ACTIVE_SWITCH_PHASES,
+    ApiKey,
+    DownloadJob,
+    DownloadStatus,
+    ModelSwitch,
+    Scope,
+    ServedModel,
+    SwitchPhase,
+    UsageDaily,
+    WorkerHeartbeat,
+)
+from modelmgr.selectors import active_switch
+from plumbing import vllm
+from plumbing.errors import (
+    Conflict,
+    DownloadCancelled,
+    HubError,
+    InvalidRepoId,
+    ModelNotDownloaded,
+    TalkTuahError,
+)
+
+logger = logging.getLogger(__name__)
+
+# --- keys and usage ------------------------------------------------------------------
 
 
 def api_key_create(
@@ -22,6 +63,7 @@ def api_key_create(
     rpm_limit: int | None = None,
     tpm_limit: int | None = None,
     expires_at: datetime | None = None,
+    is_active: bool = True,
 ) -> tuple[ApiKey, str]:
     """Create a key; returns it with its plaintext, which is shown once and not stored."""
     scopes = sorted(set(scopes))
@@ -37,6 +79,7 @@ def api_key_create(
         rpm_limit=rpm_limit,
         tpm_limit=tpm_limit,
         expires_at=expires_at,
+        is_active=is_active,
     )
     key.set_key(plaintext)
     key.save()
@@ -88,48 +131,356 @@ def usage_add(*, deltas: Iterable[UsageDelta]) -> None:
             UsageDaily.objects.filter(**where).update(**increments)
 
 
-def usage_rows(*, key_prefix: str, days: int) -> list[dict[str, Any]]:
-    """A key's usage rows of the last `days` days, newest first."""
-    since = timezone.now().date() - timedelta(days=days - 1)
-    return [
-        {
-            "day": row.day.isoformat(),
-            "model": row.model,
-            "requests": row.requests,
-            "errors": row.errors,
-            "prompt_tokens": row.prompt_tokens,
-            "completion_tokens": row.completion_tokens,
-        }
-        for row in UsageDaily.objects.filter(key_prefix=key_prefix, day__gte=since)
-    ]
+REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
 
 
-def usage_summary(*, days: int) -> dict[str, Any]:
-    """Totals per key and tokens per day over the last `days` days (for the admin)."""
-    today = timezone.now().date()
-    since = today - timedelta(days=days - 1)
-    rows = UsageDaily.objects.filter(day__gte=since)
-    per_key = list(
-        rows.values("key_prefix", "key_name")
-        .annotate(
-            requests=Sum("requests"),
-            errors=Sum("errors"),
-            prompt_tokens=Sum("prompt_tokens"),
-            completion_tokens=Sum("completion_tokens"),
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# --- downloads -------------------------------------------------------------------
+
+
+def validate_repo_id(repo_id: str) -> str:
+    repo_id = (repo_id or "").strip()
+    if not REPO_ID_RE.match(repo_id) or ".." in repo_id:
+        raise InvalidRepoId(
+            f"'{repo_id}' is not a Hugging Face repo id (expected 'org/name' or 'name')."
         )
-        .order_by("-completion_tokens", "key_name")
+    return repo_id
+
+
+def download_start(
+    *, repo_id: str, revision: str = "main", auto_switch: bool = False, requested_by: str = ""
+) -> tuple[DownloadJob, bool]:
+    """Queue a download; returns (job, created). A repo already queued or downloading
+    returns that job instead of a second one."""
+    repo_id = validate_repo_id(repo_id)
+    revision = (revision or "main").strip()
+    existing = DownloadJob.objects.filter(repo_id=repo_id, status__in=ACTIVE_DOWNLOAD_STATUSES)
+    job = existing.first()
+    if job is not None:
+        return job, False
+    try:
+        with transaction.atomic():
+            job = DownloadJob.objects.create(
+                repo_id=repo_id,
+                revision=revision,
+                auto_switch=auto_switch,
+                requested_by=requested_by,
+            )
+    except IntegrityError:
+        # Another request queued the same repo between our check and insert.
+        job = existing.first()
+        if job is None:
+            raise
+        return job, False
+    return job, True
+
+
+def download_cancel(*, job: DownloadJob) -> DownloadJob:
+    """Cancel a queued job at once; ask the worker to stop a running one."""
+    now = timezone.now()
+    if DownloadJob.objects.filter(pk=job.pk, status=DownloadStatus.QUEUED).update(
+        status=DownloadStatus.CANCELLED, finished_at=now, error="Cancelled before it started."
+    ):
+        job.refresh_from_db()
+        return job
+    if not DownloadJob.objects.filter(pk=job.pk, status=DownloadStatus.RUNNING).update(
+        cancel_requested=True
+    ):
+        job.refresh_from_db()
+        raise Conflict(
+            f"Download {job.pk} is {job.status}; only active downloads can be cancelled."
+        )
+    job.refresh_from_db()
+    return job
+
+
+def download_retry(*, job: DownloadJob, requested_by: str = "") -> DownloadJob:
+    """Queue a failed or cancelled download again (a new job; the old keeps its error).
+    Files already complete in the cache are not fetched again."""
+    if job.is_active:
+        raise Conflict(f"Download {job.pk} is still {job.status}.")
+    if job.status == DownloadStatus.SUCCEEDED:
+        raise Conflict(f"Download {job.pk} already succeeded.")
+    new_job, _created = download_start(
+        repo_id=job.repo_id,
+        revision=job.revision,
+        auto_switch=job.auto_switch,
+        requested_by=requested_by or job.requested_by,
     )
-    by_day: dict[date, dict[str, Any]] = {
-        row["day"]: dict(row)
-        for row in rows.values("day").annotate(
-            requests=Sum("requests"), tokens=Sum(F("prompt_tokens") + F("completion_tokens"))
+    return new_job
+
+
+def download_claim(*, worker: str) -> DownloadJob | None:
+    """Take the oldest queued job for this worker, or None."""
+    for job_id in (
+        DownloadJob.objects.filter(status=DownloadStatus.QUEUED)
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:5]
+    ):
+        # Only one worker's UPDATE can match the row while it is still queued.
+        if DownloadJob.objects.filter(pk=job_id, status=DownloadStatus.QUEUED).update(
+            status=DownloadStatus.RUNNING, worker=worker, started_at=timezone.now(), error=""
+        ):
+            return DownloadJob.objects.get(pk=job_id)
+    return None
+
+
+class _ProgressWriter:
+    """Writes a job's byte progress at most DOWNLOAD_PROGRESS_WRITES_PER_SECOND."""
+
+    def __init__(self, job: DownloadJob) -> None:
+        self.job = job
+        self.interval = 1.0 / max(settings.DOWNLOAD_PROGRESS_WRITES_PER_SECOND, 0.1)
+        self.last_write = 0.0
+        self.cancel_requested = False
+
+    def __call__(self, progress: hub.Progress, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_write < self.interval:
+            return
+        self.last_write = now
+        DownloadJob.objects.filter(pk=self.job.pk).update(
+            bytes_done=progress.bytes_done,
+            bytes_total=progress.bytes_total,
+            files_done=progress.files_done,
+            files_total=progress.files_total,
+            current_file=progress.current_file[:500],
+            file_progress={path: list(pair) for path, pair in progress.per_file.items()},
+            updated_at=timezone.now(),
         )
-    }
-    per_day = []
-    for offset in range(days):
-        day = since + timedelta(days=offset)
-        found = by_day.get(day, {})
-        per_day.append(
-            {"day": day, "requests": found.get("requests", 0), "tokens": found.get("tokens", 0)}
+        # Read the cancel flag on the same cadence, not on every chunk.
+        self.cancel_requested = DownloadJob.objects.filter(
+            pk=self.job.pk, cancel_requested=True
+        ).exists()
+
+
+def _finish(job: DownloadJob, status: str, error: str = "") -> None:
+    DownloadJob.objects.filter(pk=job.pk).update(
+        status=status, error=error, finished_at=timezone.now(), current_file=""
+    )
+    job.refresh_from_db()
+
+
+def download_run(*, job: DownloadJob, should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Run a claimed job to its end. A worker shutting down (should_stop) puts the job
+    back in the queue: the partial files stay in the cache and the next run resumes."""
+    token = settings.HF_TOKEN
+    try:
+        plan = hub.plan_download(job.repo_id, job.revision, token=token)
+        DownloadJob.objects.filter(pk=job.pk).update(
+            commit=plan.commit,
+            bytes_total=plan.total_bytes,
+            files_total=len(plan.files),
+            file_progress={f.path: [0, f.size] for f in plan.files},
         )
-    return {"days": days, "since": since, "per_key": per_key, "per_day": per_day}
+        hub.check_disk(plan)
+        writer = _ProgressWriter(job)
+        hub.download(
+            plan,
+            token=token,
+            on_progress=writer,
+            should_stop=lambda: should_stop() or writer.cancel_requested,
+        )
+    except DownloadCancelled:
+        if (
+            should_stop()
+            and not DownloadJob.objects.filter(pk=job.pk, cancel_requested=True).exists()
+        ):
+            DownloadJob.objects.filter(pk=job.pk).update(
+                status=DownloadStatus.QUEUED, worker="", started_at=None
+            )
+            logger.info("download %s of %s paused for shutdown", job.pk, job.repo_id)
+            return
+        _finish(job, DownloadStatus.CANCELLED, "Cancelled.")
+        return
+    except HubError as exc:
+        _finish(job, DownloadStatus.FAILED, str(exc))
+        logger.warning("download %s of %s failed: %s", job.pk, job.repo_id, exc)
+        return
+    except Exception as exc:
+        _finish(job, DownloadStatus.FAILED, f"Unexpected error: {exc!r}")
+        logger.exception("download %s of %s failed", job.pk, job.repo_id)
+        return
+    DownloadJob.objects.filter(pk=job.pk).update(
+        bytes_done=plan.total_bytes, files_done=len(plan.files)
+    )
+    _finish(job, DownloadStatus.SUCCEEDED)
+    ServedModel.objects.update_or_create(
+        repo_id=job.repo_id,
+        defaults={
+            "downloaded_by": job.requested_by,
+            "downloaded_at": timezone.now(),
+            "commit": plan.commit,
+        },
+    )
+    logger.info("downloaded %s (%d bytes)", job.repo_id, plan.total_bytes)
+    if job.auto_switch:
+        try:
+            model_switch_request(repo_id=job.repo_id, requested_by=job.requested_by or "auto")
+        except TalkTuahError as exc:
+            DownloadJob.objects.filter(pk=job.pk).update(error=f"Auto-switch refused: {exc}")
+
+
+# --- switches ----------------------------------------------------------------------
+
+
+def model_switch_request(*, repo_id: str, requested_by: str = "") -> ModelSwitch:
+    """Ask the worker to serve another downloaded model."""
+    repo_id = validate_repo_id(repo_id)
+    engine = engine_adapter.get_engine()
+    if engine.read_only:
+        raise Conflict(
+            "vLLM is managed outside TalkTuah (TALKTUAH_ENGINE=external): switch it there."
+        )
+    if hub.snapshot_path(repo_id) is None:
+        raise ModelNotDownloaded(
+            f"'{repo_id}' is not downloaded: POST /api/download-model?model_id={repo_id} first."
+        )
+    running = active_switch()
+    if running is not None:
+        raise Conflict(f"A switch to '{running.to_model}' is already {running.phase}.")
+    served = vllm.probe().models
+    current = served[0] if served else (engine.state().served_name or "")
+    try:
+        with transaction.atomic():
+            return ModelSwitch.objects.create(
+                from_model=current, to_model=repo_id, requested_by=requested_by
+            )
+    except IntegrityError:
+        raise Conflict("Another switch was requested at the same moment.") from None
+
+
+def model_switch_claim(*, worker: str) -> ModelSwitch | None:
+    switch = ModelSwitch.objects.filter(phase=SwitchPhase.REQUESTED).order_by("created_at").first()
+    if switch is None:
+        return None
+    now = timezone.now()
+    if ModelSwitch.objects.filter(pk=switch.pk, phase=SwitchPhase.REQUESTED).update(
+        phase=SwitchPhase.STOPPING, worker=worker, started_at=now, phase_changed_at=now
+    ):
+        switch.refresh_from_db()
+        return switch
+    return None
+
+
+def _set_phase(switch: ModelSwitch, phase: str, error: str = "") -> None:
+    now = timezone.now()
+    fields: dict[str, Any] = {"phase": phase, "phase_changed_at": now}
+    if phase in (SwitchPhase.READY, SwitchPhase.FAILED):
+        fields["finished_at"] = now
+        fields["error"] = error
+    ModelSwitch.objects.filter(pk=switch.pk).update(**fields)
+    switch.refresh_from_db()
+
+
+def wait_until_serving(served_name: str, *, timeout: float) -> str | None:
+    """Poll vLLM until /health is 200 and /v1/models lists the model; None when ready,
+    else what was last seen."""
+    deadline = time.monotonic() + timeout
+    last = "vLLM did not answer"
+    while time.monotonic() < deadline:
+        probe = vllm.probe()
+        if probe.healthy and served_name in probe.models:
+            return None
+        last = probe.detail
+        time.sleep(0.25)
+    return f"not ready after {timeout:.0f} s: {last}"
+
+
+def model_switch_run(*, switch: ModelSwitch) -> None:
+    """Stop the old model, start the new one, wait until vLLM serves it; on failure
+    restart the old model where possible."""
+    engine = engine_adapter.get_engine()
+    snapshot = hub.snapshot_path(switch.to_model)
+    try:
+        if snapshot is None:
+            raise engine_adapter.EngineError(f"'{switch.to_model}' is no longer in the cache.")
+        _set_phase(switch, SwitchPhase.STARTING)
+        engine.serve(model=str(snapshot), served_name=switch.to_model)
+        _set_phase(switch, SwitchPhase.LOADING)
+        problem = wait_until_serving(switch.to_model, timeout=settings.SWITCH_TIMEOUT_SECONDS)
+        if problem:
+            raise engine_adapter.EngineError(problem)
+    except engine_adapter.EngineError as exc:
+        _set_phase(switch, SwitchPhase.FAILED, str(exc))
+        logger.warning("switch %s to %s failed: %s", switch.pk, switch.to_model, exc)
+        _restore_previous(switch, engine)
+        return
+    _set_phase(switch, SwitchPhase.READY)
+    ServedModel.objects.update_or_create(
+        repo_id=switch.to_model, defaults={"last_served_at": timezone.now()}
+    )
+    logger.info("now serving %s (%.1f s)", switch.to_model, switch.duration_seconds or 0)
+
+
+def _restore_previous(switch: ModelSwitch, engine: engine_adapter.Engine) -> None:
+    if not switch.from_model:
+        return
+    previous = hub.snapshot_path(switch.from_model)
+    try:
+        engine.serve(model=str(previous or switch.from_model), served_name=switch.from_model)
+    except engine_adapter.EngineError as exc:
+        ModelSwitch.objects.filter(pk=switch.pk).update(
+            error=f"{switch.error}\nRestarting {switch.from_model} failed too: {exc}"
+        )
+
+
+# --- workers -----------------------------------------------------------------------
+
+
+def worker_beat(*, name: str, started_at: datetime, current: str = "") -> None:
+    WorkerHeartbeat.objects.update_or_create(
+        name=name,
+        defaults={
+            "pid": os.getpid(),
+            "started_at": started_at,
+            "last_seen": timezone.now(),
+            "current": current[:300],
+        },
+    )
+
+
+def _process_gone(name: str) -> bool:
+    """A worker on this host whose process no longer exists is dead, however recent
+    its last heartbeat (it was killed)."""
+    host, _, pid = name.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def worker_recover() -> int:
+    """Put back in the queue what workers that are gone left running; fail switches
+    they left half-done. Returns how many rows were recovered."""
+    cutoff = timezone.now() - timedelta(seconds=settings.WORKER_STALE_SECONDS)
+    beats = WorkerHeartbeat.objects.filter(last_seen__gte=cutoff).values_list("name", flat=True)
+    alive = {name for name in beats if not _process_gone(name)}
+    alive.discard(worker_name())
+    recovered = (
+        DownloadJob.objects.filter(status=DownloadStatus.RUNNING)
+        .exclude(worker__in=alive)
+        .update(status=DownloadStatus.QUEUED, worker="", started_at=None)
+    )
+    now = timezone.now()
+    recovered += (
+        ModelSwitch.objects.filter(phase__in=ACTIVE_SWITCH_PHASES)
+        .exclude(phase=SwitchPhase.REQUESTED)
+        .exclude(worker__in=alive)
+        .update(
+            phase=SwitchPhase.FAILED,
+            finished_at=now,
+            phase_changed_at=now,
+            error="The worker running this switch stopped; request it again.",
+        )
+    )
+    WorkerHeartbeat.objects.exclude(name__in=[*alive, worker_name()]).delete()
+    return recovered

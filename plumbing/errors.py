@@ -20,7 +20,8 @@ SDKs can parse it.
     ├── UpstreamError: vLLM failed us
     │   ├── UpstreamUnreachable (502) ─ UpstreamDisconnected, UpstreamInvalidResponse
     │   ├── UpstreamUnavailable (503)
-    │   └── UpstreamTimeout (504)
+    │   ├── UpstreamTimeout (504)
+    │   └── UpstreamRefused (vLLM's own 4xx/5xx, passed through)
     ├── HubError: the Hugging Face Hub or the cache's disk failed a download
     │   ├── RepoNotFound, RepoGated, HubUnauthorized, HubUnreachable, DiskFull
     │   ├── DownloadCancelled
@@ -153,6 +154,18 @@ class UpstreamTimeout(UpstreamError):
     status = 504
     type = "upstream_timeout"
     code = "upstream_timeout"
+
+
+class UpstreamRefused(UpstreamError):
+    """vLLM answered with an error: its status and its error pass through to the client."""
+
+    @classmethod
+    def from_answer(cls, status: int, content: bytes) -> "UpstreamRefused":
+        error = orjson.loads(normalise_upstream_error(status, content))["error"]
+        refused = cls(str(error["message"]), param=error.get("param"), code=error.get("code"))
+        refused.status = status
+        refused.type = str(error.get("type") or "upstream_error")
+        return refused
 
 
 # --- the Hub (downloads) --------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import orjson
 from django.conf import settings
+from prometheus_client.parser import text_string_to_metric_families
 
 from plumbing.errors import (
     UpstreamDisconnected,
@@ -302,3 +303,36 @@ def metrics_text_sync(timeout: float = 2.0) -> str | None:
     except httpx.HTTPError:
         return None
     return response.text if response.status_code == 200 else None
+
+
+def queue_figures(metrics_text: str | None) -> dict[str, float] | None:
+    """Waiting and running requests and KV-cache usage from vLLM's /metrics."""
+    if not metrics_text:
+        return None
+    wanted = {
+        "vllm:num_requests_waiting": "waiting",
+        "vllm:num_requests_running": "running",
+        "vllm:kv_cache_usage_perc": "kv_cache_usage",
+    }
+    figures: dict[str, float] = {}
+    try:
+        for family in text_string_to_metric_families(metrics_text):
+            if family.name in wanted:
+                figures[wanted[family.name]] = sum(sample.value for sample in family.samples)
+    except ValueError:
+        return None
+    return figures or None
+
+
+def vllm_families(text: str) -> str:
+    """Only vLLM's own `vllm:*` families of its exposition: its generic process_* and
+    python_* families would clash with the gateway's."""
+    kept = []
+    for line in text.splitlines():
+        if line.startswith("# "):
+            parts = line.split(" ", 3)
+            if len(parts) >= 3 and parts[2].startswith("vllm:"):
+                kept.append(line)
+        elif line.startswith("vllm:"):
+            kept.append(line)
+    return "\n".join(kept) + "\n" if kept else ""

@@ -1,31 +1,12 @@
-"""The gateway's own Prometheus metrics, and the one exposition of /metrics: these, the
-lifecycle's (from the database, at scrape time), django-prometheus's, and vLLM's `vllm:*`
-families appended when vLLM answers.
+"""The request path's Prometheus metrics (talktuah_site/monitoring.py exposes them on
+/metrics with the lifecycle's, django-prometheus's and vLLM's families).
 
 With several uvicorn workers set PROMETHEUS_MULTIPROC_DIR (emptied at each start; the
 `serve` command does both): every worker writes its samples there and a scrape sums them.
 Label values stay bounded: key names (never keys) and model names vLLM serves.
 """
 
-import os
-from collections.abc import Iterator
-
-from django.db.models import Sum
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.registry import Collector
-
-__all__ = ["CONTENT_TYPE_LATEST"]
+from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.0025, 0.005, 0.01, 0.025, 0.1)
@@ -73,67 +54,3 @@ UPSTREAM_UP = Gauge(
     "1 when vLLM answered the last probe or request, else 0.",
     multiprocess_mode="mostrecent",
 )
-
-
-class LifecycleCollector(Collector):
-    """Download bytes and switch durations, read from the database at scrape time (the
-    worker that does the work is another process)."""
-
-    def collect(self) -> Iterator[Metric]:
-        from modelmgr.models import ACTIVE_DOWNLOAD_STATUSES, DownloadJob, ModelSwitch
-
-        active = DownloadJob.objects.filter(status__in=ACTIVE_DOWNLOAD_STATUSES).aggregate(
-            done=Sum("bytes_done"), total=Sum("bytes_total")
-        )
-        done = GaugeMetricFamily(
-            "talktuah_download_bytes", "Bytes of the active downloads.", labels=["state"]
-        )
-        done.add_metric(["done"], float(active["done"] or 0))
-        done.add_metric(["total"], float(active["total"] or 0))
-        yield done
-        durations = GaugeMetricFamily(
-            "talktuah_switch_duration_seconds",
-            "Duration of the last finished model switch, by outcome.",
-            labels=["outcome"],
-        )
-        for outcome in ("ready", "failed"):
-            last = (
-                ModelSwitch.objects.filter(phase=outcome, finished_at__isnull=False)
-                .order_by("-finished_at")
-                .first()
-            )
-            if last is not None and last.duration_seconds is not None:
-                durations.add_metric([outcome], last.duration_seconds)
-        yield durations
-
-
-_lifecycle_collector = LifecycleCollector()
-# Single-process mode: the lifecycle families in a registry of their own (the default
-# registry holds the live metrics and django-prometheus's).
-_LIFECYCLE_REGISTRY = CollectorRegistry()
-_LIFECYCLE_REGISTRY.register(_lifecycle_collector)
-
-
-def gateway_exposition() -> bytes:
-    """The gateway's families (all workers' in multiprocess mode) in text format.
-    Synchronous: it reads the database."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)
-        registry.register(_lifecycle_collector)
-        return generate_latest(registry)
-    return generate_latest(REGISTRY) + generate_latest(_LIFECYCLE_REGISTRY)
-
-
-def vllm_families(text: str) -> str:
-    """Only vLLM's own `vllm:*` families of its exposition: its generic process_* and
-    python_* families would clash with the gateway's."""
-    kept = []
-    for line in text.splitlines():
-        if line.startswith("# "):
-            parts = line.split(" ", 3)
-            if len(parts) >= 3 and parts[2].startswith("vllm:"):
-                kept.append(line)
-        elif line.startswith("vllm:"):
-            kept.append(line)
-    return "\n".join(kept) + "\n" if kept else ""

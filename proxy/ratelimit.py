@@ -12,7 +12,7 @@ from django.core.cache.backends.locmem import LocMemCache
 from django.http import HttpRequest
 from django_ratelimit.core import get_usage
 
-from proxy.auth import Principal
+from modelmgr.auth import Principal
 from plumbing.errors import RateLimited
 
 # django-ratelimit's decorator does not await async views; its core function is sync.

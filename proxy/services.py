@@ -1,8 +1,12 @@
 """The proxy workflow: validate a request body, apply the key's limits, forward it to
-vLLM and relay the answer (streamed or not), recording usage on the way."""
+vLLM and relay the answer (streamed or not), recording usage on the way.
+
+`forward` takes the request and returns the response itself, unlike the other services:
+it is the hot path. It reads the body once, builds the streaming response around the
+upstream stream without copying it, and counts every answer, refusals included, in one
+`Call` (metrics, usage, access log)."""
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,32 +15,28 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
-from modelmgr.lifecycle import active_switch
-from modelmgr.services import usage_rows
-from proxy import usage, vllm
-from proxy.auth import Principal
+from modelmgr.auth import Principal
+from modelmgr.selectors import active_switch, usage_rows
+from plumbing import vllm
 from plumbing.db import run_sync
 from plumbing.errors import (
-    BadRequest,
     Forbidden,
-    PayloadTooLarge,
-    ProxyError,
-    Unauthenticated,
-    UnsupportedMediaType,
+    TalkTuahError,
+    UpstreamError,
+    UpstreamRefused,
     UpstreamTimeout,
     UpstreamUnavailable,
-    UpstreamUnreachable,
     normalise_upstream_error,
     sse_error_event,
 )
+from proxy import usage
+from proxy.bodies import Endpoint, parse_body
 from proxy.metrics import (
     ACTIVE_STREAMS,
     COMPLETION_TOKENS,
-    CONTENT_TYPE_LATEST,
     OVERHEAD,
     PROMPT_TOKENS,
     RATE_LIMITED,
@@ -45,8 +45,6 @@ from proxy.metrics import (
     TIME_TO_FIRST_TOKEN,
     UPSTREAM_LATENCY,
     UPSTREAM_UP,
-    gateway_exposition,
-    vllm_families,
 )
 from proxy.ratelimit import add_tokens, check_request_rate, check_token_rate
 from proxy.shutdown import register_stream, unregister_stream
@@ -54,57 +52,8 @@ from proxy.shutdown import register_stream, unregister_stream
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    name: str  # the metric label
-    path: str  # vLLM's path
-    required: str  # the field a body must carry
-    stream_default: bool = False
-
-
-CHAT = Endpoint("chat_completions", "/v1/chat/completions", "messages")
-SEED_CHAT = Endpoint("api_chat", "/v1/chat/completions", "messages", stream_default=True)
-COMPLETIONS = Endpoint("completions", "/v1/completions", "prompt")
-EMBEDDINGS = Endpoint("embeddings", "/v1/embeddings", "input")
 OVERHEAD_HEADER = "X-TalkTuah-Overhead-Ms"
 access_log = logging.getLogger("talktuah.access")
-
-
-def parse_body(request: HttpRequest, endpoint: Endpoint) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType(
-            f"Content-Type must be application/json, got {request.content_type or 'none'!r}.",
-            code="unsupported_media_type",
-        )
-    try:
-        raw = request.body
-    except RequestDataTooBig:
-        raise PayloadTooLarge("Request body too large.", code="request_too_large") from None
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"Request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise BadRequest("Request body must be a JSON object.", code="invalid_body")
-    value = body.get(endpoint.required)
-    if value is None or value == [] or value == "":
-        raise BadRequest(
-            f"'{endpoint.required}' is required.", param=endpoint.required, code="missing_field"
-        )
-    if endpoint.required == "messages" and not isinstance(value, list):
-        raise BadRequest("'messages' must be a list.", param="messages", code="invalid_field")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest("'model' must be a string.", param="model", code="invalid_field")
-    stream = body.get("stream", endpoint.stream_default)
-    if not isinstance(stream, bool):
-        raise BadRequest("'stream' must be true or false.", param="stream", code="invalid_field")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise BadRequest(
-            "'stream_options' must be an object.", param="stream_options", code="invalid_field"
-        )
-    return body
 
 
 async def default_model() -> str:
@@ -157,7 +106,9 @@ async def forward(
 
 async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
     endpoint, principal = call.endpoint, call.principal
-    body = parse_body(request, endpoint)
+    body = parse_body(
+        content_type=request.content_type or "", raw=lambda: request.body, endpoint=endpoint
+    )
     changed = False
     model = body.get("model")
     if not model:
@@ -425,36 +376,17 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f}"
 
 
-async def list_models(principal: Principal) -> HttpResponse:
+async def list_models(principal: Principal) -> dict[str, Any]:
     """vLLM's model list, filtered by the key's allowed models."""
     status, data = await vllm.get_json("/v1/models")
     if status >= 400 or not isinstance(data, dict):
-        return HttpResponse(
-            normalise_upstream_error(status, orjson.dumps(data)),
-            status=status if status >= 400 else 502,
-            content_type="application/json",
-        )
+        raise UpstreamRefused.from_answer(status if status >= 400 else 502, orjson.dumps(data))
     data["data"] = [card for card in data.get("data", []) if principal.may_use(str(card.get("id")))]
-    return HttpResponse(orjson.dumps(data), content_type="application/json")
-
-
-async def metrics_response(request: HttpRequest) -> HttpResponse:
-    """/metrics: optionally behind METRICS_TOKEN; the gateway's families, then vLLM's."""
-    if settings.METRICS_TOKEN:
-        presented = request.headers.get("authorization", "")
-        if not hmac.compare_digest(presented.encode(), f"Bearer {settings.METRICS_TOKEN}".encode()):
-            raise Unauthenticated("The metrics need 'Authorization: Bearer <METRICS_TOKEN>'.")
-    upstream = await vllm.metrics_text()
-    UPSTREAM_UP.set(1 if upstream is not None else 0)
-    own = await run_sync(gateway_exposition)
-    text = own + vllm_families(upstream).encode() if upstream else own
-    return HttpResponse(text, content_type=CONTENT_TYPE_LATEST)
+    return data
 
 
 async def key_usage(principal: Principal, *, days: int) -> dict[str, Any]:
     """A key's own usage per model and day, newest first, with totals."""
-    if not 1 <= days <= 366:
-        raise BadRequest("'days' must be between 1 and 366.", param="days")
     rows = await run_sync(usage_rows, key_prefix=principal.prefix, days=days)
     totals = {
         field: sum(row[field] for row in rows)

@@ -19,14 +19,24 @@ from typing import Any
 
 from django.conf import settings
 
-from proxy import monitoring
-
 logger = logging.getLogger(__name__)
+
+_draining = False
 
 # Streams being relayed: each registers a coroutine that ends it with an error event.
 _active: set[Callable[[], Awaitable[None]]] = set()
 _deadline_passed = False
 _tasks: set[asyncio.Task[None]] = set()
+
+
+def start_draining() -> None:
+    """From now on /readyz answers 503 (the process is shutting down)."""
+    global _draining
+    _draining = True
+
+
+def is_draining() -> bool:
+    return _draining
 
 
 def register_stream(end: Callable[[], Awaitable[None]]) -> None:
@@ -63,10 +73,10 @@ def install() -> None:
             continue
 
         def handler(signum: int, frame: Any, previous: Any = previous) -> None:
-            if monitoring.is_draining():
+            if is_draining():
                 previous(signum, frame)  # a second signal: stop now
                 return
-            monitoring.start_draining()
+            start_draining()
             logger.info(
                 "draining: /readyz is 503; shutting down in %.1f s",
                 settings.SHUTDOWN_DRAIN_SECONDS,

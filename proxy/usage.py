@@ -11,8 +11,8 @@ from datetime import date
 from django.conf import settings
 from django.utils import timezone
 
+from modelmgr.auth import Principal
 from modelmgr.services import UsageDelta, usage_add
-from proxy.auth import Principal
 from plumbing.db import run_sync
 
 logger = logging.getLogger(__name__)

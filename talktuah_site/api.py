@@ -1,23 +1,23 @@
-"""The project's one NinjaAPI: routers of the apps, and one error handler per kind of
-error, all answering in OpenAI's error shape."""
+"""The project's one NinjaAPI: the routers of the apps and of monitoring, the public
+index, and the one handler that answers every error in OpenAI's shape."""
 
 import logging
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse
-from ninja import NinjaAPI
+from ninja import NinjaAPI, Router
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from modelmgr.api import router as management_router
-from modelmgr.lifecycle import LifecycleError
 from plumbing.errors import (
     BadRequest,
-    ProxyError,
+    TalkTuahError,
     Unauthenticated,
     error_body,
     error_response,
 )
-from proxy.routers import index_router, monitoring_router, openai_router, seed_router
-from talktuah_site import __version__
+from proxy.routers import api_router, openai_router
+from talktuah_site import __version__, monitoring
 
 logger = logging.getLogger(__name__)
 
@@ -28,30 +28,63 @@ api = NinjaAPI(
     docs_url="/api/docs",
     openapi_url="/api/openapi.json",
 )
+
+ENDPOINTS = {
+    "chat_completions": "POST /v1/chat/completions",
+    "completions": "POST /v1/completions",
+    "embeddings": "POST /v1/embeddings",
+    "models": "GET /v1/models",
+    "chat": "POST /api/chat",
+    "api_models": "GET /api/models",
+    "usage": "GET /api/usage",
+    "health": "GET /api/healthz",
+    "live": "GET /livez",
+    "ready": "GET /readyz",
+    "metrics": "GET /metrics",
+    "download_model": "POST /api/download-model?model_id=&auto=",
+    "download_progress": "GET /api/download-progress",
+    "model_status": "GET /api/model-status",
+    "switch_model": "POST /api/switch-model?model_id=",
+    "model_loading_status": "GET /api/model-loading-status",
+    "restart_api": "POST /api/restart-api",
+}
+
+index_router = Router(tags=["Index"])
+
+
+@index_router.get("/", auth=None)
+async def index(request: HttpRequest) -> dict[str, Any]:
+    """Name, version, endpoint map and a link to the API docs."""
+    return {
+        "name": "TalkTuah",
+        "version": __version__,
+        "endpoints": ENDPOINTS,
+        "docs": request.build_absolute_uri("/api/docs"),
+    }
+
+
 api.add_router("/v1", openai_router)
-api.add_router("/api", seed_router)
+api.add_router("/api", api_router)
 api.add_router("/api", management_router)
 api.add_router("", index_router)
-api.add_router("", monitoring_router)
+api.add_router("", monitoring.router)
 
 
-@api.exception_handler(ProxyError)
-def on_proxy_error(request: HttpRequest, exc: ProxyError) -> HttpResponse:
+@api.exception_handler(TalkTuahError)
+def on_talktuah_error(request: HttpRequest, exc: TalkTuahError) -> HttpResponse:
     return error_response(exc)
-
-
-@api.exception_handler(LifecycleError)
-def on_lifecycle_error(request: HttpRequest, exc: LifecycleError) -> HttpResponse:
-    return api.create_response(
-        request,
-        error_body(exc.message, "invalid_request_error", code=exc.code),
-        status=exc.status,
-    )
 
 
 @api.exception_handler(AuthenticationError)
 def on_authentication_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
-    return error_response(Unauthenticated("Invalid or missing API key.", code="invalid_api_key"))
+    # Ninja raises this only when no scheme found a key: a presented key that is wrong
+    # raised Unauthenticated already.
+    return error_response(
+        Unauthenticated(
+            "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+            code="missing_api_key",
+        )
+    )
 
 
 @api.exception_handler(ValidationError)

@@ -8,7 +8,7 @@ thread) per request. The lean handler avoids all of them: its middleware is asyn
 (settings.LEAN_MIDDLEWARE), and it sends the request signals inline. Their receivers
 (connection and query-log housekeeping, cache closing) only touch the calling thread's
 resources, and the event loop's thread holds no database connection; the proxy's own
-database calls tidy their thread's connections themselves (proxy/db.py).
+database calls tidy their thread's connections themselves (plumbing/db.py).
 """
 
 import asyncio
@@ -25,19 +25,42 @@ full_application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402  (after the app registry is ready)
 from django.core import signals  # noqa: E402
-from django.core.exceptions import RequestAborted  # noqa: E402
+from django.core.exceptions import ImproperlyConfigured, RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
-from django.test.utils import override_settings  # noqa: E402
+from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
 from django.urls import set_script_prefix  # noqa: E402
+from django.utils.module_loading import import_string  # noqa: E402
 
 LEAN_PATHS = ("/api/chat", "/api/models")
 
 
 class LeanASGIHandler(ASGIHandler):
     def load_middleware(self, is_async: bool = False) -> None:
-        # Django builds the chain from settings.MIDDLEWARE; build it from the lean list.
-        with override_settings(MIDDLEWARE=settings.LEAN_MIDDLEWARE):
-            super().load_middleware(is_async)
+        """Django's load_middleware for settings.LEAN_MIDDLEWARE (Django's reads
+        settings.MIDDLEWARE), async only: a middleware that is not async-capable is a
+        configuration error here, never a thread hop."""
+        self._view_middleware: list[Any] = []
+        self._template_response_middleware: list[Any] = []
+        self._exception_middleware: list[Any] = []
+        handler: Any = convert_exception_to_response(self._get_response_async)  # type: ignore[attr-defined]
+        for path in reversed(settings.LEAN_MIDDLEWARE):
+            middleware = import_string(path)
+            if not getattr(middleware, "async_capable", False):
+                raise ImproperlyConfigured(f"LEAN_MIDDLEWARE: {path} is not async-capable")
+            instance = middleware(handler)
+            if hasattr(instance, "process_view"):
+                self._view_middleware.insert(0, self.adapt_method_mode(True, instance.process_view))
+            if hasattr(instance, "process_template_response"):
+                self._template_response_middleware.append(
+                    self.adapt_method_mode(True, instance.process_template_response)
+                )
+            if hasattr(instance, "process_exception"):
+                # Django runs the exception stack synchronously.
+                self._exception_middleware.append(
+                    self.adapt_method_mode(False, instance.process_exception)
+                )
+            handler = convert_exception_to_response(instance)
+        self._middleware_chain = handler
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         # No ThreadSensitiveContext: sync_to_async calls share the process's sync thread
@@ -101,7 +124,8 @@ async def lifespan(receive: Any, send: Any) -> None:
     """Start-up and shutdown of a worker process: the graceful-shutdown drain goes in
     front of uvicorn's signal handlers; at shutdown, write the pending usage counts and
     close the upstream connections."""
-    from proxy import shutdown, usage, vllm
+    from plumbing import vllm
+    from proxy import shutdown, usage
 
     while True:
         message = await receive()

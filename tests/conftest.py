@@ -13,9 +13,10 @@ import uvicorn
 from django.core.cache import cache
 from django.db import connection
 
+from modelmgr import auth
 from modelmgr.models import Scope
 from modelmgr.services import api_key_create
-from proxy import auth, vllm
+from plumbing import vllm
 from tests.simulator_process import SimulatorProcess, free_port
 
 # The local fake Hugging Face Hub and its `fake_hub` fixture.

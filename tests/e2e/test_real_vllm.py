@@ -26,10 +26,10 @@ from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelmgr import lifecycle
+from modelmgr import hub, services
 from modelmgr.models import DownloadJob, DownloadStatus, ModelSwitch, Scope, SwitchPhase, UsageDaily
 from plumbing import vllm
-from proxy import monitoring
+from talktuah_site import monitoring
 
 from .conftest import MAX_MODEL_LEN, PHASES, VLLM_ENV, RealVllm, metrics_of
 
@@ -451,9 +451,9 @@ def test_a_downloaded_model_is_switched_to_while_a_chat_waits_for_it(
         timeout=10,
     )
     assert response.status_code == 202, response.text
-    lifecycle.download_start(repo_id="tiny/a")
-    while (job := lifecycle.download_claim(worker="e2e")) is not None:
-        lifecycle.download_run(job=job)
+    services.download_start(repo_id="tiny/a")
+    while (job := services.download_claim(worker="e2e")) is not None:
+        services.download_run(job=job)
     for job in DownloadJob.objects.all():
         assert job.status == DownloadStatus.SUCCEEDED, job.error
     status = httpx.get(f"{gateway.url}/api/model-status", headers=auth(admin), timeout=10).json()
@@ -477,12 +477,12 @@ def test_a_downloaded_model_is_switched_to_while_a_chat_waits_for_it(
     assert response.status_code == 202, response.text
     switch_id = response.json()["id"]
     assert response.json()["from_model"] == "tiny/a"
-    claimed = lifecycle.model_switch_claim(worker="e2e-worker")
+    claimed = services.model_switch_claim(worker="e2e-worker")
     assert claimed is not None and claimed.pk == switch_id
 
     def run() -> None:  # what the worker does
         try:
-            lifecycle.model_switch_run(switch=claimed)
+            services.model_switch_run(switch=claimed)
         finally:
             close_old_connections()
             connection.close()
@@ -526,10 +526,10 @@ def test_a_downloaded_model_is_switched_to_while_a_chat_waits_for_it(
     assert loading["ready"] is True and loading["model"] == "tiny/b"
     assert loading["switch"]["phase"] == SwitchPhase.READY
     # The new vLLM serves the snapshot that the download put in the Hugging Face cache.
-    engine = lifecycle.engine_adapter.get_engine()
+    engine = services.engine_adapter.get_engine()
     state = engine.state()
     assert state.running and state.served_name == "tiny/b"
-    assert state.model == str(lifecycle.hub.snapshot_path("tiny/b"))
+    assert state.model == str(hub.snapshot_path("tiny/b"))
 
     # And the OpenAI SDK chats with it.
     client = OpenAI(base_url=f"{gateway.url}/v1", api_key=make_key(), max_retries=0)

@@ -14,7 +14,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from modelmgr import admin_views, lifecycle
+from modelmgr import admin_views, selectors, services
 from modelmgr.models import (
     DownloadJob,
     DownloadStatus,
@@ -72,22 +72,22 @@ def served(monkeypatch):
             return vllm.Probe(False, [], "connection refused", None)
         return vllm.Probe(True, list(models), "healthy", 3.0)
 
-    monkeypatch.setattr("proxy.vllm.probe", probe)
+    monkeypatch.setattr("plumbing.vllm.probe", probe)
     return models
 
 
 @pytest.fixture
 def hf_cache(monkeypatch, served):
     cache = FakeCache()
-    monkeypatch.setattr("modelmgr.lifecycle.hub.cached_models", cache.cached_models)
-    monkeypatch.setattr("modelmgr.lifecycle.hub.snapshot_path", cache.snapshot_path)
+    monkeypatch.setattr("modelmgr.hub.cached_models", cache.cached_models)
+    monkeypatch.setattr("modelmgr.hub.snapshot_path", cache.snapshot_path)
     return cache
 
 
 @pytest.fixture
 def engine(monkeypatch):
     fake = SimpleNamespace(read_only=False, state=lambda: SimpleNamespace(served_name=None))
-    monkeypatch.setattr("modelmgr.lifecycle.engine_adapter.get_engine", lambda: fake)
+    monkeypatch.setattr("modelmgr.services.engine_adapter.get_engine", lambda: fake)
     return fake
 
 
@@ -111,7 +111,7 @@ def running_job(**fields) -> DownloadJob:
 
 
 def beat() -> None:
-    lifecycle.worker_beat(name="host:1", started_at=timezone.now())
+    services.worker_beat(name="host:1", started_at=timezone.now())
 
 
 def page(response) -> str:
@@ -278,7 +278,7 @@ def test_the_progress_json_returns_the_services_progress(admin_client):
     jobs = response.json()["jobs"]
     assert [j["job_id"] for j in jobs] == [job.pk, other.pk]
     first = jobs[0]
-    expected = lifecycle.download_progress(job)
+    expected = selectors.download_progress(job)
     for key in ("model_id", "status", "bytes_total", "bytes_completed", "percent", "files_total"):
         assert first[key] == expected[key]
     assert first["percent"] == 25.0

@@ -13,6 +13,15 @@ from typing import Any
 import pytest
 
 from modelmgr import hub
+from plumbing.errors import (
+    DiskFull,
+    DownloadCancelled,
+    HubError,
+    HubUnauthorized,
+    HubUnreachable,
+    RepoGated,
+    RepoNotFound,
+)
 from tests.fakehub import FakeHub
 
 # The fixture lives in tests/fakehub.py; this makes it visible to this module.
@@ -130,39 +139,39 @@ class TestPlan:
         assert plan.commit == commit
 
     def test_it_reports_a_missing_repo_by_name(self, fake_hub: FakeHub) -> None:
-        with pytest.raises(hub.HubError) as caught:
+        with pytest.raises(HubError) as caught:
             hub.plan_download("nobody/nothing-here")
 
-        assert caught.value.kind == "not_found"
+        assert isinstance(caught.value, RepoNotFound)
         assert "'nobody/nothing-here' does not exist on the Hub" in str(caught.value)
         assert "HF_TOKEN" in str(caught.value)
 
     def test_it_reports_a_missing_revision(self, fake_hub: FakeHub) -> None:
         fake_hub.add_repo("org/tiny", small_model(big=1000))
 
-        with pytest.raises(hub.HubError) as caught:
+        with pytest.raises(HubError) as caught:
             hub.plan_download("org/tiny", "no-such-branch")
 
-        assert caught.value.kind == "not_found"
+        assert isinstance(caught.value, RepoNotFound)
         assert "no revision 'no-such-branch'" in str(caught.value)
 
     def test_it_rejects_a_gated_repo_without_access(self, fake_hub: FakeHub, settings: Any) -> None:
         fake_hub.add_repo("org/gated", small_model(big=1000), gated=True)
 
-        with pytest.raises(hub.HubError) as anonymous:
+        with pytest.raises(HubError) as anonymous:
             hub.plan_download("org/gated")
-        with pytest.raises(hub.HubError) as no_access:
+        with pytest.raises(HubError) as no_access:
             hub.plan_download("org/gated", token=fake_hub.token_without_access)
         settings.HF_TOKEN = fake_hub.token_without_access
-        with pytest.raises(hub.HubError) as from_settings:
+        with pytest.raises(HubError) as from_settings:
             hub.plan_download("org/gated")
 
-        assert anonymous.value.kind == "gated"
+        assert isinstance(anonymous.value, RepoGated)
         assert "'org/gated' is gated" in str(anonymous.value)
         assert "set HF_TOKEN" in str(anonymous.value)
-        assert no_access.value.kind == "gated"
+        assert isinstance(no_access.value, RepoGated)
         assert "has no access" in str(no_access.value)
-        assert from_settings.value.kind == "gated"
+        assert isinstance(from_settings.value, RepoGated)
 
     def test_it_plans_and_downloads_a_gated_repo_with_the_right_token(
         self, fake_hub: FakeHub
@@ -186,19 +195,19 @@ class TestPlan:
     def test_it_reports_a_rejected_token(self, fake_hub: FakeHub) -> None:
         fake_hub.add_repo("org/tiny", small_model(big=1000))
 
-        with pytest.raises(hub.HubError) as caught:
+        with pytest.raises(HubError) as caught:
             hub.plan_download("org/tiny", token="hf_revoked")
 
-        assert caught.value.kind == "unauthorized"
+        assert isinstance(caught.value, HubUnauthorized)
         assert "HF_TOKEN" in str(caught.value)
 
     def test_it_reports_an_unreachable_hub(self, fake_hub: FakeHub, settings: Any) -> None:
         settings.HF_ENDPOINT = f"http://127.0.0.1:{free_port()}"
 
-        with pytest.raises(hub.HubError) as caught:
+        with pytest.raises(HubError) as caught:
             hub.plan_download("org/tiny")
 
-        assert caught.value.kind == "network"
+        assert isinstance(caught.value, HubUnreachable)
         assert settings.HF_ENDPOINT in str(caught.value)
 
 
@@ -301,10 +310,10 @@ class TestDownload:
             return fake_hub.served("org/tiny", "model.safetensors") >= int(1.5 * MiB)
 
         started = time.monotonic()
-        with pytest.raises(hub.HubError) as caught:
+        with pytest.raises(HubError) as caught:
             hub.download(plan, should_stop=stop_after_a_while)
 
-        assert caught.value.kind == "cancelled"
+        assert isinstance(caught.value, DownloadCancelled)
         assert time.monotonic() - started < 2  # promptly, not at the end of the file
         partial = (
             Path(settings.HF_CACHE_DIR) / "models--org--tiny" / "blobs" / f"{big.etag}.incomplete"
@@ -341,20 +350,20 @@ class TestDownload:
         plan = hub.plan_download("org/tiny")
         monkeypatch.setattr(file_download, "http_get", no_space)
 
-        with pytest.raises(hub.HubError) as caught:
+        with pytest.raises(HubError) as caught:
             hub.download(plan)
 
-        assert caught.value.kind == "disk_full"
+        assert isinstance(caught.value, DiskFull)
 
     def test_it_reports_a_hub_that_went_away(self, fake_hub: FakeHub, settings: Any) -> None:
         fake_hub.add_repo("org/tiny", small_model(big=1000))
         plan = hub.plan_download("org/tiny")
         settings.HF_ENDPOINT = f"http://127.0.0.1:{free_port()}"
 
-        with pytest.raises(hub.HubError) as caught:
+        with pytest.raises(HubError) as caught:
             hub.download(plan)
 
-        assert caught.value.kind == "network"
+        assert isinstance(caught.value, HubUnreachable)
 
 
 class TestCheckDisk:
@@ -375,10 +384,10 @@ class TestCheckDisk:
         plan = hub.plan_download("org/tiny")
         free_bytes[0] = 100 * MiB
 
-        with pytest.raises(hub.HubError) as caught:
+        with pytest.raises(HubError) as caught:
             hub.check_disk(plan)
 
-        assert caught.value.kind == "disk_full"
+        assert isinstance(caught.value, DiskFull)
         assert "3.1 MB still to download" in str(caught.value)
         assert "104.9 MB free" in str(caught.value)
 

@@ -14,8 +14,9 @@ import httpx
 import pytest
 from django.db import close_old_connections, connection
 
-from modelmgr import lifecycle
+from modelmgr import hub, selectors, services
 from modelmgr.models import DownloadJob, DownloadStatus, ModelSwitch, ServedModel, SwitchPhase
+from plumbing.errors import Conflict, InvalidRepoId, ModelNotDownloaded
 from tests.gateway_process import database_url
 from tests.simulator_process import free_port
 from tests.waiting import wait_for
@@ -40,26 +41,26 @@ def job_row(job_id):
 
 
 def test_it_queues_one_job_per_repo(fake_hub):
-    first, created = lifecycle.download_start(repo_id="org/a")
-    again, created_again = lifecycle.download_start(repo_id="org/a", auto_switch=True)
+    first, created = services.download_start(repo_id="org/a")
+    again, created_again = services.download_start(repo_id="org/a", auto_switch=True)
     assert created and not created_again
     assert again.pk == first.pk
     assert DownloadJob.objects.count() == 1
-    with pytest.raises(lifecycle.InvalidRequest):
-        lifecycle.download_start(repo_id="../etc/passwd")
+    with pytest.raises(InvalidRepoId):
+        services.download_start(repo_id="../etc/passwd")
 
 
 def test_it_downloads_with_rising_progress(fake_hub, settings):
     settings.DOWNLOAD_PROGRESS_WRITES_PER_SECOND = 20
     fake_hub.add_repo("org/big", tiny_model_files(os.urandom(6 * MB)))
     fake_hub.slow("org/big", "model.safetensors", 0.05, chunk=256 * 1024)
-    job, _ = lifecycle.download_start(repo_id="org/big", requested_by="tester")
-    claimed = lifecycle.download_claim(worker="test-worker")
+    job, _ = services.download_start(repo_id="org/big", requested_by="tester")
+    claimed = services.download_claim(worker="test-worker")
     assert claimed is not None and claimed.pk == job.pk
 
     seen: list[int] = []
     runner = threading.Thread(
-        target=lambda: (lifecycle.download_run(job=claimed), connection.close())
+        target=lambda: (services.download_run(job=claimed), connection.close())
     )
     runner.start()
     while runner.is_alive():
@@ -75,7 +76,7 @@ def test_it_downloads_with_rising_progress(fake_hub, settings):
     assert len(set(rising)) >= 3, f"progress did not rise in steps: {seen}"
     assert rising == sorted(rising)
     assert fake_hub.served("org/big", "pytorch_model.bin") == 0
-    models = lifecycle.downloaded_models()
+    models = selectors.downloaded_models()
     assert [m.repo_id for m in models] == ["org/big"]
     assert models[0].size_bytes >= 6 * MB
     assert ServedModel.objects.get(repo_id="org/big").downloaded_by == "tester"
@@ -91,26 +92,26 @@ def test_it_downloads_with_rising_progress(fake_hub, settings):
 def test_a_failed_job_keeps_a_clear_error_and_can_be_retried(fake_hub, setup, expected):
     setup(fake_hub)
     repo = "org/gated" if expected == "gated" else "org/missing"
-    job, _ = lifecycle.download_start(repo_id=repo)
-    lifecycle.download_run(job=lifecycle.download_claim(worker="w"))
+    job, _ = services.download_start(repo_id=repo)
+    services.download_run(job=services.download_claim(worker="w"))
     row = job_row(job.pk)
     assert row.status == DownloadStatus.FAILED
     assert expected in row.error.lower()
     assert repo in row.error
-    retried = lifecycle.download_retry(job=row)
+    retried = services.download_retry(job=row)
     assert retried.pk != row.pk and retried.status == DownloadStatus.QUEUED
     assert job_row(job.pk).error == row.error
 
 
 def test_two_workers_claim_disjoint_jobs(fake_hub):
-    ids = {lifecycle.download_start(repo_id=f"org/m{i}")[0].pk for i in range(12)}
+    ids = {services.download_start(repo_id=f"org/m{i}")[0].pk for i in range(12)}
     claimed: dict[str, list[int]] = {"a": [], "b": []}
     barrier = threading.Barrier(2)
 
     def claim_all(name):
         barrier.wait()
         try:
-            while (job := lifecycle.download_claim(worker=name)) is not None:
+            while (job := services.download_claim(worker=name)) is not None:
                 claimed[name].append(job.pk)
         finally:
             connection.close()
@@ -152,7 +153,7 @@ def test_a_killed_worker_leaves_nothing_stuck_and_the_download_resumes(fake_hub,
     content = os.urandom(8 * MB)
     fake_hub.add_repo("org/resume", tiny_model_files(content))
     fake_hub.slow("org/resume", "model.safetensors", 0.05, chunk=256 * 1024)
-    job, _ = lifecycle.download_start(repo_id="org/resume")
+    job, _ = services.download_start(repo_id="org/resume")
     worker = start_worker(fake_hub, tmp_path)
     try:
         wait_for(lambda: job_row(job.pk).bytes_done > MB, message="bytes to arrive")
@@ -173,7 +174,7 @@ def test_a_killed_worker_leaves_nothing_stuck_and_the_download_resumes(fake_hub,
     served_total = fake_hub.served("org/resume", "model.safetensors")
     # Resumed, not restarted: roughly the file once, plus what was in flight at the kill.
     assert served_total < len(content) + served_before // 2 + MB
-    snapshot = lifecycle.hub.snapshot_path("org/resume")
+    snapshot = hub.snapshot_path("org/resume")
     assert snapshot is not None
     assert (snapshot / "model.safetensors").read_bytes() == content
 
@@ -181,7 +182,7 @@ def test_a_killed_worker_leaves_nothing_stuck_and_the_download_resumes(fake_hub,
 def test_sigterm_puts_a_running_download_back_in_the_queue(fake_hub, tmp_path):
     fake_hub.add_repo("org/pause", tiny_model_files(os.urandom(8 * MB)))
     fake_hub.slow("org/pause", "model.safetensors", 0.05, chunk=256 * 1024)
-    job, _ = lifecycle.download_start(repo_id="org/pause")
+    job, _ = services.download_start(repo_id="org/pause")
     worker = start_worker(fake_hub, tmp_path)
     try:
         wait_for(lambda: job_row(job.pk).bytes_done > MB, message="bytes to arrive")
@@ -198,15 +199,15 @@ def test_sigterm_puts_a_running_download_back_in_the_queue(fake_hub, tmp_path):
 
 def test_the_worker_reports_when_none_is_alive(fake_hub, tmp_path, settings):
     fake_hub.add_repo("org/q", tiny_model_files())
-    job, _ = lifecycle.download_start(repo_id="org/q")
-    progress = lifecycle.download_progress(job)
+    job, _ = services.download_start(repo_id="org/q")
+    progress = selectors.download_progress(job)
     assert progress["worker_alive"] is False
     assert "run_worker" in progress["note"]
-    assert lifecycle.model_status()["worker_alive"] is False
+    assert selectors.model_status()["worker_alive"] is False
     worker = start_worker(fake_hub, tmp_path)
     try:
         wait_for(lambda: job_row(job.pk).status == DownloadStatus.SUCCEEDED, message="download")
-        assert lifecycle.worker_alive()
+        assert selectors.worker_alive()
     finally:
         worker.terminate()
         worker.wait(10)
@@ -224,15 +225,15 @@ def process_engine(settings, tmp_path):
     )
     settings.ENGINE_STOP_GRACE_SECONDS = 5
     settings.SWITCH_TIMEOUT_SECONDS = 30
-    engine = lifecycle.engine_adapter.get_engine()
+    engine = services.engine_adapter.get_engine()
     yield engine
     engine.stop()
 
 
 def download(fake_hub, repo_id):
     fake_hub.add_repo(repo_id, tiny_model_files())
-    job, _ = lifecycle.download_start(repo_id=repo_id)
-    lifecycle.download_run(job=lifecycle.download_claim(worker="w"))
+    job, _ = services.download_start(repo_id=repo_id)
+    services.download_run(job=services.download_claim(worker="w"))
     assert job_row(job.pk).status == DownloadStatus.SUCCEEDED
 
 
@@ -243,18 +244,18 @@ def test_a_switch_restarts_vllm_on_the_new_model_while_chat_waits(
     download(fake_hub, "org/model-a")
     download(fake_hub, "org/model-b")
     process_engine.serve(model="org/model-a", served_name="org/model-a")
-    assert lifecycle.wait_until_serving("org/model-a", timeout=20) is None
+    assert services.wait_until_serving("org/model-a", timeout=20) is None
 
-    switch = lifecycle.model_switch_request(repo_id="org/model-b", requested_by="tester")
+    switch = services.model_switch_request(repo_id="org/model-b", requested_by="tester")
     assert switch.from_model == "org/model-a"
-    with pytest.raises(lifecycle.Conflict):
-        lifecycle.model_switch_request(repo_id="org/model-a")
-    claimed = lifecycle.model_switch_claim(worker="test")
+    with pytest.raises(Conflict):
+        services.model_switch_request(repo_id="org/model-a")
+    claimed = services.model_switch_claim(worker="test")
     assert claimed is not None
 
     def run():
         try:
-            lifecycle.model_switch_run(switch=claimed)
+            services.model_switch_run(switch=claimed)
         finally:
             close_old_connections()
             connection.close()
@@ -289,24 +290,24 @@ def test_a_switch_restarts_vllm_on_the_new_model_while_chat_waits(
 
 
 def test_a_switch_refuses_a_model_not_downloaded(fake_hub, process_engine):
-    with pytest.raises(lifecycle.NotDownloaded):
-        lifecycle.model_switch_request(repo_id="org/nowhere")
+    with pytest.raises(ModelNotDownloaded):
+        services.model_switch_request(repo_id="org/nowhere")
 
 
 def test_a_failed_switch_keeps_its_error(fake_hub, process_engine, settings):
     download(fake_hub, "org/model-a")
     download(fake_hub, "org/model-b")
     process_engine.serve(model="org/model-a", served_name="org/model-a")
-    assert lifecycle.wait_until_serving("org/model-a", timeout=20) is None
-    switch = lifecycle.model_switch_request(repo_id="org/model-b")
+    assert services.wait_until_serving("org/model-a", timeout=20) is None
+    switch = services.model_switch_request(repo_id="org/model-b")
     # The new model never becomes ready: the command serves another name.
     settings.ENGINE_PROCESS_COMMAND = (
         "{python} {manage} vllm_simulator --model wrong-name --port {port}"
     )
     settings.SWITCH_TIMEOUT_SECONDS = 3
-    lifecycle.model_switch_run(switch=lifecycle.model_switch_claim(worker="t"))
+    services.model_switch_run(switch=services.model_switch_claim(worker="t"))
     failed = ModelSwitch.objects.get(pk=switch.pk)
     assert failed.phase == SwitchPhase.FAILED
     assert "not ready" in failed.error
-    status = lifecycle.loading_status()
+    status = selectors.loading_status()
     assert status["last_error"] == failed.error

@@ -4,7 +4,7 @@ admin scope, 202s, idempotent downloads, 404/409 on switches, loading status, re
 import httpx
 import pytest
 
-from modelmgr import lifecycle
+from modelmgr import services
 from modelmgr.models import DownloadJob, ModelSwitch, Scope
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -55,8 +55,8 @@ def test_download_progress_reports_a_finished_job(gateway, admin_headers, fake_h
     idle = httpx.get(f"{gateway.url}/api/download-progress", headers=admin_headers).json()
     assert idle["status"] == "idle"
     fake_hub.add_repo("org/tiny", {"config.json": b"{}", "model.safetensors": b"\0" * 4096})
-    job, _ = lifecycle.download_start(repo_id="org/tiny")
-    lifecycle.download_run(job=lifecycle.download_claim(worker="w"))
+    job, _ = services.download_start(repo_id="org/tiny")
+    services.download_run(job=services.download_claim(worker="w"))
     progress = httpx.get(
         f"{gateway.url}/api/download-progress", params={"job_id": job.pk}, headers=admin_headers
     ).json()
@@ -84,8 +84,8 @@ def test_switch_model_answers_404_409_and_202(
     assert response.status_code == 404
     assert "not downloaded" in response.json()["error"]["message"]
     fake_hub.add_repo("org/tiny", {"config.json": b"{}", "model.safetensors": b"\0" * 64})
-    lifecycle.download_start(repo_id="org/tiny")
-    lifecycle.download_run(job=lifecycle.download_claim(worker="w"))
+    services.download_start(repo_id="org/tiny")
+    services.download_run(job=services.download_claim(worker="w"))
     accepted = httpx.post(url, params={"model_id": "org/tiny"}, headers=admin_headers)
     assert accepted.status_code == 202, accepted.text
     assert accepted.json()["phase"] == "requested"

@@ -7,8 +7,8 @@ import httpx
 import pytest
 from django.utils import timezone
 
+from modelmgr import auth
 from modelmgr.models import ApiKey, Scope
-from proxy import auth
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelmgr.models import ModelSwitch, SwitchPhase
-from proxy import monitoring
+from talktuah_site import monitoring
 from tests.gateway_process import GatewayProcess
 from tests.simulator_process import free_port
 

@@ -20,7 +20,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from modelmgr import engine as engine_adapter
-from modelmgr import lifecycle
+from modelmgr import hub, services
 
 logger = logging.getLogger("modelmgr.worker")
 
@@ -38,10 +38,10 @@ class Command(BaseCommand):
         self.stopping = threading.Event()
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
-        name = lifecycle.worker_name()
+        name = services.worker_name()
         started_at = timezone.now()
-        recovered = lifecycle.worker_recover()
-        lifecycle.worker_beat(name=name, started_at=started_at, current="starting")
+        recovered = services.worker_recover()
+        services.worker_beat(name=name, started_at=started_at, current="starting")
         self.stdout.write(
             f"worker {name} started (engine {settings.TALKTUAH_ENGINE}; "
             f"recovered {recovered} job(s) left by stopped workers)"
@@ -56,18 +56,18 @@ class Command(BaseCommand):
                 now = time.monotonic()
                 if now - last_beat >= settings.WORKER_HEARTBEAT_SECONDS:
                     current = f"{len(running)} download(s)" if running else "idle"
-                    lifecycle.worker_beat(name=name, started_at=started_at, current=current)
+                    services.worker_beat(name=name, started_at=started_at, current=current)
                     last_beat = now
-                switch = lifecycle.model_switch_claim(worker=name)
+                switch = services.model_switch_claim(worker=name)
                 if switch is not None:
-                    lifecycle.worker_beat(
+                    services.worker_beat(
                         name=name, started_at=started_at, current=f"switch to {switch.to_model}"
                     )
-                    lifecycle.model_switch_run(switch=switch)
+                    services.model_switch_run(switch=switch)
                     continue
                 running = {f for f in running if not f.done()}
                 if len(running) < options["downloads"]:
-                    job = lifecycle.download_claim(worker=name)
+                    job = services.download_claim(worker=name)
                     if job is not None:
                         self.stdout.write(f"downloading {job.repo_id} (job {job.pk})")
                         running.add(pool.submit(self._download, job))
@@ -84,7 +84,7 @@ class Command(BaseCommand):
 
     def _download(self, job: Any) -> None:
         try:
-            lifecycle.download_run(job=job, should_stop=self.stopping.is_set)
+            services.download_run(job=job, should_stop=self.stopping.is_set)
         finally:
             close_old_connections()
             connection.close()
@@ -96,7 +96,7 @@ class Command(BaseCommand):
         engine = engine_adapter.get_engine()
         if engine.state().running:
             return
-        snapshot = lifecycle.hub.snapshot_path(model)
+        snapshot = hub.snapshot_path(model)
         try:
             engine.serve(model=str(snapshot or model), served_name=model)
             self.stdout.write(f"started vLLM on {model}")

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from modelmgr.lifecycle import worker_alive
+from modelmgr.selectors import worker_alive
 
 
 class Command(BaseCommand):

@@ -1,4 +1,6 @@
-"""API-key authentication for every non-public route.
+"""API-key authentication for every non-public route, as Ninja auth classes: a key in
+`Authorization: Bearer <key>` (`KeyBearer`) or in `x-api-key: <key>` (`KeyHeader`), both
+listed on each router so the OpenAPI schema shows both schemes.
 
 A presented key is looked up by its visible prefix and compared in constant time with
 the stored digest. Lookups are cached in-process for API_KEY_CACHE_SECONDS, so the
@@ -12,11 +14,12 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest
 from django.utils import timezone
-from ninja.security.base import AuthBase
+from ninja.security import APIKeyHeader, HttpBearer
 
 from modelmgr.models import ApiKey, Scope, hash_key, split_prefix
 from plumbing.db import run_sync
@@ -143,44 +146,53 @@ async def authenticate_key(plaintext: str) -> Principal:
     return cached.principal
 
 
-def presented_key(request: HttpRequest) -> str | None:
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    api_key = request.headers.get("x-api-key")
-    return api_key.strip() if api_key else None
+async def _authorise(plaintext: str | None, scope: str) -> Principal | None:
+    """The principal of a presented key holding `scope`; None when no key was presented
+    this way (Ninja then tries the next scheme, and answers 401 when none matched)."""
+    plaintext = (plaintext or "").strip()
+    if not plaintext:
+        return None
+    principal = await authenticate_key(plaintext)
+    if scope not in principal.scopes:
+        raise Forbidden(f"This API key lacks the '{scope}' scope.", code="insufficient_scope")
+    return principal
 
 
-class KeyAuth(AuthBase):
-    """Ninja auth: `Authorization: Bearer <key>` or `x-api-key: <key>`, with a scope."""
-
-    openapi_type = "http"
-    openapi_scheme = "bearer"
+class KeyBearer(HttpBearer):
+    """`Authorization: Bearer <key>`, with a scope."""
 
     def __init__(self, scope: str) -> None:
         super().__init__()
         self.scope = scope
-        self.is_async = True
 
-    async def __call__(self, request: HttpRequest) -> Principal:
-        plaintext = presented_key(request)
-        if not plaintext:
-            raise Unauthenticated(
-                "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
-                code="missing_api_key",
-            )
-        principal = await authenticate_key(plaintext)
-        if self.scope not in principal.scopes:
-            raise Forbidden(
-                f"This API key lacks the '{self.scope}' scope.", code="insufficient_scope"
-            )
-        return principal
+    def __call__(self, request: HttpRequest) -> Any:
+        # HttpBearer's own __call__ logs a header of another scheme in DEBUG: that header
+        # may hold a secret, which must never reach a log.
+        scheme, _, token = request.headers.get(self.header, "").partition(" ")
+        if scheme.lower() != self.openapi_scheme:
+            return None
+        return self.authenticate(request, token)
+
+    async def authenticate(self, request: HttpRequest, token: str) -> Principal | None:
+        return await _authorise(token, self.scope)
 
 
-inference_auth = KeyAuth(Scope.INFERENCE)
-admin_auth = KeyAuth(Scope.ADMIN)
+class KeyHeader(APIKeyHeader):
+    """`x-api-key: <key>` (what Anthropic-style clients send), with a scope."""
+
+    param_name = "x-api-key"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__()
+        self.scope = scope
+
+    async def authenticate(self, request: HttpRequest, key: str | None) -> Principal | None:
+        return await _authorise(key, self.scope)
+
+
+# A bearer key wins over x-api-key when both are sent, as Ninja tries them in order.
+inference_auth = [KeyBearer(Scope.INFERENCE), KeyHeader(Scope.INFERENCE)]
+admin_auth = [KeyBearer(Scope.ADMIN), KeyHeader(Scope.ADMIN)]
 
 
 def principal_of(request: HttpRequest) -> Principal:

@@ -1,0 +1,69 @@
+"""What the proxy accepts: the endpoints it forwards and the checks a request body
+passes before it goes to vLLM. The body is otherwise relayed as-is (unknown fields
+kept), so it is parsed once with orjson rather than through a schema: this is the hot
+path."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from django.core.exceptions import RequestDataTooBig
+
+from plumbing.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    name: str  # the metric label
+    path: str  # vLLM's path
+    required: str  # the field a body must carry
+    stream_default: bool = False
+
+
+CHAT = Endpoint("chat_completions", "/v1/chat/completions", "messages")
+API_CHAT = Endpoint("api_chat", "/v1/chat/completions", "messages", stream_default=True)
+COMPLETIONS = Endpoint("completions", "/v1/completions", "prompt")
+EMBEDDINGS = Endpoint("embeddings", "/v1/embeddings", "input")
+
+
+def parse_body(
+    *, content_type: str, raw: Callable[[], bytes], endpoint: Endpoint
+) -> dict[str, Any]:
+    """The JSON object of a request body, checked for what the gateway itself relies on
+    (the required field, `model`, `stream`, `stream_options`). `raw` reads the body: it
+    raises RequestDataTooBig past MAX_REQUEST_BYTES, and is not called for a wrong type."""
+    if content_type != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, got {content_type or 'none'!r}.",
+            code="unsupported_media_type",
+        )
+    try:
+        content = raw()
+    except RequestDataTooBig:
+        raise PayloadTooLarge("Request body too large.", code="request_too_large") from None
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"Request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("Request body must be a JSON object.", code="invalid_body")
+    value = body.get(endpoint.required)
+    if value is None or value == [] or value == "":
+        raise BadRequest(
+            f"'{endpoint.required}' is required.", param=endpoint.required, code="missing_field"
+        )
+    if endpoint.required == "messages" and not isinstance(value, list):
+        raise BadRequest("'messages' must be a list.", param="messages", code="invalid_field")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("'model' must be a string.", param="model", code="invalid_field")
+    stream = body.get("stream", endpoint.stream_default)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false.", param="stream", code="invalid_field")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadRequest(
+            "'stream_options' must be an object.", param="stream_options", code="invalid_field"
+        )
+    return body

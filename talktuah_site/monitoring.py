@@ -1,0 +1,191 @@
+"""Monitoring of the whole service, which both apps feed: /api/healthz (one cheap answer,
+cached about a second, about vLLM, the model it serves, its queue, a switch in progress
+and the GPU), /livez, /readyz and /metrics (the gateway's families, the lifecycle's,
+django-prometheus's, and vLLM's `vllm:*` ones)."""
+
+import asyncio
+import hmac
+import os
+import time
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from ninja import Router, Schema, Status
+from ninja.security import HttpBearer
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from modelmgr.metrics import LifecycleCollector
+from modelmgr.schemas import SwitchOut
+from modelmgr.selectors import active_switch, switch_summary
+from plumbing import gpu, vllm
+from plumbing.db import run_sync
+from plumbing.errors import Unauthenticated
+from proxy.metrics import UPSTREAM_UP
+from proxy.shutdown import is_draining
+
+HEALTH_CACHE_SECONDS = 1.0
+
+router = Router(tags=["Monitoring"])
+
+# --- /api/healthz -----------------------------------------------------------------------
+
+
+class UpstreamHealthOut(Schema):
+    reachable: bool
+    healthy: bool
+    latency_ms: float | None
+    detail: str
+
+
+class ServedModelOut(Schema):
+    id: str | None
+    max_model_len: int | None
+
+
+class GpuOut(Schema):
+    index: int
+    name: str
+    memory_used_bytes: int
+    memory_total_bytes: int
+    utilization_percent: int
+
+
+class HealthOut(Schema):
+    status: str  # ok, loading, degraded or down
+    upstream: UpstreamHealthOut
+    model: ServedModelOut | None
+    switch: SwitchOut | None
+    queue: dict[str, float] | None  # waiting, running, kv_cache_usage
+    gpu: list[GpuOut] | str  # "unknown" without NVML
+
+
+_cached: tuple[float, int, dict[str, Any]] | None = None
+_lock: asyncio.Lock | None = None
+
+
+async def _compute() -> tuple[int, dict[str, Any]]:
+    probe = await vllm.health_check()
+    switch = await run_sync(active_switch)
+    gpus = await asyncio.to_thread(gpu.gpus)
+    served = probe.models[0] if probe.models else None
+    if switch is not None and not (served and served.get("id") == switch.to_model):
+        status = "loading"
+    elif not probe.reachable:
+        status = "down"
+    elif not probe.healthy or not served or probe.metrics_text is None:
+        status = "degraded"
+    else:
+        status = "ok"
+    UPSTREAM_UP.set(1 if probe.healthy else 0)
+    body = {
+        "status": status,
+        "upstream": {
+            "reachable": probe.reachable,
+            "healthy": probe.healthy,
+            "latency_ms": probe.latency_ms,
+            "detail": probe.detail,
+        },
+        "model": {"id": served.get("id"), "max_model_len": served.get("max_model_len")}
+        if served
+        else None,
+        "switch": switch_summary(switch) if switch is not None else None,
+        "queue": vllm.queue_figures(probe.metrics_text),
+        "gpu": gpus if gpus is not None else "unknown",
+    }
+    return (200 if status == "ok" else 503), body
+
+
+async def health() -> tuple[int, dict[str, Any]]:
+    """The health answer, computed at most once per HEALTH_CACHE_SECONDS per process."""
+    global _cached, _lock
+    now = time.monotonic()
+    if _cached is not None and now - _cached[0] < HEALTH_CACHE_SECONDS:
+        return _cached[1], _cached[2]
+    if _lock is None:
+        _lock = asyncio.Lock()
+    async with _lock:
+        # Concurrent probes wait for the one computing instead of each asking vLLM.
+        if _cached is not None and time.monotonic() - _cached[0] < HEALTH_CACHE_SECONDS:
+            return _cached[1], _cached[2]
+        status, body = await _compute()
+        _cached = (time.monotonic(), status, body)
+        return status, body
+
+
+def forget_health() -> None:
+    global _cached
+    _cached = None
+
+
+@router.get("/api/healthz", auth=None, response={200: HealthOut, 503: HealthOut})
+async def healthz(request: HttpRequest) -> Status[dict[str, Any]]:
+    """Overall status (ok, loading, degraded, down), vLLM's reachability and latency, the
+    served model, a switch in progress, the queue and the GPU. 200 when ok, else 503."""
+    return Status(*await health())
+
+
+class ProbeOut(Schema):
+    status: str
+
+
+@router.get("/livez", auth=None, response=ProbeOut)
+async def livez(request: HttpRequest) -> dict[str, str]:
+    """The process is alive (no dependency checked)."""
+    return {"status": "alive"}
+
+
+@router.get("/readyz", auth=None, response={200: ProbeOut, 503: ProbeOut})
+async def readyz(request: HttpRequest) -> Status[dict[str, str]]:
+    """Ready to proxy; 503 while draining at shutdown."""
+    if is_draining():
+        return Status(503, {"status": "draining"})
+    return Status(200, {"status": "ready"})
+
+
+# --- /metrics ---------------------------------------------------------------------------
+
+_lifecycle_collector = LifecycleCollector()
+# Single-process mode: the lifecycle families in a registry of their own (the default
+# registry holds the live metrics and django-prometheus's).
+_LIFECYCLE_REGISTRY = CollectorRegistry()
+_LIFECYCLE_REGISTRY.register(_lifecycle_collector)
+
+
+def gateway_exposition() -> bytes:
+    """The gateway's families (all workers' in multiprocess mode) in text format.
+    Synchronous: it reads the database."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        registry.register(_lifecycle_collector)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY) + generate_latest(_LIFECYCLE_REGISTRY)
+
+
+class MetricsToken(HttpBearer):
+    """`Authorization: Bearer <METRICS_TOKEN>` when METRICS_TOKEN is set; else open."""
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if not settings.METRICS_TOKEN:
+            return True
+        # Not HttpBearer's __call__: the answer to a missing or malformed header is this
+        # message, not the API-key one, and a header is never logged.
+        scheme, _, token = request.headers.get(self.header, "").partition(" ")
+        return self.authenticate(request, token if scheme.lower() == "bearer" else "")
+
+    def authenticate(self, request: HttpRequest, token: str) -> bool:
+        if not hmac.compare_digest(token.encode(), settings.METRICS_TOKEN.encode()):
+            raise Unauthenticated("The metrics need 'Authorization: Bearer <METRICS_TOKEN>'.")
+        return True
+
+
+@router.get("/metrics", auth=MetricsToken(), include_in_schema=False)
+async def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition: the gateway's families, then vLLM's `vllm:*` ones."""
+    upstream = await vllm.metrics_text()
+    UPSTREAM_UP.set(1 if upstream is not None else 0)
+    own = await run_sync(gateway_exposition)
+    text = own + vllm.vllm_families(upstream).encode() if upstream else own
+    return HttpResponse(text, content_type=CONTENT_TYPE_LATEST)
