@@ -1,0 +1,51 @@
+"""Cores and CPU time: which two cores the run pins the gateway and the load to, and how
+much of the machine's CPU other processes took meanwhile (a busy machine gives noisy
+figures, so the rounds measure again when it was)."""
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# The services this run started (this process and its children count through os.times).
+_OUR_PIDS: list[int] = []
+
+
+def count_as_ours(pid: int) -> None:
+    """Counts a started service's CPU time as this run's, not as other processes'."""
+    _OUR_PIDS.append(pid)
+
+
+def pick_cores() -> tuple[int, int] | None:
+    """(the gateway's core, the load's core), or None with fewer than two cores allowed."""
+    allowed = sorted(os.sched_getaffinity(0))
+    return (allowed[0], allowed[1]) if len(allowed) >= 2 else None
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    at: float
+    busy: float  # seconds of user + system time on all CPUs
+    ours: float  # ... of which our processes'
+
+
+def cpu_snapshot() -> CpuSnapshot:
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    busy = sum(int(x) for x in fields[1:4]) / tick  # user, nice, system
+    times = os.times()
+    ours = times.user + times.system + times.children_user + times.children_system
+    for pid in _OUR_PIDS:
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ours += (int(stat[11]) + int(stat[12])) / tick
+    return CpuSnapshot(time.monotonic(), busy, ours)
+
+
+def foreign_share(before: CpuSnapshot, after: CpuSnapshot) -> float:
+    """The share of the machine's CPU that other processes used between two snapshots:
+    other work on the machine makes the figures noisy."""
+    elapsed = (after.at - before.at) * (os.cpu_count() or 1)
+    other = (after.busy - before.busy) - (after.ours - before.ours)
+    return min(max(other / elapsed, 0.0), 1.0) if elapsed > 0 else 0.0

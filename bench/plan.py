@@ -1,0 +1,67 @@
+"""What a benchmark run measures and what it is judged against: the endpoints under test
+and the request they get, the load levels, the upstream's pace, the targets of issue 6,
+and the two plans (the full run and --quick)."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+
+MODEL = "demo-model"
+CHAT_PATH = "/v1/chat/completions"
+UPSTREAM_CHUNKS = 10  # content chunks per stream
+UPSTREAM_GAP_MS = 20.0  # between chunks, as a fast model streams (50 tokens/s)
+HOLD_GAP_MS = 1000  # held streams trickle one chunk a second
+NOISY = 0.10  # other processes' share of the machine's CPU above which a run is repeated
+REPEATS_EACH = 2  # ... at most this many times (the budget for a whole run is Plan.repeats)
+CONNECTIONS = (1, 16, 64)
+STREAM_CONCURRENCY = (1, 64)
+
+# The targets of issue 6.
+OVERHEAD_P50_MS = 1.5
+OVERHEAD_P99_MS = 5.0
+LITELLM_FACTOR = 5.0
+TTFT_ADDED_MS = 2.0
+HOLD_STREAMS = 1000
+HOLD_KIB_PER_STREAM = 100.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    duration: int  # seconds per wrk run
+    warmup: int  # seconds of wrk per target before the rounds
+    single_streams: int  # streams one after another at concurrency 1
+    waves: int  # streams per client at concurrency 64
+    hold: int  # streams held open at once
+    repeats: int  # at most this many measurements taken again on a busy machine
+
+
+FULL = Plan(
+    rounds=5, duration=5, warmup=3, single_streams=20, waves=3, hold=HOLD_STREAMS, repeats=20
+)
+QUICK = Plan(
+    rounds=1, duration=2, warmup=1, single_streams=8, waves=1, hold=HOLD_STREAMS, repeats=6
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One endpoint under test: the upstream itself ("direct"), TalkTuah or LiteLLM."""
+
+    name: str
+    port: int
+    auth: str  # the Authorization header's value
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{CHAT_PATH}"
+
+
+def chat_body(**extra: Any) -> bytes:
+    """The chat request every target gets, with `extra` fields (stream, max_tokens, ...)."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello!"}]}
+    return json.dumps(body | extra, separators=(",", ":")).encode()

@@ -1,0 +1,477 @@
+"""docs/benchmarks.md: the Markdown report of a run, rendered from its Results (the verdict
+on each target of issue 6, the tables of medians across rounds, how it was measured, and
+the per-round figures)."""
+
+import contextlib
+import datetime
+import importlib.metadata
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from litellm_proxy import LITELLM_INSTALL
+from plan import (
+    CONNECTIONS,
+    HOLD_GAP_MS,
+    HOLD_KIB_PER_STREAM,
+    HOLD_STREAMS,
+    LITELLM_FACTOR,
+    NOISY,
+    OVERHEAD_P50_MS,
+    OVERHEAD_P99_MS,
+    REPEATS_EACH,
+    ROOT,
+    TTFT_ADDED_MS,
+    UPSTREAM_CHUNKS,
+    UPSTREAM_GAP_MS,
+    Plan,
+)
+from rounds import Results
+from stack import Stack
+from stats import median
+
+
+def ms(value: float, digits: int = 2) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f} ms"
+
+
+def signed_ms(value: float, digits: int = 2) -> str:
+    return "n/a" if math.isnan(value) else f"{value:+.{digits}f} ms"
+
+
+class Report:
+    """A run's figures, each the median across rounds; differences to another target and
+    ratios are taken within each round, then their median."""
+
+    def __init__(self, results: Results, names: list[str], plan: Plan) -> None:
+        self.results = results
+        self.names = names
+        self.rounds = range(plan.rounds)
+
+    def load(self, connections: int, name: str, attr: str) -> float:
+        return median(
+            [getattr(self.results.loads[r, connections, name], attr) for r in self.rounds]
+        )
+
+    def invalid(self, connections: int, name: str) -> str:
+        problems = [
+            self.results.loads[r, connections, name].problems
+            for r in self.rounds
+            if not self.results.loads[r, connections, name].valid
+        ]
+        return f" **INVALID: {'; '.join(problems)}**" if problems else ""
+
+    def quiet_rounds(self, streams: bool, level: int, *names: str) -> list[int]:
+        """The rounds in which none of these runs had other processes above NOISY."""
+        table: Any = self.results.streams if streams else self.results.loads
+        return [r for r in self.rounds if all(table[r, level, n].foreign <= NOISY for n in names)]
+
+    def load_diff(
+        self,
+        connections: int,
+        name: str,
+        attr: str,
+        base: str = "direct",
+        rounds: Sequence[int] | None = None,
+    ) -> float:
+        return median(
+            [
+                getattr(self.results.loads[r, connections, name], attr)
+                - getattr(self.results.loads[r, connections, base], attr)
+                for r in (self.rounds if rounds is None else rounds)
+            ]
+        )
+
+    def load_ratio(
+        self,
+        connections: int,
+        name: str,
+        base: str,
+        attr: str = "rps",
+        rounds: Sequence[int] | None = None,
+    ) -> float:
+        return median(
+            [
+                getattr(self.results.loads[r, connections, name], attr)
+                / getattr(self.results.loads[r, connections, base], attr)
+                for r in (self.rounds if rounds is None else rounds)
+            ]
+        )
+
+    def stream(self, concurrency: int, name: str, attr: str) -> float:
+        return median(
+            [getattr(self.results.streams[r, concurrency, name], attr) for r in self.rounds]
+        )
+
+    def stream_diff(
+        self, concurrency: int, name: str, attr: str, rounds: Sequence[int] | None = None
+    ) -> float:
+        return median(
+            [
+                getattr(self.results.streams[r, concurrency, name], attr)
+                - getattr(self.results.streams[r, concurrency, "direct"], attr)
+                for r in (self.rounds if rounds is None else rounds)
+            ]
+        )
+
+    def stream_invalid(self, concurrency: int, name: str) -> str:
+        failed = sum(self.results.streams[r, concurrency, name].errors for r in self.rounds)
+        return f" **INVALID: {failed} streams failed**" if failed else ""
+
+
+def times_lower(ratio: float) -> str:
+    """A latency ratio theirs / ours, said the right way round."""
+    if math.isnan(ratio) or ratio <= 0:
+        return "n/a"
+    return f"{ratio:.1f}x lower" if ratio >= 1 else f"{1 / ratio:.1f}x higher"
+
+
+def verdict_at_most(value: float, limit: float, unit: str = "ms") -> str:
+    if math.isnan(value):
+        return "not measured"
+    if value <= limit:
+        return f"**met** ({limit - value:.2f} {unit} to spare)"
+    return f"**not met**: {value - limit:.2f} {unit} over"
+
+
+def render(
+    results: Results,
+    stack: Stack,
+    plan: Plan,
+    *,
+    command: str,
+    started: datetime.datetime,
+    elapsed: float,
+    cores: tuple[int, int] | None,
+    wrk_version: str,
+    access_lines: int,
+) -> str:
+    """The report's Markdown. `command` is how the run was started, `access_lines` the
+    number of lines the gateway's access log got."""
+    names = [target.name for target in stack.targets()]
+    report = Report(results, names, plan)
+    has_litellm = "LiteLLM" in names
+    label = {"direct": "direct to the upstream", "TalkTuah": "TalkTuah"}
+    label["LiteLLM"] = f"LiteLLM {stack.litellm_version} proxy"
+    out: list[str] = []
+    add = out.append
+
+    add("# Benchmarks: TalkTuah against a direct connection and LiteLLM\n")
+    add(
+        "Generated by `make bench` (`bench/run.py`); do not edit by hand. What the gateway "
+        "costs on top of talking to vLLM directly, and the same for LiteLLM's proxy, "
+        "measured side by side in one run on one machine against a fast fixed-response "
+        "upstream (`bench/upstream.py`), so every millisecond is the gateway's own.\n"
+    )
+
+    foreign = report.results.foreign
+    if foreign > 0.05:
+        add(
+            f"> **Noisy machine:** other processes used {foreign:.0%} of this machine's CPU "
+            "while it measured (see the per-round figures), so latencies and rates here are "
+            "worse and more spread than on a quiet machine.\n"
+        )
+
+    # -- targets
+    add("## Targets (issue 6)\n")
+    add(
+        'The verdict is on every round. The "quiet rounds" column takes only the rounds '
+        f"in which other processes used at most {NOISY:.0%} of the CPU during every run "
+        "compared.\n"
+    )
+    add("| target | measured | verdict | quiet rounds only |")
+    add("| --- | --- | --- | --- |")
+    total = len(report.rounds)
+
+    def quiet_cell(rounds: list[int], met: bool, text: str) -> str:
+        if not rounds:
+            return "no quiet round"
+        return f"{text} in {len(rounds)} of {total}: {'met' if met else 'not met'}"
+
+    quiet = report.quiet_rounds(False, 1, "TalkTuah", "direct")
+    for attr, limit, what in (
+        ("p50_ms", OVERHEAD_P50_MS, "overhead p50"),
+        ("p99_ms", OVERHEAD_P99_MS, "overhead p99"),
+    ):
+        value = report.load_diff(1, "TalkTuah", attr)
+        calm = report.load_diff(1, "TalkTuah", attr, rounds=quiet)
+        add(
+            f"| {what} <= {limit} ms at 1 connection | {signed_ms(value, 3)}"
+            f"{report.invalid(1, 'TalkTuah')}{report.invalid(1, 'direct')} "
+            f"| {verdict_at_most(value, limit)} "
+            f"| {quiet_cell(quiet, calm <= limit, signed_ms(calm, 3))} |"
+        )
+    ours16 = report.load(16, "TalkTuah", "rps")
+    if has_litellm:
+        factor = report.load_ratio(16, "TalkTuah", "LiteLLM")
+        theirs16 = report.load(16, "LiteLLM", "rps")
+        if factor >= LITELLM_FACTOR:
+            verdict = "**met**"
+        else:
+            verdict = (
+                f"**not met**: {LITELLM_FACTOR - factor:.1f}x short "
+                f"(~{LITELLM_FACTOR * theirs16 - ours16:,.0f} req/s more needed)"
+            )
+        quiet = report.quiet_rounds(False, 16, "TalkTuah", "LiteLLM")
+        calm = report.load_ratio(16, "TalkTuah", "LiteLLM", rounds=quiet)
+        add(
+            f"| >= {LITELLM_FACTOR:.0f}x LiteLLM's req/s at 16 connections | {factor:.1f}x "
+            f"({ours16:,.0f} vs {theirs16:,.0f} req/s)"
+            f"{report.invalid(16, 'TalkTuah')}{report.invalid(16, 'LiteLLM')} | {verdict} "
+            f"| {quiet_cell(quiet, calm >= LITELLM_FACTOR, f'{calm:.1f}x')} |"
+        )
+    else:
+        add(
+            f"| >= {LITELLM_FACTOR:.0f}x LiteLLM's req/s at 16 connections | TalkTuah "
+            f"{ours16:,.0f} req/s; LiteLLM not measured in this run | not measured (LiteLLM "
+            f"skipped; issue 6 measured it at 130 req/s on its machine) | |"
+        )
+    ttft = report.stream_diff(1, "TalkTuah", "ttft_p50")
+    quiet = report.quiet_rounds(True, 1, "TalkTuah", "direct")
+    calm = report.stream_diff(1, "TalkTuah", "ttft_p50", rounds=quiet)
+    add(
+        f"| time to first token added <= {TTFT_ADDED_MS} ms (p50, 1 stream) | "
+        f"{signed_ms(ttft, 3)}{report.stream_invalid(1, 'TalkTuah')} "
+        f"| {verdict_at_most(ttft, TTFT_ADDED_MS)} "
+        f"| {quiet_cell(quiet, calm <= TTFT_ADDED_MS, signed_ms(calm, 3))} |"
+    )
+    hold = report.results.hold
+    if hold is not None:
+        per = hold.per_stream_kib
+        held = hold.opened >= HOLD_STREAMS and not hold.first_error
+        if held and per <= HOLD_KIB_PER_STREAM:
+            verdict = f"**met** ({HOLD_KIB_PER_STREAM - per:.1f} KiB a stream to spare)"
+        elif not held:
+            verdict = f"**not met**: {hold.failed} of {hold.wanted} streams did not open"
+        else:
+            verdict = f"**not met**: {per - HOLD_KIB_PER_STREAM:.1f} KiB a stream over"
+        add(
+            f"| {HOLD_STREAMS:,} concurrent open streams on one worker, <= "
+            f"{HOLD_KIB_PER_STREAM:.0f} KiB each | {hold.opened:,} held, {per:.1f} KiB a "
+            f"stream | {verdict} | (measured once) |"
+        )
+    add("")
+
+    # -- non-streaming
+    add("## Non-streaming: `POST /v1/chat/completions`\n")
+    add(
+        "wrk, keep-alive connections, p50/p99 latency as wrk's histogram gives them; "
+        "median of the rounds.\n"
+    )
+    add(
+        "| | 1 conn p50 | 1 conn p99 | 1 conn req/s | 16 conns req/s | p50 | p99 "
+        "| 64 conns req/s | p50 | p99 |"
+    )
+    add("| --- |" + " ---: |" * 9)
+    for name in names:
+        cells = [
+            ms(report.load(1, name, "p50_ms"), 3),
+            ms(report.load(1, name, "p99_ms"), 3) + report.invalid(1, name),
+            f"{report.load(1, name, 'rps'):,.0f}",
+        ]
+        for connections in CONNECTIONS[1:]:
+            cells += [
+                f"{report.load(connections, name, 'rps'):,.0f}",
+                ms(report.load(connections, name, "p50_ms")),
+                ms(report.load(connections, name, "p99_ms")) + report.invalid(connections, name),
+            ]
+        add(f"| {label[name]} | " + " | ".join(cells) + " |")
+    for name in names[1:]:
+        cells = [
+            signed_ms(report.load_diff(1, name, "p50_ms"), 3),
+            signed_ms(report.load_diff(1, name, "p99_ms"), 3),
+            f"{report.load_ratio(1, name, 'direct'):.3f}x",
+        ]
+        for connections in CONNECTIONS[1:]:
+            cells += [
+                f"{report.load_ratio(connections, name, 'direct'):.3f}x",
+                signed_ms(report.load_diff(connections, name, "p50_ms")),
+                signed_ms(report.load_diff(connections, name, "p99_ms")),
+            ]
+        add(f"| *{name} minus / over direct* | " + " | ".join(cells) + " |")
+    if has_litellm:
+        cells = []
+        for connections in CONNECTIONS:
+            speed = report.load_ratio(connections, "TalkTuah", "LiteLLM")
+            faster50 = report.load_ratio(connections, "LiteLLM", "TalkTuah", "p50_ms")
+            faster99 = report.load_ratio(connections, "LiteLLM", "TalkTuah", "p99_ms")
+            if connections == 1:
+                cells += [times_lower(faster50), times_lower(faster99), f"{speed:.1f}x"]
+            else:
+                cells += [f"{speed:.1f}x", times_lower(faster50), times_lower(faster99)]
+        add("| *TalkTuah against LiteLLM* | " + " | ".join(cells) + " |")
+    add("")
+
+    # -- streaming
+    add("## Streaming: time to first token, total time, gaps between chunks\n")
+    add(
+        f"The upstream sends a role chunk and the first token at once, then "
+        f"{UPSTREAM_CHUNKS - 1} more tokens {UPSTREAM_GAP_MS:.0f} ms apart, then `[DONE]`. "
+        "Time to first token (TTFT): from the request written to the first event with "
+        "content read; total: to `data: [DONE]`; gaps: between consecutive content "
+        "events as the client reads them (the upstream's are "
+        f"{UPSTREAM_GAP_MS:.0f} ms). Keep-alive connections; at 64, 64 clients stream at "
+        "once. Median of the rounds.\n"
+    )
+    add(
+        "| | TTFT p50, 1 stream | total p50, 1 stream | gaps p50 / p99, 1 stream "
+        "| TTFT p50, 64 streams | TTFT p99, 64 streams | total p50, 64 streams "
+        "| gaps p50 / p99, 64 streams |"
+    )
+    add("| --- |" + " ---: |" * 7)
+    for name in names:
+        cells = [
+            ms(report.stream(1, name, "ttft_p50"), 3),
+            ms(report.stream(1, name, "total_p50"), 1),
+            f"{report.stream(1, name, 'gap_p50'):.1f} / {report.stream(1, name, 'gap_p99'):.1f}"
+            " ms" + report.stream_invalid(1, name),
+            ms(report.stream(64, name, "ttft_p50")),
+            ms(report.stream(64, name, "ttft_p99")),
+            ms(report.stream(64, name, "total_p50"), 1),
+            f"{report.stream(64, name, 'gap_p50'):.1f} / {report.stream(64, name, 'gap_p99'):.1f}"
+            " ms" + report.stream_invalid(64, name),
+        ]
+        add(f"| {label[name]} | " + " | ".join(cells) + " |")
+    for name in names[1:]:
+        cells = [
+            signed_ms(report.stream_diff(1, name, "ttft_p50"), 3),
+            signed_ms(report.stream_diff(1, name, "total_p50"), 1),
+            f"{report.stream_diff(1, name, 'gap_p50'):+.1f} / "
+            f"{report.stream_diff(1, name, 'gap_p99'):+.1f} ms",
+            signed_ms(report.stream_diff(64, name, "ttft_p50")),
+            signed_ms(report.stream_diff(64, name, "ttft_p99")),
+            signed_ms(report.stream_diff(64, name, "total_p50"), 1),
+            f"{report.stream_diff(64, name, 'gap_p50'):+.1f} / "
+            f"{report.stream_diff(64, name, 'gap_p99'):+.1f} ms",
+        ]
+        add(f"| *{name} minus direct* | " + " | ".join(cells) + " |")
+    add("")
+
+    # -- hold
+    if hold is not None:
+        add(f"## {hold.wanted:,} concurrent open streams on one TalkTuah worker\n")
+        add(
+            f"Streams opened in batches of 100 and held (the upstream sends a chunk every "
+            f"{HOLD_GAP_MS / 1000:.0f} s); resident memory (VmRSS of the gateway's pid) "
+            "sampled before, and five times while all are open (median, peak); then the "
+            "clients hang up. Measured once a run: a Python process keeps freed memory for "
+            "reuse, so a second round would reuse the first's and understate the cost.\n"
+        )
+        add(
+            "| streams held | time to open all | gateway's active-streams gauge | RSS before "
+            "| RSS during (median / peak) | per stream | RSS after hang-up | gauge after |"
+        )
+        add("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        add(
+            f"| {hold.opened:,} of {hold.wanted:,} | {hold.open_seconds:.1f} s "
+            f"| {hold.gauge:.0f} | {hold.rss_before_kib / 1024:.1f} MiB "
+            f"| {hold.rss_during_kib / 1024:.1f} / {hold.rss_peak_kib / 1024:.1f} MiB "
+            f"| {hold.per_stream_kib:.1f} KiB | {hold.rss_after_kib / 1024:.1f} MiB "
+            f"| {hold.gauge_after:.0f} |"
+        )
+        if hold.first_error:
+            add(f"\n**INVALID: a held stream failed: {hold.first_error}**")
+        add("")
+
+    # -- how
+    add("## How it was measured\n")
+    pin = (
+        f"TalkTuah and LiteLLM pinned to core {cores[0]}; wrk, the stream client and the "
+        f"upstream to core {cores[1]} (`sched_setaffinity`, as `taskset -c`)"
+        if cores
+        else "not pinned (fewer than two cores available)"
+    )
+    add(f"- Date: {started:%Y-%m-%d %H:%M} UTC; the run took {elapsed / 60:.1f} minutes.")
+    add(f"- Command: `{command}`; commit {git_commit()}.")
+    add(f"- Machine: {cpu_model()}, {os.cpu_count()} cores, Linux {platform.release()}.")
+    versions = ", ".join(
+        f"{name} {version(name)}" for name in ("Django", "uvicorn", "httpx", "aiohttp")
+    )
+    lite = f", LiteLLM {stack.litellm_version}" if has_litellm else ", LiteLLM not installed"
+    add(f"- Versions: Python {platform.python_version()}, {versions}{lite}; {wrk_version}.")
+    add(f"- Cores: {pin}.")
+    add(
+        f"- Other processes on the machine used {foreign:.0%} of its CPU during the "
+        "measurements (all CPUs' user and system time less this run's own processes'); "
+        'the per-round tables give it for each run ("other CPU"). A run during which '
+        f"they used more than {NOISY:.0%} was taken again (at most {REPEATS_EACH} times, "
+        f"{plan.repeats} in all), keeping the quietest: {report.results.repeats} repeated."
+    )
+    add(
+        f"- Rounds: {plan.rounds}, each one wrk run of {plan.duration} s per target and "
+        f"connection count (`wrk -t1 -cN --latency`, a Lua script for the POST and the "
+        f"key), {plan.single_streams} streams one after another and {plan.waves} per "
+        f"client at 64; after a {plan.warmup} s warm-up per target. Figures are medians "
+        "of the rounds; differences and ratios are taken within each round, then their "
+        "median. A wrk run with any non-2xx response (wrk counts status >= 400) or "
+        "socket error, or a stream that failed, is marked **INVALID**."
+    )
+    add(
+        "- TalkTuah: `manage.py serve --workers 1` (uvicorn, one process), `DEBUG=false`, "
+        "SQLite and the local-memory cache in a temporary folder, upstream transport "
+        f"{os.environ.get('UPSTREAM_TRANSPORT', 'aiohttp')}, one key "
+        "(`create_api_key --rpm 100000000`) on every request, rate limits, Prometheus "
+        f"metrics and the access log on (its lines go to a file: {access_lines:,} written)."
+    )
+    if has_litellm:
+        add(
+            "- LiteLLM: `litellm --config ... --num_workers 1` in its own venv, the same "
+            "upstream as `openai/demo-model`, a master key on every request, no database."
+        )
+    else:
+        add(f"- LiteLLM skipped: not installed (to include it: {LITELLM_INSTALL}).")
+    add(
+        f"- Upstream: `bench/upstream.py` (raw ASGI under uvicorn with uvloop/httptools): "
+        f"a fixed vLLM-shaped answer, {UPSTREAM_CHUNKS} tokens, usage included."
+    )
+    add("")
+
+    # -- per round
+    add("<details><summary>Per-round figures</summary>\n")
+    add("| round | target | conns | req/s | p50 | p99 | requests | other CPU | problems |")
+    add("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for (index, connections, name), load in sorted(report.results.loads.items()):
+        add(
+            f"| {index + 1} | {name} | {connections} | {load.rps:,.0f} | {ms(load.p50_ms, 3)} "
+            f"| {ms(load.p99_ms, 3)} | {load.requests:,} | {load.foreign:.0%} "
+            f"| {load.problems or '-'} |"
+        )
+    add("")
+    add("| round | target | streams at once | TTFT p50 | TTFT p99 | total p50 | gaps p50 / p99 "
+        "| other CPU | failed |")  # fmt: skip
+    add("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for (index, concurrency, name), stats in sorted(report.results.streams.items()):
+        add(
+            f"| {index + 1} | {name} | {concurrency} | {ms(stats.ttft_p50, 3)} "
+            f"| {ms(stats.ttft_p99, 3)} | {ms(stats.total_p50, 1)} "
+            f"| {stats.gap_p50:.1f} / {stats.gap_p99:.1f} ms | {stats.foreign:.0%} "
+            f"| {stats.errors} |"
+        )
+    add("\n</details>\n")
+    return "\n".join(out)
+
+
+def version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def git_commit() -> str:
+    done = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+    )
+    return f"`{done.stdout.strip()}`" if done.returncode == 0 else "unknown"

@@ -1,0 +1,90 @@
+"""The rounds of a run: a warm-up, then in each round wrk against every target at every
+connection count and streams at every concurrency (a run is measured again when other
+processes were busy, keeping the quieter), then once the hold test; what they measured is
+a Results, the report's input."""
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cpu import cpu_snapshot, foreign_share
+from plan import CONNECTIONS, NOISY, REPEATS_EACH, STREAM_CONCURRENCY, Plan
+from stack import Stack
+from streams import Hold, StreamStats, hold_streams, measure_streams, run_streams
+from wrk import Load, run_wrk
+
+
+@dataclass
+class Results:
+    loads: dict[tuple[int, int, str], Load] = field(default_factory=dict)  # round, conns, name
+    streams: dict[tuple[int, int, str], StreamStats] = field(default_factory=dict)
+    hold: Hold | None = None
+    foreign: float = 0.0  # over the whole measurement
+    repeats: int = 0  # measurements taken again because the machine was busy
+
+
+def measure(stack: Stack, plan: Plan, wrk_binary: str, logs: Path) -> Results:
+    targets = stack.targets()
+    results = Results()
+    begun = cpu_snapshot()
+    print(f"\nwarm-up: {plan.warmup} s of wrk at 16 connections and a few streams per target")
+    for target in targets:
+        run_wrk(wrk_binary, target, 16, plan.warmup, logs)
+        asyncio.run(run_streams(target, 4, 2))
+    for index in range(plan.rounds):
+        print(f"\n== round {index + 1}/{plan.rounds}: non-streaming, wrk {plan.duration} s each")
+        for connections in CONNECTIONS:
+            for target in targets:
+                load = run_wrk(wrk_binary, target, connections, plan.duration, logs)
+                for _ in range(REPEATS_EACH):
+                    if load.foreign <= NOISY or results.repeats >= plan.repeats:
+                        break
+                    # Another program's burst on this machine: measure again, keep the quieter.
+                    results.repeats += 1
+                    print(f"  (other processes used {load.foreign:.0%} of the CPU: again)")
+                    again = run_wrk(wrk_binary, target, connections, plan.duration, logs)
+                    load = again if again.foreign < load.foreign else load
+                results.loads[index, connections, target.name] = load
+                print(
+                    f"  {connections:>3} conn  {target.name:<9} {load.rps:>9,.0f} req/s  "
+                    f"p50 {load.p50_ms:8.2f} ms  p99 {load.p99_ms:8.2f} ms  "
+                    f"(other processes: {load.foreign:.0%} CPU)"
+                )
+                if not load.valid:
+                    print(f"  !!! INVALID: {target.name} at {connections}: {load.problems}")
+        print(f"== round {index + 1}/{plan.rounds}: streaming")
+        for concurrency in STREAM_CONCURRENCY:
+            per_client = plan.single_streams if concurrency == 1 else plan.waves
+            for target in targets:
+                stats = measure_streams(target, concurrency, per_client)
+                for _ in range(REPEATS_EACH):
+                    if stats.foreign <= NOISY or results.repeats >= plan.repeats:
+                        break
+                    results.repeats += 1
+                    print(f"  (other processes used {stats.foreign:.0%} of the CPU: again)")
+                    retry = measure_streams(target, concurrency, per_client)
+                    stats = retry if retry.foreign < stats.foreign else stats
+                results.streams[index, concurrency, target.name] = stats
+                print(
+                    f"  {concurrency:>3} streams {target.name:<9} TTFT p50 {stats.ttft_p50:7.2f}"
+                    f" ms  p99 {stats.ttft_p99:7.2f} ms  total p50 {stats.total_p50:7.1f} ms  "
+                    f"gaps p50 {stats.gap_p50:5.1f} / p99 {stats.gap_p99:5.1f} ms  "
+                    f"(other: {stats.foreign:.0%})"
+                )
+                if stats.errors:
+                    print(
+                        f"  !!! INVALID: {stats.errors}/{stats.streams} {target.name} streams "
+                        f"failed: {stats.first_error}"
+                    )
+    gateway_target = targets[1]
+    print(f"\n== {plan.hold} streams held open at once by the TalkTuah worker")
+    hold = results.hold = asyncio.run(hold_streams(gateway_target, stack.gateway, plan.hold))
+    print(
+        f"  opened {hold.opened}/{hold.wanted} in {hold.open_seconds:.1f} s (gateway gauge "
+        f"{hold.gauge:.0f}); RSS {hold.rss_before_kib / 1024:.1f} MiB before, "
+        f"{hold.rss_during_kib / 1024:.1f} MiB during: {hold.per_stream_kib:.1f} KiB a stream"
+    )
+    if hold.failed or hold.first_error:
+        print(f"  !!! {hold.failed} streams did not open; {hold.first_error}")
+    results.foreign = foreign_share(begun, cpu_snapshot())
+    return results
