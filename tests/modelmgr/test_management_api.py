@@ -1,4 +1,4 @@
-"""The management routes on the seed's paths, through the gateway on a real socket:
+"""The management routes on the paths of TalkTuah's original API, through the gateway on a real socket:
 admin scope, 202s, idempotent downloads, 404/409 on switches, loading status, restart."""
 
 import httpx

@@ -101,11 +101,11 @@ def test_it_refuses_a_key_without_the_inference_scope(gateway, simulator, make_k
     )
 
 
-def test_it_accepts_the_seed_proxy_api_key(gateway, simulator, settings):
+def test_it_accepts_the_original_apis_proxy_api_key(gateway, simulator, settings):
     simulator()
-    settings.PROXY_API_KEY = "seed-secret-value"
-    assert chat(gateway, {"Authorization": "Bearer seed-secret-value"}).status_code == 200
-    assert chat(gateway, {"Authorization": "Bearer seed-secret-valuf"}).status_code == 401
+    settings.PROXY_API_KEY = "original-secret-value"
+    assert chat(gateway, {"Authorization": "Bearer original-secret-value"}).status_code == 200
+    assert chat(gateway, {"Authorization": "Bearer original-secret-valuf"}).status_code == 401
 
 
 def test_it_does_not_hit_the_database_for_every_request(gateway, simulator, make_key):

@@ -1,4 +1,4 @@
-"""Clients as users run them: the official OpenAI SDK, the seed's /api/chat, the
+"""Clients as users run them: the official OpenAI SDK, the /api/chat route, the
 include_usage chunk injected and stripped, usage recorded per key, model and day."""
 
 import json
@@ -82,7 +82,7 @@ def test_it_keeps_the_usage_chunk_when_asked_and_records_usage(gateway, simulato
     assert row.errors == 0
 
 
-def test_the_seed_chat_streams_by_default_and_fills_in_the_model(gateway, simulator, make_key):
+def test_the_api_chat_route_streams_by_default_and_fills_in_the_model(gateway, simulator, make_key):
     simulator(model="demo-model", tokens=3)
     key = make_key()
     headers = {"Authorization": f"Bearer {key}"}

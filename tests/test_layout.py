@@ -1,0 +1,51 @@
+"""The layout rules the code keeps (read from the source, so a stray import fails here):
+`modelmgr` never imports `proxy`, the shared `plumbing` imports neither app, and no
+product module imports the development app `devtools`."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PRODUCT = ("plumbing", "proxy", "modelmgr", "talktuah_site")
+
+
+def imported_packages(path: Path) -> set[str]:
+    """Top-level packages a module imports, wherever in the module the import is."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def modules_of(package: str) -> list[Path]:
+    return sorted((REPO / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("modelmgr", {"proxy", "devtools"}),
+        ("plumbing", {"proxy", "modelmgr", "talktuah_site", "devtools"}),
+        ("proxy", {"devtools"}),
+        ("talktuah_site", {"devtools"}),
+    ],
+)
+def test_it_keeps_each_package_to_its_own_imports(package, forbidden):
+    offenders = {
+        str(path.relative_to(REPO)): sorted(imported_packages(path) & forbidden)
+        for path in modules_of(package)
+        if imported_packages(path) & forbidden
+    }
+    assert not offenders, f"{package} may not import {sorted(forbidden)}: {offenders}"
+
+
+def test_it_finds_the_imports_it_checks():
+    # The check above would pass on an empty tree: make sure it reads real modules.
+    assert "plumbing" in imported_packages(REPO / "proxy" / "services.py")
+    assert "modelmgr" in imported_packages(REPO / "talktuah_site" / "api.py")
+    assert all(modules_of(package) for package in PRODUCT)
