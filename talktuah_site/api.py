@@ -5,7 +5,7 @@ import logging
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
-from ninja import NinjaAPI, Router
+from ninja import NinjaAPI, Router, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from modelmgr.api import router as management_router
@@ -52,7 +52,14 @@ ENDPOINTS = {
 index_router = Router(tags=["Index"])
 
 
-@index_router.get("/", auth=None)
+class IndexOut(Schema):
+    name: str
+    version: str
+    endpoints: dict[str, str]  # what it does -> "METHOD /path"
+    docs: str
+
+
+@index_router.get("/", auth=None, response=IndexOut)
 async def index(request: HttpRequest) -> dict[str, Any]:
     """Name, version, endpoint map and a link to the API docs."""
     return {
