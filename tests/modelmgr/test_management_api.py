@@ -1,5 +1,6 @@
-"""The management routes on the paths of TalkTuah's original API, through the gateway on a real socket:
-admin scope, 202s, idempotent downloads, 404/409 on switches, loading status, restart."""
+"""The management routes on the paths of TalkTuah's original API, through the gateway on a
+real socket: admin scope, 202s, idempotent downloads, 404/409 on switches, loading status and
+restart."""
 
 import httpx
 import pytest
