@@ -19,6 +19,7 @@ from django.utils.safestring import SafeString
 from modelmgr import admin_views, selectors, services
 from modelmgr.models import (
     ApiKey,
+    Backend,
     DownloadJob,
     DownloadStatus,
     ModelSwitch,
@@ -28,7 +29,7 @@ from modelmgr.models import (
     WorkerHeartbeat,
 )
 from modelmgr.selectors import usage_summary
-from modelmgr.services import api_key_create, api_key_revoke
+from modelmgr.services import api_key_create, api_key_revoke, backend_save
 from plumbing.errors import TalkTuahError
 
 
@@ -116,6 +117,51 @@ class ApiKeyAdmin(admin.ModelAdmin):
         self.message_user(
             request, f"Revoked {queryset.count()} key(s); they stop working within seconds."
         )
+
+
+class BackendForm(forms.ModelForm):
+    api_key = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="vLLM's --api-key, if it has one. Stored sealed under SECRET_KEY and "
+        "never shown again; leave empty to keep the current one.",
+    )
+    clear_api_key = forms.BooleanField(required=False, label="Remove the stored API key")
+
+    class Meta:
+        model = Backend
+        fields = [
+            "name",
+            "base_url",
+            "api_key",
+            "clear_api_key",
+            "engine",
+            "engine_settings",
+            "weight",
+            "enabled",
+            "draining",
+        ]
+
+
+@admin.register(Backend)
+class BackendAdmin(admin.ModelAdmin):
+    """The vLLM servers the gateway routes to. Routing picks up a change within
+    BACKEND_POLL_SECONDS; each backend's models come from its own /v1/models."""
+
+    form = BackendForm
+    list_display = ["name", "base_url", "engine", "weight", "enabled", "draining", "api_key_set"]
+    list_editable = ["weight", "enabled", "draining"]
+    search_fields = ["name", "base_url"]
+
+    @admin.display(boolean=True, description="API key")
+    def api_key_set(self, obj: Backend) -> bool:
+        return obj.has_api_key
+
+    def save_model(self, request: HttpRequest, obj: Backend, form: Any, change: bool) -> None:
+        data = form.cleaned_data
+        api_key = "" if data.get("clear_api_key") else (data.get("api_key") or None)
+        backend_save(obj, api_key=api_key)
 
 
 @admin.register(UsageDaily)

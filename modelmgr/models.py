@@ -1,4 +1,5 @@
-"""What TalkTuah keeps in its database: API keys and per-key daily usage.
+"""What TalkTuah keeps in its database: API keys, per-key daily usage, the vLLM backends,
+downloads and switches.
 
 Keys follow the healthchecks pattern: a visible prefix to look the row up by, and only
 a SHA-256 digest of the whole key at rest, compared with `hmac.compare_digest`.
@@ -8,8 +9,10 @@ import hashlib
 import hmac
 import secrets
 from datetime import datetime
+from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -261,3 +264,76 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class EngineKind(models.TextChoices):
+    EXTERNAL = "external", "external (TalkTuah does not start or stop it)"
+    PROCESS = "process", "process (a vLLM process on the worker's host)"
+    DOCKER = "docker", "docker (a vLLM container on the worker's host)"
+
+
+DEFAULT_BACKEND = "default"  # the backend VLLM_BASE_URL describes when no row has its name
+
+
+def validate_base_url(value: str) -> None:
+    """http(s)://host[:port][/prefix], where host may be a bare name (a container, a
+    Kubernetes service), which Django's URLValidator refuses."""
+    parts = urlsplit(value)
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ValidationError("Enter vLLM's address as http://host:port (https also works).")
+    if parts.query or parts.fragment or parts.path.rstrip("/").endswith("/v1"):
+        raise ValidationError("Enter vLLM's address without /v1, a query or a fragment.")
+
+
+class Backend(models.Model):
+    """One vLLM server the gateway routes to. Its models are learned from its
+    /v1/models, not configured here."""
+
+    name = models.SlugField(
+        max_length=50, unique=True, help_text="Used in ?backend=, metrics and logs."
+    )
+    base_url = models.CharField(
+        max_length=300,
+        validators=[validate_base_url],
+        help_text="vLLM's address, without /v1, e.g. http://gpu-2:8000",
+    )
+    api_key_sealed = models.TextField(
+        blank=True,
+        editable=False,
+        help_text="vLLM's --api-key, sealed under SECRET_KEY (never stored in plaintext).",
+    )
+    engine = models.CharField(
+        max_length=20,
+        choices=EngineKind.choices,
+        default=EngineKind.EXTERNAL,
+        help_text="What runs this vLLM, for switches driven by `run_worker --backend`.",
+    )
+    engine_settings = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Overrides of the engine settings for this backend, e.g. {"VLLM_PORT": 8002}.',
+    )
+    weight = models.PositiveSmallIntegerField(
+        default=1, help_text="Share of the traffic among replicas of a model (relative)."
+    )
+    enabled = models.BooleanField(default=True)
+    draining = models.BooleanField(
+        default=False,
+        help_text="Takes no new requests; those in flight finish.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def has_api_key(self) -> bool:
+        return bool(self.api_key_sealed)

@@ -2,6 +2,7 @@
 downloaded models, switches, workers and usage. Nothing here writes (the workflows that
 do are in `services.py`)."""
 
+import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ from django.utils import timezone
 from modelmgr import hub
 from modelmgr.models import (
     ACTIVE_SWITCH_PHASES,
+    Backend,
     DownloadJob,
     DownloadStatus,
     ModelSwitch,
@@ -22,7 +24,10 @@ from modelmgr.models import (
     WorkerHeartbeat,
 )
 from plumbing import vllm
-from plumbing.errors import JobNotFound
+from plumbing.errors import JobNotFound, SecretUnreadable
+from plumbing.secrets import unseal
+
+log = logging.getLogger("talktuah.backends")
 
 # --- downloads -------------------------------------------------------------------
 
@@ -241,3 +246,20 @@ def usage_summary(*, days: int) -> dict[str, Any]:
             {"day": day, "requests": found.get("requests", 0), "tokens": found.get("tokens", 0)}
         )
     return {"days": days, "since": since, "per_key": per_key, "per_day": per_day}
+
+
+def backend_upstreams() -> list[tuple[vllm.Upstream, int, bool]]:
+    """The enabled backends as (upstream, weight, draining); the vLLM API key unsealed,
+    for the process's memory only. A key that no longer opens (SECRET_KEY changed) is
+    logged and sent as none, so the backend answers 401 rather than the gateway 500."""
+    found = []
+    for row in Backend.objects.filter(enabled=True).order_by("name"):
+        try:
+            api_key = unseal(row.api_key_sealed)
+        except SecretUnreadable as exc:
+            log.error("backend %s: %s", row.name, exc.message)
+            api_key = ""
+        found.append(
+            (vllm.Upstream(row.name, row.base_url.rstrip("/"), api_key), row.weight, row.draining)
+        )
+    return found

@@ -95,6 +95,18 @@ class JobNotFound(NotFound):
     code = "not_found"
 
 
+class ModelNotServed(NotFound):
+    """No backend serves the model the request names."""
+
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class BackendNotFound(NotFound):
+    type = "invalid_request_error"
+    code = "backend_not_found"
+
+
 class Conflict(TalkTuahError):
     status = 409
     type = "invalid_request_error"
@@ -222,6 +234,17 @@ class EngineReadOnly(EngineError):
     status = 409
     type = "invalid_request_error"
     code = "conflict"
+
+
+# --- our own configuration ------------------------------------------------------------
+
+
+class SecretUnreadable(TalkTuahError):
+    """A sealed secret (a backend's vLLM API key) no longer opens: SECRET_KEY changed."""
+
+    status = 500
+    type = "internal_error"
+    code = "secret_unreadable"
 
 
 # --- the wire shape -------------------------------------------------------------------

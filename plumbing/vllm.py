@@ -9,7 +9,7 @@ total time; once vLLM has started answering a request is never replayed.
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,26 @@ _RETRYABLE = (
     httpx.RemoteProtocolError,
     httpx.NetworkError,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One vLLM server: where it is and the API key it wants (plaintext, in memory only)."""
+
+    name: str
+    base_url: str
+    api_key: str = ""
+
+
+@functools.lru_cache(maxsize=4)
+def _upstream_for(base_url: str, api_key: str) -> Upstream:
+    return Upstream("default", base_url, api_key)
+
+
+def default_upstream() -> Upstream:
+    """The backend VLLM_BASE_URL and VLLM_API_KEY describe (read on each call, so a
+    changed setting applies at once)."""
+    return _upstream_for(settings.VLLM_BASE_URL, settings.VLLM_API_KEY)
 
 
 @dataclass
@@ -88,10 +108,10 @@ async def reset_client() -> None:
         await state.client.aclose()
 
 
-def _headers(request_id: str | None) -> dict[str, str]:
+def _headers(upstream: Upstream, request_id: str | None = None) -> dict[str, str]:
     headers = {"content-type": "application/json"}
-    if settings.VLLM_API_KEY:
-        headers["authorization"] = f"Bearer {settings.VLLM_API_KEY}"
+    if upstream.api_key:
+        headers["authorization"] = f"Bearer {upstream.api_key}"
     if request_id:
         headers["x-request-id"] = request_id
     return headers
@@ -105,6 +125,9 @@ class UpstreamResponse:
     content_type: str
     attempts: int
     _response: httpx.Response = field(repr=False)
+    backend: str = "default"
+    # Called once when the response is closed (the pool counts requests in flight).
+    on_close: Callable[[], None] | None = field(default=None, repr=False)
 
     async def read(self) -> bytes:
         try:
@@ -128,50 +151,90 @@ class UpstreamResponse:
         # Closing an unfinished response closes its connection: that is how vLLM learns
         # the client left and aborts the generation.
         await self._response.aclose()
+        if self.on_close is not None:
+            release, self.on_close = self.on_close, None
+            release()
+
+
+class NotReached(UpstreamUnreachable):
+    """One attempt found nothing answering (refused, reset, DNS): safe to send again."""
+
+
+async def send(
+    upstream: Upstream,
+    method: str,
+    path: str,
+    *,
+    content: bytes | None = None,
+    request_id: str | None = None,
+) -> UpstreamResponse:
+    """One attempt: send a request and return once the response headers arrived."""
+    http = client()
+    request = http.build_request(
+        method,
+        upstream.base_url + path,
+        content=content,
+        headers=_headers(upstream, request_id),
+        timeout=_timeout(),
+    )
+    try:
+        response = await http.send(request, stream=True)
+    except httpx.TimeoutException as exc:
+        if not isinstance(exc, httpx.ConnectTimeout):
+            raise UpstreamTimeout("vLLM did not answer in time", attempts=1) from exc
+        raise NotReached(repr(exc), attempts=1) from exc
+    except _RETRYABLE as exc:
+        raise NotReached(repr(exc), attempts=1) from exc
+    return UpstreamResponse(
+        status=response.status_code,
+        content_type=response.headers.get("content-type", ""),
+        attempts=1,
+        _response=response,
+        backend=upstream.name,
+    )
+
+
+def unreachable(where: str, attempts: int, last_error: NotReached | None) -> UpstreamUnreachable:
+    reason = last_error.message if last_error is not None else "no backend to try"
+    return UpstreamUnreachable(
+        f"vLLM at {where} is unreachable after {attempts} attempts: {reason}", attempts=attempts
+    )
 
 
 async def open_request(
-    method: str, path: str, *, content: bytes | None = None, request_id: str | None = None
+    method: str,
+    path: str,
+    *,
+    content: bytes | None = None,
+    request_id: str | None = None,
+    upstream: Upstream | None = None,
 ) -> UpstreamResponse:
-    """Send a request to vLLM and return once the response headers arrived."""
-    url = settings.VLLM_BASE_URL + path
+    """Send a request to one vLLM, retried while nothing reached it (vLLM restarting),
+    with backoff, for UPSTREAM_RETRY_SECONDS."""
+    upstream = upstream or default_upstream()
     deadline = time.monotonic() + settings.UPSTREAM_RETRY_SECONDS
     delay = 0.05
     attempts = 0
-    http = client()
     while True:
         attempts += 1
-        request = http.build_request(
-            method, url, content=content, headers=_headers(request_id), timeout=_timeout()
-        )
         try:
-            response = await http.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            if not isinstance(exc, httpx.ConnectTimeout):
-                raise UpstreamTimeout("vLLM did not answer in time", attempts=attempts) from exc
-            last_error: Exception = exc
-        except _RETRYABLE as exc:
-            last_error = exc
+            response = await send(upstream, method, path, content=content, request_id=request_id)
+        except UpstreamTimeout as exc:
+            exc.attempts = attempts
+            raise
+        except NotReached as exc:
+            if time.monotonic() + delay > deadline:
+                raise unreachable(upstream.base_url, attempts, exc) from exc
         else:
-            return UpstreamResponse(
-                status=response.status_code,
-                content_type=response.headers.get("content-type", ""),
-                attempts=attempts,
-                _response=response,
-            )
-        if time.monotonic() + delay > deadline:
-            raise UpstreamUnreachable(
-                f"vLLM at {settings.VLLM_BASE_URL} is unreachable after {attempts} attempts: "
-                f"{last_error!r}",
-                attempts=attempts,
-            ) from last_error
+            response.attempts = attempts
+            return response
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)
 
 
-async def get_json(path: str) -> tuple[int, Any]:
+async def get_json(path: str, upstream: Upstream | None = None) -> tuple[int, Any]:
     """A small GET (models, health), retried like any other request."""
-    response = await open_request("GET", path)
+    response = await open_request("GET", path, upstream=upstream)
     try:
         content = await response.read()
     finally:
@@ -217,13 +280,14 @@ class Probe:
     latency_ms: float | None = None
 
 
-def probe(timeout: float = 2.0) -> Probe:
+def probe(timeout: float = 2.0, upstream: Upstream | None = None) -> Probe:
     """One synchronous look at vLLM (/health, then /v1/models), for the worker and the
     management views; never raises."""
-    base = settings.VLLM_BASE_URL
+    upstream = upstream or default_upstream()
+    base = upstream.base_url
     started = time.monotonic()
     try:
-        with httpx.Client(timeout=timeout, headers=_headers(None)) as http:
+        with httpx.Client(timeout=timeout, headers=_headers(upstream)) as http:
             health = http.get(base + "/health")
             latency = (time.monotonic() - started) * 1000
             if health.status_code != 200:
@@ -249,10 +313,13 @@ class Health:
     detail: str
 
 
-async def health_check(wait: float = 2.0) -> Health:
+async def health_check(
+    wait: float = 2.0, upstream: Upstream | None = None, *, with_metrics: bool = True
+) -> Health:
+    upstream = upstream or default_upstream()
     http = client()
-    base = settings.VLLM_BASE_URL
-    headers = _headers(None)
+    base = upstream.base_url
+    headers = _headers(upstream)
     started = time.monotonic()
     try:
         health = await http.get(base + "/health", headers=headers, timeout=wait)
@@ -268,19 +335,21 @@ async def health_check(wait: float = 2.0) -> Health:
     try:
         listed = await http.get(base + "/v1/models", headers=headers, timeout=wait)
         models = [card for card in listed.json().get("data", []) if isinstance(card, dict)]
-        scraped = await http.get(base + "/metrics", headers=headers, timeout=wait)
-        if scraped.status_code == 200:
-            metrics_text = scraped.text
+        if with_metrics:
+            scraped = await http.get(base + "/metrics", headers=headers, timeout=wait)
+            if scraped.status_code == 200:
+                metrics_text = scraped.text
     except (httpx.HTTPError, ValueError, AttributeError) as exc:
         detail = f"vLLM is up but did not list its models or metrics: {exc.__class__.__name__}"
     return Health(True, True, latency, models, metrics_text, detail)
 
 
-async def metrics_text(wait: float = 2.0) -> str | None:
+async def metrics_text(wait: float = 2.0, upstream: Upstream | None = None) -> str | None:
     """vLLM's /metrics exposition, or None when it does not answer."""
+    upstream = upstream or default_upstream()
     try:
         response = await client().get(
-            settings.VLLM_BASE_URL + "/metrics", headers=_headers(None), timeout=wait
+            upstream.base_url + "/metrics", headers=_headers(upstream), timeout=wait
         )
     except httpx.HTTPError:
         return None
@@ -295,11 +364,12 @@ def model_label(model: str, *, accepted: bool) -> str:
     return "other"
 
 
-def metrics_text_sync(timeout: float = 2.0) -> str | None:
+def metrics_text_sync(timeout: float = 2.0, upstream: Upstream | None = None) -> str | None:
     """vLLM's /metrics for synchronous callers (the admin), or None."""
+    upstream = upstream or default_upstream()
     try:
-        with httpx.Client(timeout=timeout, headers=_headers(None)) as http:
-            response = http.get(settings.VLLM_BASE_URL + "/metrics")
+        with httpx.Client(timeout=timeout, headers=_headers(upstream)) as http:
+            response = http.get(upstream.base_url + "/metrics")
     except httpx.HTTPError:
         return None
     return response.text if response.status_code == 200 else None
@@ -324,15 +394,35 @@ def queue_figures(metrics_text: str | None) -> dict[str, float] | None:
     return figures or None
 
 
-def vllm_families(text: str) -> str:
-    """Only vLLM's own `vllm:*` families of its exposition: its generic process_* and
-    python_* families would clash with the gateway's."""
-    kept = []
-    for line in text.splitlines():
-        if line.startswith("# "):
-            parts = line.split(" ", 3)
-            if len(parts) >= 3 and parts[2].startswith("vllm:"):
-                kept.append(line)
-        elif line.startswith("vllm:"):
-            kept.append(line)
-    return "\n".join(kept) + "\n" if kept else ""
+def labelled_families(expositions: list[tuple[str, str]]) -> str:
+    """vLLM's `vllm:*` families from several backends' expositions, as one: each sample
+    gains a `backend` label, and each family's HELP and TYPE lines appear once."""
+    heads: dict[str, list[str]] = {}
+    head_of: dict[str, str] = {}  # family -> the backend whose HELP/TYPE lines are kept
+    samples: dict[str, list[str]] = {}
+    for backend, text in expositions:
+        family: str | None = None
+        for line in text.splitlines():
+            if line.startswith("# "):
+                parts = line.split(" ", 3)
+                family = parts[2] if len(parts) >= 3 and parts[2].startswith("vllm:") else None
+                if family is not None and head_of.setdefault(family, backend) == backend:
+                    heads.setdefault(family, []).append(line)
+                    samples.setdefault(family, [])
+            elif line.startswith("vllm:"):
+                name = family or line.split("{", 1)[0].split(" ", 1)[0]
+                samples.setdefault(name, []).append(_with_backend(line, backend))
+    lines: list[str] = []
+    for name, found in samples.items():
+        lines += heads.get(name, [])
+        lines += found
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _with_backend(sample: str, backend: str) -> str:
+    label = f'backend="{backend}"'  # a slug: nothing to escape
+    if "{" in sample.split(" ", 1)[0]:
+        name, _brace, rest = sample.partition("{")
+        return f"{name}{{{label}{'' if rest.startswith('}') else ','}{rest}"
+    name, _space, value = sample.partition(" ")
+    return f"{name}{{{label}}} {value}"

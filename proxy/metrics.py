@@ -16,10 +16,15 @@ REQUESTS = Counter(
     "Proxied requests by key name, model, endpoint and HTTP status.",
     ["key", "model", "endpoint", "status"],
 )
+BACKEND_REQUESTS = Counter(
+    "talktuah_backend_requests",
+    "Requests sent on to a backend, by backend and HTTP status (none: no backend took it).",
+    ["backend", "status"],
+)
 UPSTREAM_LATENCY = Histogram(
     "talktuah_upstream_latency_seconds",
-    "Time from sending a request to vLLM to the end of its answer.",
-    ["endpoint"],
+    "Time from sending a request to vLLM to the end of its answer, by endpoint and backend.",
+    ["endpoint", "backend"],
     buckets=LATENCY_BUCKETS,
 )
 TIME_TO_FIRST_TOKEN = Histogram(
@@ -53,4 +58,16 @@ UPSTREAM_UP = Gauge(
     "talktuah_upstream_up",
     "1 when vLLM answered the last probe or request, else 0.",
     multiprocess_mode="mostrecent",
+)
+BACKEND_UP = Gauge(
+    "talktuah_backend_up",
+    "1 while a backend passes its polls and requests, 0 while it is ejected.",
+    ["backend"],
+    multiprocess_mode="mostrecent",
+)
+BACKEND_IN_FLIGHT = Gauge(
+    "talktuah_backend_in_flight",
+    "Requests sent to a backend and not finished.",
+    ["backend"],
+    multiprocess_mode="livesum",
 )

@@ -7,6 +7,7 @@ from typing import Any
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from ninja import Query, Router, Schema
+from pydantic import BaseModel, ConfigDict
 
 from modelmgr.auth import inference_auth, principal_of
 from proxy import bodies, services
@@ -47,16 +48,17 @@ async def embeddings(request: HttpRequest) -> HttpResponseBase:
     )
 
 
-class ModelCardOut(Schema):
+# pydantic models, not ninja Schemas: a Schema's validator drops the extra fields.
+class ModelCardOut(BaseModel):
     """One of vLLM's model cards; its other fields (max_model_len, root, ...) pass through."""
 
-    model_config = {"extra": "allow"}
+    model_config = ConfigDict(extra="allow")
     id: str
     object: str = "model"
 
 
-class ModelListOut(Schema):
-    model_config = {"extra": "allow"}
+class ModelListOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
     object: str = "list"
     data: list[ModelCardOut]
 

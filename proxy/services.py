@@ -24,6 +24,7 @@ from plumbing import vllm
 from plumbing.db import run_sync
 from plumbing.errors import (
     Forbidden,
+    ModelNotServed,
     TalkTuahError,
     UpstreamError,
     UpstreamRefused,
@@ -36,6 +37,7 @@ from proxy import usage
 from proxy.bodies import Endpoint, parse_body
 from proxy.metrics import (
     ACTIVE_STREAMS,
+    BACKEND_REQUESTS,
     COMPLETION_TOKENS,
     OVERHEAD,
     PROMPT_TOKENS,
@@ -46,6 +48,7 @@ from proxy.metrics import (
     UPSTREAM_LATENCY,
     UPSTREAM_UP,
 )
+from proxy.pool import pool
 from proxy.ratelimit import add_tokens, check_request_rate, check_token_rate
 from proxy.shutdown import register_stream, unregister_stream
 
@@ -53,11 +56,13 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 OVERHEAD_HEADER = "X-TalkTuah-Overhead-Ms"
+BACKEND_HEADER = "X-TalkTuah-Backend"  # which backend answered (names are admin-chosen)
 access_log = logging.getLogger("talktuah.access")
 
 
 async def default_model() -> str:
-    names = await vllm.served_model_names()
+    several = len(pool.replicas) > 1
+    names = pool.served_models() if several else await vllm.served_model_names()
     if not names:
         raise UpstreamUnavailable("vLLM serves no model right now.", headers={"Retry-After": "5"})
     return names[0]
@@ -74,6 +79,7 @@ class Call:
     stream: bool = False
     status: int = 0
     accepted: bool = False  # vLLM took the model (so it is a bounded label value)
+    backend: str = "none"  # the backend that answered (a configured name: bounded)
     attempts: int = 0
     upstream_started: float = 0.0
     upstream_seconds: float = 0.0
@@ -109,6 +115,7 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
     body = parse_body(
         content_type=request.content_type or "", raw=lambda: request.body, endpoint=endpoint
     )
+    await pool.ready()
     changed = False
     model = body.get("model")
     if not model:
@@ -140,11 +147,16 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
     call.upstream_started = time.perf_counter()
     try:
         upstream = await _open_through_switch(
-            endpoint.path, content, request.headers.get("x-request-id"), model
+            endpoint.path,
+            content,
+            request.headers.get("x-request-id"),
+            model,
+            _session_of(request, body),
         )
     except UpstreamError as exc:
         call.attempts = exc.attempts
         raise
+    call.backend = upstream.backend
     call.attempts = upstream.attempts
     call.status = upstream.status
     call.accepted = upstream.status < 400
@@ -165,18 +177,35 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
         time.perf_counter() - headers_at
     )
     response[OVERHEAD_HEADER] = _ms(call.overhead_seconds)
+    response[BACKEND_HEADER] = call.backend
     return response
 
 
+def _session_of(request: HttpRequest, body: dict[str, Any]) -> str | None:
+    """What keeps a conversation on one replica: X-Session-Id, else the `user` field."""
+    session = request.headers.get("x-session-id") or body.get("user")
+    return session if isinstance(session, str) and session else None
+
+
 async def _open_through_switch(
-    path: str, content: bytes, request_id: str | None, model: str
+    path: str, content: bytes, request_id: str | None, model: str, session: str | None
 ) -> vllm.UpstreamResponse:
-    """Open the upstream request; while a model switch runs, wait for it (bounded)
-    instead of failing on vLLM being down or not knowing the new model yet."""
+    """Open the upstream request on the best backend for the model; while a model switch
+    runs, wait for it (bounded) instead of failing on vLLM being down or not knowing
+    the new model yet."""
+
+    async def send() -> vllm.UpstreamResponse:
+        return await pool.open(
+            path, content=content, model=model, session=session, request_id=request_id
+        )
+
     try:
-        upstream = await vllm.open_request("POST", path, content=content, request_id=request_id)
+        upstream = await send()
     except UpstreamTimeout:
         raise
+    except ModelNotServed:
+        if not await _wait_for_switch(model):
+            raise
     except UpstreamError:
         if not await _wait_for_switch(None):
             raise
@@ -184,7 +213,8 @@ async def _open_through_switch(
         if upstream.status != 404 or not await _wait_for_switch(model, before=upstream.aclose):
             return upstream
     vllm.forget_served_models()
-    return await vllm.open_request("POST", path, content=content, request_id=request_id)
+    await pool.refresh()
+    return await send()
 
 
 async def _wait_for_switch(
@@ -233,6 +263,7 @@ async def _whole_response(upstream: vllm.UpstreamResponse, call: Call) -> HttpRe
     call.overhead_seconds = (done - call.started) - call.upstream_seconds
     await finish(call)
     response[OVERHEAD_HEADER] = _ms(time.perf_counter() - call.started - call.upstream_seconds)
+    response[BACKEND_HEADER] = call.backend
     return response
 
 
@@ -336,12 +367,13 @@ async def finish(call: Call) -> None:
     endpoint = call.endpoint.name
     key = call.principal.name
     REQUESTS.labels(key, model_label, endpoint, str(call.status)).inc()
+    BACKEND_REQUESTS.labels(call.backend, str(call.status)).inc()
     if call.attempts > 1:
         RETRIES.inc(call.attempts - 1)
     if call.status == 429:
         RATE_LIMITED.labels(key, "rate").inc()
     if call.upstream_started:
-        UPSTREAM_LATENCY.labels(endpoint).observe(call.upstream_seconds)
+        UPSTREAM_LATENCY.labels(endpoint, call.backend).observe(call.upstream_seconds)
         OVERHEAD.labels(endpoint).observe(max(call.overhead_seconds, 0.0))
         UPSTREAM_UP.set(0 if call.status in (502, 504) else 1)
     if call.ttft_seconds is not None:
@@ -358,6 +390,7 @@ async def finish(call: Call) -> None:
                 "key": call.principal.prefix,
                 "key_name": key,
                 "model": call.model or None,
+                "backend": call.backend,
                 "endpoint": endpoint,
                 "stream": call.stream,
                 "status": call.status,
@@ -377,7 +410,12 @@ def _ms(seconds: float) -> str:
 
 
 async def list_models(principal: Principal) -> dict[str, Any]:
-    """vLLM's model list, filtered by the key's allowed models."""
+    """The models the backends serve (vLLM's own cards; with several backends their
+    union), filtered by the key's allowed models."""
+    await pool.ready()
+    if len(pool.replicas) > 1:
+        cards = [card for card in pool.served_cards() if principal.may_use(str(card["id"]))]
+        return {"object": "list", "data": cards}
     status, data = await vllm.get_json("/v1/models")
     if status >= 400 or not isinstance(data, dict):
         raise UpstreamRefused.from_answer(status if status >= 400 else 502, orjson.dumps(data))

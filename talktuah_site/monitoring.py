@@ -1,6 +1,6 @@
 """Monitoring of the whole service, which both apps feed: /api/healthz (one cheap answer,
-cached about a second, about vLLM, the model it serves, its queue, a switch in progress
-and the GPU), /livez, /readyz and /metrics (the gateway's families, the lifecycle's,
+cached about a second, about vLLM, the model it serves, its queue, a switch in progress,
+the GPU and every backend), /livez, /readyz and /metrics (the gateway's families, the lifecycle's,
 django-prometheus's, and vLLM's `vllm:*` ones)."""
 
 import asyncio
@@ -23,6 +23,7 @@ from plumbing import gpu, vllm
 from plumbing.db import run_sync
 from plumbing.errors import Unauthenticated
 from proxy.metrics import UPSTREAM_UP
+from proxy.pool import Replica, pool
 from proxy.shutdown import is_draining
 
 HEALTH_CACHE_SECONDS = 1.0
@@ -52,32 +53,75 @@ class GpuOut(Schema):
     utilization_percent: int
 
 
+class BackendHealthOut(Schema):
+    name: str
+    status: str  # ok, degraded or down
+    reachable: bool
+    healthy: bool
+    ejected: bool  # left out of routing until a probe finds it healthy
+    draining: bool
+    latency_ms: float | None
+    detail: str
+    models: list[str]
+    in_flight: int  # requests this gateway process has sent it and not finished
+    queue: dict[str, float] | None  # waiting, running, kv_cache_usage
+
+
 class HealthOut(Schema):
     status: str  # ok, loading, degraded or down
-    upstream: UpstreamHealthOut
+    upstream: UpstreamHealthOut  # the first backend (VLLM_BASE_URL's when it is set)
     model: ServedModelOut | None
     switch: SwitchOut | None
     queue: dict[str, float] | None  # waiting, running, kv_cache_usage
     gpu: list[GpuOut] | str  # "unknown" without NVML
+    backends: list[BackendHealthOut]
 
 
 _cached: tuple[float, int, dict[str, Any]] | None = None
 _lock: asyncio.Lock | None = None
 
 
+def _backend_status(probe: vllm.Health) -> str:
+    if not probe.reachable:
+        return "down"
+    if not probe.healthy or not probe.models or probe.metrics_text is None:
+        return "degraded"
+    return "ok"
+
+
+def _backend_entry(replica: Replica, probe: vllm.Health) -> dict[str, Any]:
+    return {
+        "name": replica.name,
+        "status": _backend_status(probe),
+        "reachable": probe.reachable,
+        "healthy": probe.healthy,
+        "ejected": replica.ejected,
+        "draining": replica.draining,
+        "latency_ms": probe.latency_ms,
+        "detail": probe.detail,
+        "models": [str(card.get("id")) for card in probe.models],
+        "in_flight": replica.in_flight,
+        "queue": vllm.queue_figures(probe.metrics_text),
+    }
+
+
 async def _compute() -> tuple[int, dict[str, Any]]:
-    probe = await vllm.health_check()
+    await pool.ready()
+    replicas = list(pool.replicas.values())
+    probes = await asyncio.gather(*(vllm.health_check(upstream=r.upstream) for r in replicas))
+    probe = probes[0] if probes else await vllm.health_check()
     switch = await run_sync(active_switch)
     gpus = await asyncio.to_thread(gpu.gpus)
     served = probe.models[0] if probe.models else None
+    statuses = [_backend_status(found) for found in probes] or [_backend_status(probe)]
     if switch is not None and not (served and served.get("id") == switch.to_model):
         status = "loading"
-    elif not probe.reachable:
-        status = "down"
-    elif not probe.healthy or not served or probe.metrics_text is None:
-        status = "degraded"
-    else:
+    elif all(found == "ok" for found in statuses):
         status = "ok"
+    elif all(found == "down" for found in statuses):
+        status = "down"
+    else:
+        status = "degraded"
     UPSTREAM_UP.set(1 if probe.healthy else 0)
     body = {
         "status": status,
@@ -93,6 +137,9 @@ async def _compute() -> tuple[int, dict[str, Any]]:
         "switch": switch_summary(switch) if switch is not None else None,
         "queue": vllm.queue_figures(probe.metrics_text),
         "gpu": gpus if gpus is not None else "unknown",
+        "backends": [
+            _backend_entry(replica, found) for replica, found in zip(replicas, probes, strict=True)
+        ],
     }
     return (200 if status == "ok" else 503), body
 
@@ -183,9 +230,14 @@ class MetricsToken(HttpBearer):
 
 @router.get("/metrics", auth=MetricsToken(), include_in_schema=False)
 async def metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus exposition: the gateway's families, then vLLM's `vllm:*` ones."""
-    upstream = await vllm.metrics_text()
-    UPSTREAM_UP.set(1 if upstream is not None else 0)
+    """Prometheus exposition: the gateway's families, then vLLM's `vllm:*` ones of every
+    backend, each sample labelled with its backend."""
+    await pool.ready()
+    replicas = list(pool.replicas.values())
+    scraped = await asyncio.gather(*(vllm.metrics_text(upstream=r.upstream) for r in replicas))
+    UPSTREAM_UP.set(1 if scraped and scraped[0] is not None else 0)
     own = await run_sync(gateway_exposition)
-    text = own + vllm.vllm_families(upstream).encode() if upstream else own
-    return HttpResponse(text, content_type=CONTENT_TYPE_LATEST)
+    found = [(r.name, text) for r, text in zip(replicas, scraped, strict=True) if text]
+    return HttpResponse(
+        own + vllm.labelled_families(found).encode(), content_type=CONTENT_TYPE_LATEST
+    )

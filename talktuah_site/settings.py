@@ -169,8 +169,14 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 CORS_ORIGINS = envlist("CORS_ORIGINS")
 CORS_ALLOW_ALL_ORIGINS = CORS_ORIGINS == ["*"]
 CORS_ALLOWED_ORIGINS = [] if CORS_ALLOW_ALL_ORIGINS else CORS_ORIGINS
-CORS_ALLOW_HEADERS = ["authorization", "content-type", "x-api-key", "x-request-id"]
-CORS_EXPOSE_HEADERS = ["retry-after", "x-request-id"]
+CORS_ALLOW_HEADERS = [
+    "authorization",
+    "content-type",
+    "x-api-key",
+    "x-request-id",
+    "x-session-id",
+]
+CORS_EXPOSE_HEADERS = ["retry-after", "x-request-id", "x-talktuah-backend"]
 
 # Request bodies above this size get 413 (Django refuses to read them at all).
 MAX_REQUEST_BYTES = envint("MAX_REQUEST_BYTES", 10 * 1024 * 1024)
@@ -191,6 +197,14 @@ if UPSTREAM_TRANSPORT not in ("httpx", "aiohttp"):
     raise ImproperlyConfigured("UPSTREAM_TRANSPORT must be httpx or aiohttp")
 # How long the served model list (used for a missing "model") is cached.
 UPSTREAM_MODELS_CACHE_SECONDS = envfloat("UPSTREAM_MODELS_CACHE_SECONDS", 5.0)
+
+# Several backends (Backend rows in the admin, beside the one VLLM_BASE_URL names): how
+# often each is polled (/health, /v1/models), how long one that failed is left out
+# before it is probed again, and how many failed requests in a row take it out.
+BACKEND_POLL_SECONDS = envfloat("BACKEND_POLL_SECONDS", 5.0)
+BACKEND_POLL_TIMEOUT = envfloat("BACKEND_POLL_TIMEOUT", 2.0)
+BACKEND_COOLDOWN_SECONDS = envfloat("BACKEND_COOLDOWN_SECONDS", 10.0)
+BACKEND_MAX_FAILURES = envint("BACKEND_MAX_FAILURES", 3)
 
 # Graceful shutdown: /readyz answers 503 this long before the listener closes...
 SHUTDOWN_DRAIN_SECONDS = envfloat("SHUTDOWN_DRAIN_SECONDS", 5.0)

@@ -17,6 +17,7 @@ from modelmgr import auth
 from modelmgr.models import Scope
 from modelmgr.services import api_key_create
 from plumbing import vllm
+from proxy.pool import pool
 from tests.simulator_process import SimulatorProcess, free_port
 
 # The local fake Hugging Face Hub and its `fake_hub` fixture.
@@ -84,10 +85,12 @@ def _clean_process_state(settings: Any) -> Iterator[None]:
     cache.clear()
     auth.forget_cached_keys()
     vllm.forget_served_models()
+    pool.forget()
     yield
     cache.clear()
     auth.forget_cached_keys()
     vllm.forget_served_models()
+    pool.forget()
 
 
 @pytest.fixture

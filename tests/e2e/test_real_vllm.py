@@ -241,16 +241,18 @@ def leave_mid_generation(
     read_end, write_end = os.pipe()
     pipe: dict[str, int | None] = {"fd": write_end}
     forwarded: list[float] = []
-    open_request = vllm.open_request
+    send = vllm.send
 
-    async def spy(method: str, path: str, **kwargs: Any) -> vllm.UpstreamResponse:
+    async def spy(
+        upstream: vllm.Upstream, method: str, path: str, **kwargs: Any
+    ) -> vllm.UpstreamResponse:
         fd = pipe["fd"]
         if path == "/v1/chat/completions" and fd is not None:
             forwarded.append(time.monotonic())
             os.write(fd, b"!")  # the gateway forwards the request to vLLM now
-        return await open_request(method, path, **kwargs)
+        return await send(upstream, method, path, **kwargs)
 
-    monkeypatch.setattr(vllm, "open_request", spy)
+    monkeypatch.setattr(vllm, "send", spy)
     before = vllm_a.wait_idle()
     try:
         client = subprocess.run(
@@ -265,7 +267,7 @@ def leave_mid_generation(
         pipe["fd"] = None
         os.close(read_end)
         os.close(write_end)
-        monkeypatch.setattr(vllm, "open_request", open_request)
+        monkeypatch.setattr(vllm, "send", send)
     assert client.returncode == 0, client.stderr
     times = json.loads(client.stdout)
     if body["stream"]:
