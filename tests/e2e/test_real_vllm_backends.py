@@ -7,13 +7,14 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from modelmgr.services import backend_create
 from tests.e2e.conftest import RealVllm, vllm_python
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-HELLO = [{"role": "user", "content": "Hello!"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello!"}]
 
 
 @pytest.fixture(scope="session")
@@ -69,14 +70,18 @@ def test_two_vllm_servers_with_different_models_behind_one_gateway(
 
     raw = httpx.post(
         f"{gateway.url}/v1/chat/completions",
-        json={"model": "tiny/b", "messages": HELLO, "max_tokens": 2},
+        json={
+            "model": "tiny/b",
+            "messages": [{"role": "user", "content": "Hello!"}],
+            "max_tokens": 2,
+        },
         headers={"Authorization": f"Bearer {key}"},
         timeout=60,
     )
     assert raw.status_code == 200 and raw.headers["x-talktuah-backend"] == "second"
     missing = httpx.post(
         f"{gateway.url}/v1/chat/completions",
-        json={"model": "tiny/c", "messages": HELLO},
+        json={"model": "tiny/c", "messages": [{"role": "user", "content": "Hello!"}]},
         headers={"Authorization": f"Bearer {key}"},
         timeout=60,
     )
