@@ -30,12 +30,18 @@ def _who(request: HttpRequest) -> str:
 
 @router.post("/download-model", response={202: DownloadStartedOut})
 async def download_model(
-    request: HttpRequest, model_id: str, auto: bool = False, revision: str = "main"
+    request: HttpRequest,
+    model_id: str,
+    auto: bool = False,
+    revision: str = "main",
+    backend: str | None = None,
 ) -> Status[dict[str, object]]:
-    """Queue a download from the Hub (202 with the job). A repo already downloading
-    returns that job; `auto=true` switches to the model when it is done."""
+    """Queue a download from the Hub into a backend's host cache (202 with the job;
+    `backend` may be left out while there is one). A repo already downloading there
+    returns that job; `auto=true` switches that backend to the model when it is done."""
     job, created = await run_sync(
         services.download_start,
+        backend=await run_sync(selectors.backend_resolve, backend),
         repo_id=model_id,
         revision=revision,
         auto_switch=auto,
@@ -46,33 +52,48 @@ async def download_model(
 
 
 @router.get("/download-progress", response=DownloadProgressOut | DownloadIdleOut)
-async def download_progress(request: HttpRequest, job_id: int | None = None) -> dict[str, object]:
-    """Progress of one job (`job_id`), else of the current or last download."""
-    job = await run_sync(selectors.download_get, job_id=job_id)
+async def download_progress(
+    request: HttpRequest, job_id: int | None = None, backend: str | None = None
+) -> dict[str, object]:
+    """Progress of one job (`job_id`), else of the current or last download (on
+    `backend`, when given)."""
+    if backend is not None:
+        backend = await run_sync(selectors.backend_resolve, backend)
+    job = await run_sync(selectors.download_get, job_id=job_id, backend=backend)
     if job is None:
         return {"status": "idle", "job_id": None, "message": "No download has been requested."}
     return await run_sync(selectors.download_progress, job)
 
 
 @router.get("/model-status", response=ModelStatusOut)
-async def model_status(request: HttpRequest) -> dict[str, object]:
-    """Downloaded models with sizes, whether any is available, what vLLM serves."""
-    return await run_sync(selectors.model_status)
+async def model_status(request: HttpRequest, backend: str | None = None) -> dict[str, object]:
+    """Downloaded models with sizes, whether any is available, what vLLM serves: of the
+    backend named, else of the first, with every backend's under `backends`."""
+    return await run_sync(selectors.per_backend, selectors.model_status, backend)
 
 
 @router.post("/switch-model", response={202: SwitchOut})
-async def switch_model(request: HttpRequest, model_id: str) -> Status[dict[str, object]]:
-    """Serve another downloaded model: 404 when not downloaded, 409 while a switch runs."""
+async def switch_model(
+    request: HttpRequest, model_id: str, backend: str | None = None
+) -> Status[dict[str, object]]:
+    """Make a backend serve another model downloaded on its host (`backend` may be left
+    out while there is one): 404 when not downloaded, 409 while a switch runs there."""
     switch = await run_sync(
-        services.model_switch_request, repo_id=model_id, requested_by=_who(request)
+        services.model_switch_request,
+        repo_id=model_id,
+        requested_by=_who(request),
+        backend=await run_sync(selectors.backend_resolve, backend),
     )
     return Status(202, selectors.switch_summary(switch))
 
 
 @router.get("/model-loading-status", response=LoadingStatusOut)
-async def model_loading_status(request: HttpRequest) -> dict[str, object]:
-    """Is vLLM ready, on which model, the switch phase and since when, the last error."""
-    return await run_sync(selectors.loading_status)
+async def model_loading_status(
+    request: HttpRequest, backend: str | None = None
+) -> dict[str, object]:
+    """Is vLLM ready, on which model, the switch phase and since when, the last error:
+    of the backend named, else of the first, with every backend's under `backends`."""
+    return await run_sync(selectors.per_backend, selectors.loading_status, backend)
 
 
 @router.post("/restart-api", response=RestartOut)

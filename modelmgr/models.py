@@ -136,6 +136,9 @@ class DownloadJob(models.Model):
     queue entry, the live progress and the history."""
 
     repo_id = models.CharField(max_length=200)
+    backend = models.CharField(
+        max_length=50, default="default", help_text="Whose host's Hugging Face cache."
+    )
     revision = models.CharField(max_length=100, default="main")
     commit = models.CharField(max_length=64, blank=True, help_text="Resolved commit hash.")
     status = models.CharField(
@@ -161,11 +164,11 @@ class DownloadJob(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
-            # One active job per repo: a second request gets the running one.
+            # One active job per repo and backend: a second request gets the running one.
             models.UniqueConstraint(
-                fields=["repo_id"],
+                fields=["backend", "repo_id"],
                 condition=models.Q(status__in=["queued", "running"]),
-                name="one_active_download_per_repo",
+                name="one_active_download_per_backend_repo",
             )
         ]
 
@@ -201,6 +204,7 @@ ACTIVE_SWITCH_PHASES = (
 class ModelSwitch(models.Model):
     """One change of the model vLLM serves: the queue entry and the history."""
 
+    backend = models.CharField(max_length=50, default="default")
     from_model = models.CharField(max_length=200, blank=True)
     to_model = models.CharField(max_length=200)
     phase = models.CharField(
@@ -218,11 +222,11 @@ class ModelSwitch(models.Model):
         verbose_name_plural = "model switches"
         ordering = ["-created_at"]
         constraints = [
-            # One switch at a time.
+            # One switch at a time per backend.
             models.UniqueConstraint(
-                fields=["phase"],
+                fields=["backend"],
                 condition=models.Q(phase__in=["requested", "stopping", "starting", "loading"]),
-                name="one_active_switch",
+                name="one_active_switch_per_backend",
             )
         ]
 
@@ -257,6 +261,12 @@ class WorkerHeartbeat(models.Model):
     """A worker process says it is alive here every few seconds."""
 
     name = models.CharField(max_length=200, unique=True)
+    backend = models.CharField(
+        max_length=50, default="default", help_text="The backend whose jobs it claims."
+    )
+    # What its host's Hugging Face cache holds: [{"repo_id", "size_bytes", "commit"}],
+    # so the gateway can answer for hosts whose cache it cannot read.
+    inventory = models.JSONField(default=list, blank=True)
     pid = models.PositiveIntegerField()
     started_at = models.DateTimeField()
     last_seen = models.DateTimeField()

@@ -33,7 +33,8 @@ class DownloadProgressOut(Schema):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    worker_alive: bool
+    backend: str  # whose host's cache it downloads into
+    worker_alive: bool  # a worker of that backend runs
     note: str | None  # why a queued job does not start, when no worker runs
 
 
@@ -49,6 +50,7 @@ class DownloadIdleOut(Schema):
 
 class SwitchOut(Schema):
     id: int
+    backend: str
     from_model: str | None
     to_model: str
     phase: str  # requested, stopping, starting, loading, ready, failed
@@ -60,7 +62,8 @@ class SwitchOut(Schema):
     error: str | None
 
 
-class LoadingStatusOut(Schema):
+class BackendLoadingStatusOut(Schema):
+    backend: str
     ready: bool
     model: str | None
     upstream: str  # what the last look at vLLM found
@@ -68,6 +71,13 @@ class LoadingStatusOut(Schema):
     switch: SwitchOut | None
     since: datetime | None
     last_error: str | None
+
+
+class LoadingStatusOut(BackendLoadingStatusOut):
+    """The backend asked for (or the first); `backends` has every one when none was
+    named and there are several."""
+
+    backends: list[BackendLoadingStatusOut] = []
 
 
 class DownloadedModelOut(Schema):
@@ -80,7 +90,8 @@ class DownloadedModelOut(Schema):
     last_served_at: datetime | None
 
 
-class ModelStatusOut(Schema):
+class BackendModelStatusOut(Schema):
+    backend: str
     models: list[DownloadedModelOut]
     models_available: bool
     current_model: str | None
@@ -88,6 +99,13 @@ class ModelStatusOut(Schema):
     switch_in_progress: SwitchOut | None
     engine: str
     worker_alive: bool
+
+
+class ModelStatusOut(BackendModelStatusOut):
+    """The backend asked for (or the first); `backends` has every one when none was
+    named and there are several."""
+
+    backends: list[BackendModelStatusOut] = []
 
 
 class RestartOut(Schema):

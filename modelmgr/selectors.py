@@ -3,17 +3,19 @@ downloaded models, switches, workers and usage. Nothing here writes (the workflo
 do are in `services.py`)."""
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import F, Sum
+from django.db.models import F, QuerySet, Sum
 from django.utils import timezone
 
 from modelmgr import hub
 from modelmgr.models import (
     ACTIVE_SWITCH_PHASES,
+    DEFAULT_BACKEND,
     Backend,
     DownloadJob,
     DownloadStatus,
@@ -24,7 +26,7 @@ from modelmgr.models import (
     WorkerHeartbeat,
 )
 from plumbing import vllm
-from plumbing.errors import JobNotFound, SecretUnreadable
+from plumbing.errors import BackendNotFound, BadRequest, JobNotFound, SecretUnreadable
 from plumbing.secrets import unseal
 
 log = logging.getLogger("talktuah.backends")
@@ -32,17 +34,23 @@ log = logging.getLogger("talktuah.backends")
 # --- downloads -------------------------------------------------------------------
 
 
-def download_get(*, job_id: int | None = None) -> DownloadJob | None:
-    """One job, or the current (running, else queued) one, else the last one."""
+def download_get(*, job_id: int | None = None, backend: str | None = None) -> DownloadJob | None:
+    """One job, or the current (running, else queued) one, else the last one (of
+    `backend`'s jobs when it is given)."""
     if job_id is not None:
         job = DownloadJob.objects.filter(pk=job_id).first()
         if job is None:
             raise JobNotFound(f"No download job {job_id}.")
         return job
+    jobs = (
+        DownloadJob.objects.all()
+        if backend is None
+        else DownloadJob.objects.filter(backend=backend)
+    )
     return (
-        DownloadJob.objects.filter(status=DownloadStatus.RUNNING).order_by("started_at").first()
-        or DownloadJob.objects.filter(status=DownloadStatus.QUEUED).order_by("created_at").first()
-        or DownloadJob.objects.order_by("-created_at").first()
+        jobs.filter(status=DownloadStatus.RUNNING).order_by("started_at").first()
+        or jobs.filter(status=DownloadStatus.QUEUED).order_by("created_at").first()
+        or jobs.order_by("-created_at").first()
     )
 
 
@@ -80,11 +88,19 @@ def download_progress(job: DownloadJob, *, now: datetime | None = None) -> dict[
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
-        "worker_alive": worker_alive(),
-        "note": None
-        if job.status != DownloadStatus.QUEUED or worker_alive()
-        else "No worker is running: start one with `python manage.py run_worker`.",
+        "backend": job.backend,
+        "worker_alive": (alive := worker_alive(job.backend)),
+        "note": None if job.status != DownloadStatus.QUEUED or alive else _no_worker(job.backend),
     }
+
+
+def _no_worker(backend: str) -> str:
+    if backend == DEFAULT_BACKEND:
+        return "No worker is running: start one with `python manage.py run_worker`."
+    return (
+        f"No worker of backend '{backend}' is running: start one on its host with "
+        f"`python manage.py run_worker --backend {backend}`."
+    )
 
 
 # --- downloaded models -------------------------------------------------------------
@@ -101,10 +117,16 @@ class DownloadedModel:
     last_served_at: datetime | None
 
 
-def downloaded_models() -> list[DownloadedModel]:
-    """Complete models in the Hugging Face cache (the truth about what is on disk),
-    with what only the database knows."""
+def downloaded_models(backend: str = DEFAULT_BACKEND) -> list[DownloadedModel]:
+    """Complete models in a backend's Hugging Face cache, with what only the database
+    knows. The default backend's cache is this host's (the truth about what is on
+    disk); another backend's is what its worker last reported from its host."""
     known = {m.repo_id: m for m in ServedModel.objects.all()}
+    if backend != DEFAULT_BACKEND:
+        return [
+            _from_inventory(item, known.get(str(item.get("repo_id"))))
+            for item in worker_inventory(backend)
+        ]
     result = []
     for cached in hub.cached_models():
         if not cached.complete:
@@ -124,20 +146,108 @@ def downloaded_models() -> list[DownloadedModel]:
     return sorted(result, key=lambda m: m.repo_id)
 
 
+def _from_inventory(item: dict[str, Any], extra: ServedModel | None) -> DownloadedModel:
+    return DownloadedModel(
+        repo_id=str(item.get("repo_id")),
+        commit=str(item.get("commit") or ""),
+        size_bytes=int(item.get("size_bytes") or 0),
+        snapshot_path=str(item.get("path") or ""),
+        downloaded_by=extra.downloaded_by if extra else "",
+        downloaded_at=extra.downloaded_at if extra else None,
+        last_served_at=extra.last_served_at if extra else None,
+    )
+
+
+def local_inventory() -> list[dict[str, Any]]:
+    """This host's complete cached models, as a worker reports them."""
+    return [
+        {
+            "repo_id": cached.repo_id,
+            "commit": cached.commit,
+            "size_bytes": cached.size_bytes,
+            "path": str(cached.snapshot_path),
+        }
+        for cached in hub.cached_models()
+        if cached.complete
+    ]
+
+
+def worker_inventory(backend: str) -> list[dict[str, Any]]:
+    """What the freshest live worker of `backend` reported its host's cache holds."""
+    beat = _live_workers(backend).order_by("-last_seen").first()
+    return [item for item in (beat.inventory if beat else []) if isinstance(item, dict)]
+
+
+def is_downloaded(repo_id: str, backend: str = DEFAULT_BACKEND) -> bool:
+    if backend == DEFAULT_BACKEND:
+        return hub.snapshot_path(repo_id) is not None
+    return any(item.get("repo_id") == repo_id for item in worker_inventory(backend))
+
+
+# --- backends ---------------------------------------------------------------------
+
+
+def backend_names() -> list[str]:
+    """Every enabled backend: VLLM_BASE_URL's `default` (unless a row takes the name)
+    first, then the rows by name."""
+    rows = list(
+        Backend.objects.filter(enabled=True).order_by("name").values_list("name", flat=True)
+    )
+    if settings.VLLM_BASE_URL and DEFAULT_BACKEND not in rows:
+        return [DEFAULT_BACKEND, *rows]
+    return rows
+
+
+def backend_resolve(name: str | None) -> str:
+    """The backend a management request is about: `name`, or the only one."""
+    names = backend_names()
+    if name is None or name == "":
+        if len(names) == 1:
+            return names[0]
+        raise BadRequest(
+            f"Several backends serve models; name one with ?backend= ({', '.join(names)}).",
+            param="backend",
+        )
+    if name not in names:
+        raise BackendNotFound(
+            f"There is no enabled backend named '{name}' (there are: {', '.join(names)}).",
+            param="backend",
+        )
+    return name
+
+
+def backend_upstream(name: str) -> vllm.Upstream:
+    row = Backend.objects.filter(name=name).first()
+    if row is None:
+        return vllm.default_upstream()
+    return vllm.Upstream(row.name, row.base_url, _api_key_of(row))
+
+
+def backend_engine(name: str) -> str:
+    """The engine kind that runs a backend's vLLM (its row's, else TALKTUAH_ENGINE)."""
+    row = Backend.objects.filter(name=name).first()
+    return row.engine if row is not None else settings.TALKTUAH_ENGINE
+
+
 # --- switches ----------------------------------------------------------------------
 
 
-def active_switch() -> ModelSwitch | None:
-    return ModelSwitch.objects.filter(phase__in=ACTIVE_SWITCH_PHASES).first()
+def active_switch(backend: str | None = None) -> ModelSwitch | None:
+    """The switch in progress (on `backend`, or on any when None)."""
+    running = ModelSwitch.objects.filter(phase__in=ACTIVE_SWITCH_PHASES)
+    if backend is not None:
+        running = running.filter(backend=backend)
+    return running.first()
 
 
-def loading_status() -> dict[str, Any]:
-    """Is vLLM ready, on which model, and where a switch is."""
-    probe = vllm.probe()
-    switch = ModelSwitch.objects.order_by("-created_at").first()
-    last_failed = ModelSwitch.objects.filter(phase=SwitchPhase.FAILED).order_by("-created_at")
-    failed = last_failed.first()
+def loading_status(backend: str = DEFAULT_BACKEND) -> dict[str, Any]:
+    """Is the backend's vLLM ready, on which model, and where a switch is."""
+    probe = vllm.probe(upstream=backend_upstream(backend))
+    switches = ModelSwitch.objects.filter(backend=backend).order_by("-created_at")
+    switch = switches.first()
+    failed = switches.filter(phase=SwitchPhase.FAILED).first()
     return {
+        "backend": backend,
         "ready": probe.healthy and bool(probe.models) and not (switch and switch.is_active),
         "model": probe.models[0] if probe.models else None,
         "upstream": probe.detail,
@@ -151,6 +261,7 @@ def loading_status() -> dict[str, Any]:
 def switch_summary(switch: ModelSwitch) -> dict[str, Any]:
     return {
         "id": switch.pk,
+        "backend": switch.backend,
         "from_model": switch.from_model or None,
         "to_model": switch.to_model,
         "phase": switch.phase,
@@ -166,17 +277,24 @@ def switch_summary(switch: ModelSwitch) -> dict[str, Any]:
 # --- workers and the whole picture ------------------------------------------------
 
 
-def worker_alive() -> bool:
+def _live_workers(backend: str | None) -> QuerySet[WorkerHeartbeat]:
     cutoff = timezone.now() - timedelta(seconds=settings.WORKER_STALE_SECONDS)
-    return WorkerHeartbeat.objects.filter(last_seen__gte=cutoff).exists()
+    beats = WorkerHeartbeat.objects.filter(last_seen__gte=cutoff)
+    return beats if backend is None else beats.filter(backend=backend)
 
 
-def model_status() -> dict[str, Any]:
-    """Downloaded models, whether any is available, which one vLLM serves."""
-    models = downloaded_models()
-    probe = vllm.probe()
-    switch = active_switch()
+def worker_alive(backend: str | None = None) -> bool:
+    """A worker (of `backend`, or any when None) beat recently."""
+    return _live_workers(backend).exists()
+
+
+def model_status(backend: str = DEFAULT_BACKEND) -> dict[str, Any]:
+    """A backend's downloaded models, whether any is available, which one it serves."""
+    models = downloaded_models(backend)
+    probe = vllm.probe(upstream=backend_upstream(backend))
+    switch = active_switch(backend)
     return {
+        "backend": backend,
         "models": [
             {
                 "model_id": m.repo_id,
@@ -193,9 +311,22 @@ def model_status() -> dict[str, Any]:
         "current_model": probe.models[0] if probe.models else None,
         "upstream_healthy": probe.healthy,
         "switch_in_progress": switch_summary(switch) if switch else None,
-        "engine": settings.TALKTUAH_ENGINE,
-        "worker_alive": worker_alive(),
+        "engine": backend_engine(backend),
+        "worker_alive": worker_alive(backend),
     }
+
+
+def per_backend(read: Callable[[str], dict[str, Any]], backend: str | None) -> dict[str, Any]:
+    """A per-backend answer (model status, loading status) for the backend named; with
+    none named, the first backend's, plus every backend's under `backends` when there
+    are several."""
+    if backend:
+        return read(backend_resolve(backend))
+    names = backend_names()
+    if len(names) <= 1:
+        return read(names[0] if names else DEFAULT_BACKEND)
+    each = [read(name) for name in names]
+    return {**each[0], "backends": each}
 
 
 # --- usage -----------------------------------------------------------------------------
@@ -252,14 +383,19 @@ def backend_upstreams() -> list[tuple[vllm.Upstream, int, bool]]:
     """The enabled backends as (upstream, weight, draining); the vLLM API key unsealed,
     for the process's memory only. A key that no longer opens (SECRET_KEY changed) is
     logged and sent as none, so the backend answers 401 rather than the gateway 500."""
-    found = []
-    for row in Backend.objects.filter(enabled=True).order_by("name"):
-        try:
-            api_key = unseal(row.api_key_sealed)
-        except SecretUnreadable as exc:
-            log.error("backend %s: %s", row.name, exc.message)
-            api_key = ""
-        found.append(
-            (vllm.Upstream(row.name, row.base_url.rstrip("/"), api_key), row.weight, row.draining)
+    return [
+        (
+            vllm.Upstream(row.name, row.base_url.rstrip("/"), _api_key_of(row)),
+            row.weight,
+            row.draining,
         )
-    return found
+        for row in Backend.objects.filter(enabled=True).order_by("name")
+    ]
+
+
+def _api_key_of(row: Backend) -> str:
+    try:
+        return unseal(row.api_key_sealed)
+    except SecretUnreadable as exc:
+        log.error("backend %s: %s", row.name, exc.message)
+        return ""

@@ -28,6 +28,7 @@ from modelmgr import hub
 from modelmgr.models import (
     ACTIVE_DOWNLOAD_STATUSES,
     ACTIVE_SWITCH_PHASES,
+    DEFAULT_BACKEND,
     ApiKey,
     Backend,
     DownloadJob,
@@ -40,7 +41,13 @@ from modelmgr.models import (
     UsageDaily,
     WorkerHeartbeat,
 )
-from modelmgr.selectors import active_switch
+from modelmgr.selectors import (
+    active_switch,
+    backend_engine,
+    backend_upstream,
+    is_downloaded,
+    worker_alive,
+)
 from plumbing import vllm
 from plumbing.errors import (
     Conflict,
@@ -191,13 +198,20 @@ def validate_repo_id(repo_id: str) -> str:
 
 
 def download_start(
-    *, repo_id: str, revision: str = "main", auto_switch: bool = False, requested_by: str = ""
+    *,
+    repo_id: str,
+    revision: str = "main",
+    auto_switch: bool = False,
+    requested_by: str = "",
+    backend: str = DEFAULT_BACKEND,
 ) -> tuple[DownloadJob, bool]:
-    """Queue a download; returns (job, created). A repo already queued or downloading
-    returns that job instead of a second one."""
+    """Queue a download into a backend's host cache; returns (job, created). A repo
+    already queued or downloading there returns that job instead of a second one."""
     repo_id = validate_repo_id(repo_id)
     revision = (revision or "main").strip()
-    existing = DownloadJob.objects.filter(repo_id=repo_id, status__in=ACTIVE_DOWNLOAD_STATUSES)
+    existing = DownloadJob.objects.filter(
+        repo_id=repo_id, backend=backend, status__in=ACTIVE_DOWNLOAD_STATUSES
+    )
     job = existing.first()
     if job is not None:
         return job, False
@@ -205,6 +219,7 @@ def download_start(
         with transaction.atomic():
             job = DownloadJob.objects.create(
                 repo_id=repo_id,
+                backend=backend,
                 revision=revision,
                 auto_switch=auto_switch,
                 requested_by=requested_by,
@@ -249,14 +264,15 @@ def download_retry(*, job: DownloadJob, requested_by: str = "") -> DownloadJob:
         revision=job.revision,
         auto_switch=job.auto_switch,
         requested_by=requested_by or job.requested_by,
+        backend=job.backend,
     )
     return new_job
 
 
-def download_claim(*, worker: str) -> DownloadJob | None:
-    """Take the oldest queued job for this worker, or None."""
+def download_claim(*, worker: str, backend: str = DEFAULT_BACKEND) -> DownloadJob | None:
+    """Take the oldest job queued for this worker's backend, or None."""
     for job_id in (
-        DownloadJob.objects.filter(status=DownloadStatus.QUEUED)
+        DownloadJob.objects.filter(status=DownloadStatus.QUEUED, backend=backend)
         .order_by("created_at")
         .values_list("pk", flat=True)[:5]
     ):
@@ -367,34 +383,49 @@ def download_run(*, job: DownloadJob, should_stop: Callable[[], bool] = lambda: 
 # --- switches ----------------------------------------------------------------------
 
 
-def model_switch_request(*, repo_id: str, requested_by: str = "") -> ModelSwitch:
-    """Ask the worker to serve another downloaded model."""
+def model_switch_request(
+    *, repo_id: str, requested_by: str = "", backend: str = DEFAULT_BACKEND
+) -> ModelSwitch:
+    """Ask a backend's worker to serve another model downloaded on its host."""
     repo_id = validate_repo_id(repo_id)
-    engine = engine_adapter.get_engine()
-    if engine.read_only:
+    local = backend == DEFAULT_BACKEND
+    engine = engine_adapter.get_engine() if local else None
+    if engine.read_only if engine else backend_engine(backend) == EngineKind.EXTERNAL:
+        where = "TALKTUAH_ENGINE=external" if local else f"backend '{backend}' has engine external"
+        raise Conflict(f"vLLM is managed outside TalkTuah ({where}): switch it there.")
+    if not local and not worker_alive(backend):
         raise Conflict(
-            "vLLM is managed outside TalkTuah (TALKTUAH_ENGINE=external): switch it there."
+            f"No worker of backend '{backend}' is running: start one on its host with "
+            f"`python manage.py run_worker --backend {backend}`."
         )
-    if hub.snapshot_path(repo_id) is None:
+    if not is_downloaded(repo_id, backend):
         raise ModelNotDownloaded(
-            f"'{repo_id}' is not downloaded: POST /api/download-model?model_id={repo_id} first."
+            f"'{repo_id}' is not downloaded"
+            + ("" if local else f" on backend '{backend}'")
+            + f": POST /api/download-model?model_id={repo_id}"
+            + ("" if local else f"&backend={backend}")
+            + " first."
         )
-    running = active_switch()
+    running = active_switch(backend)
     if running is not None:
         raise Conflict(f"A switch to '{running.to_model}' is already {running.phase}.")
-    served = vllm.probe().models
-    current = served[0] if served else (engine.state().served_name or "")
+    served = vllm.probe(upstream=backend_upstream(backend)).models
+    current = served[0] if served else (engine.state().served_name or "" if engine else "")
     try:
         with transaction.atomic():
             return ModelSwitch.objects.create(
-                from_model=current, to_model=repo_id, requested_by=requested_by
+                backend=backend, from_model=current, to_model=repo_id, requested_by=requested_by
             )
     except IntegrityError:
         raise Conflict("Another switch was requested at the same moment.") from None
 
 
-def model_switch_claim(*, worker: str) -> ModelSwitch | None:
-    switch = ModelSwitch.objects.filter(phase=SwitchPhase.REQUESTED).order_by("created_at").first()
+def model_switch_claim(*, worker: str, backend: str = DEFAULT_BACKEND) -> ModelSwitch | None:
+    switch = (
+        ModelSwitch.objects.filter(phase=SwitchPhase.REQUESTED, backend=backend)
+        .order_by("created_at")
+        .first()
+    )
     if switch is None:
         return None
     now = timezone.now()
@@ -416,13 +447,15 @@ def _set_phase(switch: ModelSwitch, phase: str, error: str = "") -> None:
     switch.refresh_from_db()
 
 
-def wait_until_serving(served_name: str, *, timeout: float) -> str | None:
+def wait_until_serving(
+    served_name: str, *, timeout: float, upstream: vllm.Upstream | None = None
+) -> str | None:
     """Poll vLLM until /health is 200 and /v1/models lists the model; None when ready,
     else what was last seen."""
     deadline = time.monotonic() + timeout
     last = "vLLM did not answer"
     while time.monotonic() < deadline:
-        probe = vllm.probe()
+        probe = vllm.probe(upstream=upstream)
         if probe.healthy and served_name in probe.models:
             return None
         last = probe.detail
@@ -471,10 +504,22 @@ def _restore_previous(switch: ModelSwitch, engine: engine_adapter.Engine) -> Non
 # --- workers -----------------------------------------------------------------------
 
 
-def worker_beat(*, name: str, started_at: datetime, current: str = "") -> None:
+def worker_beat(
+    *,
+    name: str,
+    started_at: datetime,
+    current: str = "",
+    backend: str = DEFAULT_BACKEND,
+    inventory: list[dict[str, Any]] | None = None,
+) -> None:
+    """A worker is alive; `inventory` (its host's cached models), when given, replaces
+    what it reported before."""
+    extra: dict[str, Any] = {} if inventory is None else {"inventory": inventory}
     WorkerHeartbeat.objects.update_or_create(
         name=name,
         defaults={
+            **extra,
+            "backend": backend,
             "pid": os.getpid(),
             "started_at": started_at,
             "last_seen": timezone.now(),

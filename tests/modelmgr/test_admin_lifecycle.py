@@ -67,7 +67,7 @@ def served(monkeypatch):
     """What vLLM reports it serves (mutable: tests set the list)."""
     models = ["org/old"]
 
-    def probe(timeout: float = 2.0) -> vllm.Probe:
+    def probe(timeout: float = 2.0, upstream: vllm.Upstream | None = None) -> vllm.Probe:
         if not models:
             return vllm.Probe(False, [], "connection refused", None)
         return vllm.Probe(True, list(models), "healthy", 3.0)
