@@ -284,6 +284,20 @@ class EngineKind(models.TextChoices):
 
 DEFAULT_BACKEND = "default"  # the backend VLLM_BASE_URL describes when no row has its name
 
+# The settings a backend's `engine_settings` may set for its worker.
+ENGINE_SETTINGS = frozenset(
+    {
+        "ENGINE_PROCESS_COMMAND",
+        "ENGINE_STOP_GRACE_SECONDS",
+        "ENGINE_LOG_FILE",
+        "ENGINE_STATE_FILE",
+        "VLLM_PORT",
+        "VLLM_CONTAINER_NAME",
+        "VLLM_MODEL",
+        "SWITCH_TIMEOUT_SECONDS",
+    }
+)
+
 
 def validate_base_url(value: str) -> None:
     """http(s)://host[:port][/prefix], where host may be a bare name (a container, a
@@ -347,3 +361,15 @@ class Backend(models.Model):
     @property
     def has_api_key(self) -> bool:
         return bool(self.api_key_sealed)
+
+    def clean(self) -> None:
+        if not isinstance(self.engine_settings, dict):
+            raise ValidationError({"engine_settings": "A JSON object of settings."})
+        unknown = set(self.engine_settings) - ENGINE_SETTINGS
+        if unknown:
+            raise ValidationError(
+                {
+                    "engine_settings": f"Not an engine setting: {', '.join(sorted(unknown))} "
+                    f"(these are: {', '.join(sorted(ENGINE_SETTINGS))})."
+                }
+            )

@@ -16,6 +16,7 @@ from modelmgr import hub
 from modelmgr.models import (
     ACTIVE_SWITCH_PHASES,
     DEFAULT_BACKEND,
+    ENGINE_SETTINGS,
     Backend,
     DownloadJob,
     DownloadStatus,
@@ -229,7 +230,33 @@ def backend_engine(name: str) -> str:
     return row.engine if row is not None else settings.TALKTUAH_ENGINE
 
 
+def worker_settings(name: str) -> dict[str, Any]:
+    """The settings a worker of backend `name` runs with: its address, API key, engine
+    and engine settings. {} for VLLM_BASE_URL's `default` (the settings as they are)."""
+    row = Backend.objects.filter(name=name).first()
+    if row is None:
+        if name == DEFAULT_BACKEND:
+            return {}
+        raise BackendNotFound(f"There is no backend named '{name}': add it first.")
+    unknown = set(row.engine_settings) - ENGINE_SETTINGS
+    if unknown:
+        raise BadRequest(
+            f"Backend '{name}' has engine settings a worker does not take: "
+            f"{', '.join(sorted(unknown))} (it takes {', '.join(sorted(ENGINE_SETTINGS))})."
+        )
+    return {
+        "VLLM_BASE_URL": row.base_url,
+        "VLLM_API_KEY": _api_key_of(row),
+        "TALKTUAH_ENGINE": row.engine,
+        **row.engine_settings,
+    }
+
+
 # --- switches ----------------------------------------------------------------------
+
+
+def switch_get(pk: int) -> ModelSwitch | None:
+    return ModelSwitch.objects.filter(pk=pk).first()
 
 
 def active_switch(backend: str | None = None) -> ModelSwitch | None:

@@ -44,6 +44,7 @@ from modelmgr.models import (
 from modelmgr.selectors import (
     active_switch,
     backend_engine,
+    backend_names,
     backend_upstream,
     is_downloaded,
     worker_alive,
@@ -420,6 +421,29 @@ def model_switch_request(
         raise Conflict("Another switch was requested at the same moment.") from None
 
 
+def model_auto_load(*, model: str, preferred: Iterable[str] = ()) -> ModelSwitch | None:
+    """Load `model` on demand: the switch already bringing it, else a new switch on the
+    first switchable backend (in `preferred` order, then the others) that has it
+    downloaded and is not switching; None when no backend can."""
+    try:
+        validate_repo_id(model)
+    except InvalidRepoId:
+        return None
+    names = backend_names()
+    ordered = [n for n in preferred if n in names] + [n for n in names if n not in preferred]
+    running = ModelSwitch.objects.filter(phase__in=ACTIVE_SWITCH_PHASES, to_model=model).first()
+    if running is not None:
+        return running
+    for backend in ordered:
+        if active_switch(backend) is not None or not is_downloaded(model, backend):
+            continue
+        try:
+            return model_switch_request(repo_id=model, requested_by="auto-load", backend=backend)
+        except (Conflict, ModelNotDownloaded) as exc:
+            logger.info("auto-load of %s on %s: %s", model, backend, exc.message)
+    return None
+
+
 def model_switch_claim(*, worker: str, backend: str = DEFAULT_BACKEND) -> ModelSwitch | None:
     switch = (
         ModelSwitch.objects.filter(phase=SwitchPhase.REQUESTED, backend=backend)
@@ -463,14 +487,34 @@ def wait_until_serving(
     return f"not ready after {timeout:.0f} s: {last}"
 
 
+def drain(*, timeout: float, upstream: vllm.Upstream | None = None) -> bool:
+    """Wait until vLLM runs and queues no request (by its own metrics, whichever
+    gateway process sent them), at most `timeout` seconds; False if it did not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        figures = vllm.queue_figures(vllm.metrics_text_sync(upstream=upstream))
+        if figures is None or not (figures.get("running", 0) + figures.get("waiting", 0)):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
 def model_switch_run(*, switch: ModelSwitch) -> None:
-    """Stop the old model, start the new one, wait until vLLM serves it; on failure
-    restart the old model where possible."""
+    """Let the requests vLLM is running finish (bounded by SWITCH_DRAIN_SECONDS), stop
+    the old model, start the new one, wait until vLLM serves it; on failure restart the
+    old model where possible."""
     engine = engine_adapter.get_engine()
     snapshot = hub.snapshot_path(switch.to_model)
     try:
         if snapshot is None:
             raise engine_adapter.EngineError(f"'{switch.to_model}' is no longer in the cache.")
+        if not drain(timeout=settings.SWITCH_DRAIN_SECONDS):
+            logger.warning(
+                "switch %s: requests still running after %.0f s; stopping anyway",
+                switch.pk,
+                settings.SWITCH_DRAIN_SECONDS,
+            )
         _set_phase(switch, SwitchPhase.STARTING)
         engine.serve(model=str(snapshot), served_name=switch.to_model)
         _set_phase(switch, SwitchPhase.LOADING)

@@ -272,6 +272,13 @@ VLLM_MODEL = os.getenv("VLLM_MODEL", "")
 SWITCH_TIMEOUT_SECONDS = envfloat("SWITCH_TIMEOUT_SECONDS", 900.0)
 # How long a chat request waits for a running switch before 503 + Retry-After.
 SWITCH_WAIT_SECONDS = envfloat("SWITCH_WAIT_SECONDS", 120.0)
+# Load on demand: a request naming a model that is downloaded on a switchable backend
+# but served nowhere queues a switch there and waits for it (SWITCH_WAIT_SECONDS; a
+# stream gets an SSE comment every SWITCH_KEEPALIVE_SECONDS meanwhile).
+MODEL_AUTO_LOAD = envbool("MODEL_AUTO_LOAD", False)
+SWITCH_KEEPALIVE_SECONDS = envfloat("SWITCH_KEEPALIVE_SECONDS", 5.0)
+# Before a switch stops a backend's model, requests it is running finish, up to this long.
+SWITCH_DRAIN_SECONDS = envfloat("SWITCH_DRAIN_SECONDS", 60.0)
 WORKER_HEARTBEAT_SECONDS = envfloat("WORKER_HEARTBEAT_SECONDS", 5.0)
 # A worker silent this long is considered dead (its running jobs are recovered).
 WORKER_STALE_SECONDS = envfloat("WORKER_STALE_SECONDS", 30.0)

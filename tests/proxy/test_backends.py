@@ -200,8 +200,11 @@ def test_a_replica_killed_under_load_fails_over_and_comes_back(farm: Farm) -> No
 
     async def load_and_kill() -> list[tuple[int, str, bytes]]:
         run = asyncio.create_task(_many(farm, "alpha", 200, 8, stream=True))
+        # Killed mid-load, with streams of its own running.
         served = "vllm:e2e_request_latency_seconds_count"
         await asyncio.to_thread(wait_for, lambda: dead.metric(served) >= 10)
+        running = "vllm:num_requests_running"
+        await asyncio.to_thread(wait_for, lambda: dead.metric(running) >= 2)
         await asyncio.to_thread(dead.kill)
         return await run
 

@@ -1,4 +1,9 @@
-"""`python manage.py run_worker`: runs downloads and model switches.
+"""`python manage.py run_worker [--backend NAME]`: runs downloads and model switches.
+
+One worker per GPU host: `--backend NAME` (default: `default`, VLLM_BASE_URL's) claims
+only that backend's jobs, downloads into this host's Hugging Face cache, drives this
+host's engine with the backend's engine settings, and reports the cache's models with
+its heartbeat (the gateway cannot read another host's cache).
 
 The database rows are the queue. The worker recovers what a dead worker left running,
 starts the configured model (process engine, VLLM_MODEL), then loops: heartbeat, claim
@@ -15,12 +20,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from modelmgr import engine as engine_adapter
-from modelmgr import hub, services
+from modelmgr import hub, selectors, services
+from modelmgr.models import DEFAULT_BACKEND
+from plumbing.errors import TalkTuahError
 
 logger = logging.getLogger("modelmgr.worker")
 
@@ -29,6 +36,9 @@ class Command(BaseCommand):
     help = "Run the background worker: Hub downloads and model switches."
 
     def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--backend", default=DEFAULT_BACKEND, help="the backend whose jobs to run"
+        )
         parser.add_argument("--poll", type=float, default=0.5, help="seconds between polls")
         parser.add_argument(
             "--downloads", type=int, default=1, help="downloads run at the same time"
@@ -38,13 +48,31 @@ class Command(BaseCommand):
         self.stopping = threading.Event()
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        backend = options["backend"]
+        try:
+            for setting, value in selectors.worker_settings(backend).items():
+                # This process drives one backend: its settings are that backend's.
+                setattr(settings, setting, value)
+        except TalkTuahError as exc:
+            raise CommandError(exc.message) from exc
         name = services.worker_name()
         started_at = timezone.now()
         recovered = services.worker_recover()
-        services.worker_beat(name=name, started_at=started_at, current="starting")
+
+        def beat(current: str) -> None:
+            services.worker_beat(
+                name=name,
+                started_at=started_at,
+                current=current,
+                backend=backend,
+                inventory=selectors.local_inventory(),
+            )
+
+        beat("starting")
         self.stdout.write(
-            f"worker {name} started (engine {settings.TALKTUAH_ENGINE}; "
-            f"recovered {recovered} job(s) left by stopped workers)"
+            f"worker {name} started for backend {backend} at {settings.VLLM_BASE_URL} "
+            f"(engine {settings.TALKTUAH_ENGINE}; recovered {recovered} job(s) left by "
+            "stopped workers)"
         )
         self._start_configured_model()
 
@@ -55,19 +83,16 @@ class Command(BaseCommand):
             while not self.stopping.is_set():
                 now = time.monotonic()
                 if now - last_beat >= settings.WORKER_HEARTBEAT_SECONDS:
-                    current = f"{len(running)} download(s)" if running else "idle"
-                    services.worker_beat(name=name, started_at=started_at, current=current)
+                    beat(f"{len(running)} download(s)" if running else "idle")
                     last_beat = now
-                switch = services.model_switch_claim(worker=name)
+                switch = services.model_switch_claim(worker=name, backend=backend)
                 if switch is not None:
-                    services.worker_beat(
-                        name=name, started_at=started_at, current=f"switch to {switch.to_model}"
-                    )
+                    beat(f"switch to {switch.to_model}")
                     services.model_switch_run(switch=switch)
                     continue
                 running = {f for f in running if not f.done()}
                 if len(running) < options["downloads"]:
-                    job = services.download_claim(worker=name)
+                    job = services.download_claim(worker=name, backend=backend)
                     if job is not None:
                         self.stdout.write(f"downloading {job.repo_id} (job {job.pk})")
                         running.add(pool.submit(self._download, job))
