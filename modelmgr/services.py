@@ -23,8 +23,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from modelmgr import engine as engine_adapter
-from modelmgr import hub
+from modelmgr import engines, hub
 from modelmgr.models import (
     ACTIVE_DOWNLOAD_STATUSES,
     ACTIVE_SWITCH_PHASES,
@@ -43,6 +42,7 @@ from plumbing import vllm
 from plumbing.errors import (
     Conflict,
     DownloadCancelled,
+    EngineError,
     HubError,
     InvalidRepoId,
     ModelNotDownloaded,
@@ -330,7 +330,7 @@ def download_run(*, job: DownloadJob, should_stop: Callable[[], bool] = lambda: 
 def model_switch_request(*, repo_id: str, requested_by: str = "") -> ModelSwitch:
     """Ask the worker to serve another downloaded model."""
     repo_id = validate_repo_id(repo_id)
-    engine = engine_adapter.get_engine()
+    engine = engines.get_engine()
     if engine.read_only:
         raise Conflict(
             "vLLM is managed outside TalkTuah (TALKTUAH_ENGINE=external): switch it there."
@@ -393,18 +393,18 @@ def wait_until_serving(served_name: str, *, timeout: float) -> str | None:
 def model_switch_run(*, switch: ModelSwitch) -> None:
     """Stop the old model, start the new one, wait until vLLM serves it; on failure
     restart the old model where possible."""
-    engine = engine_adapter.get_engine()
+    engine = engines.get_engine()
     snapshot = hub.snapshot_path(switch.to_model)
     try:
         if snapshot is None:
-            raise engine_adapter.EngineError(f"'{switch.to_model}' is no longer in the cache.")
+            raise EngineError(f"'{switch.to_model}' is no longer in the cache.")
         _set_phase(switch, SwitchPhase.STARTING)
         engine.serve(model=str(snapshot), served_name=switch.to_model)
         _set_phase(switch, SwitchPhase.LOADING)
         problem = wait_until_serving(switch.to_model, timeout=settings.SWITCH_TIMEOUT_SECONDS)
         if problem:
-            raise engine_adapter.EngineError(problem)
-    except engine_adapter.EngineError as exc:
+            raise EngineError(problem)
+    except EngineError as exc:
         _set_phase(switch, SwitchPhase.FAILED, str(exc))
         logger.warning("switch %s to %s failed: %s", switch.pk, switch.to_model, exc)
         _restore_previous(switch, engine)
@@ -416,13 +416,13 @@ def model_switch_run(*, switch: ModelSwitch) -> None:
     logger.info("now serving %s (%.1f s)", switch.to_model, switch.duration_seconds or 0)
 
 
-def _restore_previous(switch: ModelSwitch, engine: engine_adapter.Engine) -> None:
+def _restore_previous(switch: ModelSwitch, engine: engines.Engine) -> None:
     if not switch.from_model:
         return
     previous = hub.snapshot_path(switch.from_model)
     try:
         engine.serve(model=str(previous or switch.from_model), served_name=switch.from_model)
-    except engine_adapter.EngineError as exc:
+    except EngineError as exc:
         ModelSwitch.objects.filter(pk=switch.pk).update(
             error=f"{switch.error}\nRestarting {switch.from_model} failed too: {exc}"
         )

@@ -1,9 +1,9 @@
-"""The engine controller (modelmgr.engine): the process engine for real with the
+"""The engine controller (modelmgr.engines): the process engine for real with the
 simulator, the docker engine at the docker SDK's HTTP boundary (a fake dockerd) and,
 when a Docker daemon is reachable, for real; the external engine's refusals."""
 
 import json
-import os
+import runpy
 import socket
 import subprocess
 import sys
@@ -15,22 +15,17 @@ from typing import Any
 
 import docker  # type: ignore[import-untyped]
 import httpx
+import psutil
 import pytest
 
-from modelmgr import engine as engine_module
-from modelmgr.engine import (
-    DockerEngine,
-    EngineError,
-    EngineReadOnly,
-    ExternalEngine,
-    ProcessEngine,
-    get_engine,
-)
-from tests.dockerd import (
+from modelmgr.engines import DockerEngine, ExternalEngine, ProcessEngine, get_engine
+from modelmgr.engines import process as process_module
+from plumbing.errors import EngineError, EngineReadOnly
+from tests.fake_docker_api import FakeDockerAPI
+from tests.private_dockerd import (
     HOST_IMAGE,
     TEST_LABEL,
     DockerDaemon,
-    FakeDockerAPI,
     docker_daemon_fixture,  # noqa: F401 (the `docker_daemon` fixture)
     host_python,
 )
@@ -76,11 +71,10 @@ def port_refuses(port: int) -> bool:
 
 def pid_gone(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        # Still a zombie of this test process? Then it has exited too.
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return True
-    # Still a zombie of this test process? Then it has exited too.
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def recorded_pid(settings: Any) -> int:
@@ -92,6 +86,8 @@ def process_settings(settings: Any, tmp_path: Path) -> Iterator[Any]:
     """VAR_DIR in tmp_path, vLLM on a free port; whatever the test started is stopped."""
     port = free_port()
     settings.VAR_DIR = tmp_path
+    settings.ENGINE_STATE_FILE = tmp_path / "engine.json"
+    settings.ENGINE_LOG_FILE = tmp_path / "engine.log"
     settings.VLLM_PORT = port
     settings.VLLM_BASE_URL = f"http://127.0.0.1:{port}"
     settings.ENGINE_STOP_GRACE_SECONDS = 5
@@ -159,7 +155,7 @@ def test_it_leaves_alone_a_process_that_reused_the_recorded_pid(process_settings
             "started_at": "2026-01-01T00:00:00+00:00",
             "port": process_settings.VLLM_PORT,
             "command": ["vllm", "serve", "model-a"],
-            "start_ticks": 1,
+            "create_time": 1.0,
         }
         (Path(process_settings.VAR_DIR) / "engine.json").write_text(json.dumps(record))
         engine = ProcessEngine()
@@ -217,7 +213,7 @@ def test_it_rejects_an_unknown_placeholder(process_settings: Any) -> None:
 def test_it_refuses_a_port_held_by_another_program(
     process_settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine_module, "PORT_RELEASE_SECONDS", 0.2)
+    monkeypatch.setattr(process_module, "PORT_RELEASE_SECONDS", 0.2)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", process_settings.VLLM_PORT))
         squatter.listen()
@@ -255,8 +251,11 @@ def test_get_engine_picks_by_setting(settings: Any, name: str, engine_class: typ
     assert engine.name == name
 
 
-def test_get_engine_defaults_to_process(settings: Any) -> None:
-    del settings.TALKTUAH_ENGINE
+def test_get_engine_defaults_to_process(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The default lives in settings.py: read it as a fresh process would.
+    monkeypatch.delenv("TALKTUAH_ENGINE", raising=False)
+    defaults = runpy.run_path(str(Path(settings.BASE_DIR) / "talktuah_site" / "settings.py"))
+    settings.TALKTUAH_ENGINE = defaults["TALKTUAH_ENGINE"]
     assert isinstance(get_engine(), ProcessEngine)
 
 
@@ -439,7 +438,7 @@ def test_it_says_docker_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
 # The simulator in a container, as vLLM runs in production: an image of this host's
 # libraries (`docker import`, no registry), the host's Python, venv and repo mounted
 # read-only, host networking. Needs a Docker daemon (the running one, else a private
-# dockerd started as root; see tests.dockerd), else skipped.
+# dockerd started as root; see tests.private_dockerd), else skipped.
 
 
 def container_models(client: Any, name: str, port: int) -> list[dict[str, Any]] | None:

@@ -19,8 +19,8 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from modelmgr import engine as engine_adapter
-from modelmgr import hub, services
+from modelmgr import engines, hub, services
+from plumbing.errors import EngineError
 
 logger = logging.getLogger("modelmgr.worker")
 
@@ -93,12 +93,12 @@ class Command(BaseCommand):
         model = settings.VLLM_MODEL
         if not model or settings.TALKTUAH_ENGINE != "process":
             return
-        engine = engine_adapter.get_engine()
+        engine = engines.get_engine()
         if engine.state().running:
             return
         snapshot = hub.snapshot_path(model)
         try:
             engine.serve(model=str(snapshot or model), served_name=model)
             self.stdout.write(f"started vLLM on {model}")
-        except engine_adapter.EngineError as exc:
+        except EngineError as exc:
             self.stderr.write(f"could not start {model}: {exc}")
