@@ -23,8 +23,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from modelmgr import engine as engine_adapter
-from modelmgr import hub
+from modelmgr import engines, hub
 from modelmgr.models import (
     ACTIVE_DOWNLOAD_STATUSES,
     ACTIVE_SWITCH_PHASES,
@@ -53,6 +52,7 @@ from plumbing import vllm
 from plumbing.errors import (
     Conflict,
     DownloadCancelled,
+    EngineError,
     HubError,
     InvalidRepoId,
     ModelNotDownloaded,
@@ -390,7 +390,7 @@ def model_switch_request(
     """Ask a backend's worker to serve another model downloaded on its host."""
     repo_id = validate_repo_id(repo_id)
     local = backend == DEFAULT_BACKEND
-    engine = engine_adapter.get_engine() if local else None
+    engine = engines.get_engine() if local else None
     if engine.read_only if engine else backend_engine(backend) == EngineKind.EXTERNAL:
         where = "TALKTUAH_ENGINE=external" if local else f"backend '{backend}' has engine external"
         raise Conflict(f"vLLM is managed outside TalkTuah ({where}): switch it there.")
@@ -504,11 +504,11 @@ def model_switch_run(*, switch: ModelSwitch) -> None:
     """Let the requests vLLM is running finish (bounded by SWITCH_DRAIN_SECONDS), stop
     the old model, start the new one, wait until vLLM serves it; on failure restart the
     old model where possible."""
-    engine = engine_adapter.get_engine()
+    engine = engines.get_engine()
     snapshot = hub.snapshot_path(switch.to_model)
     try:
         if snapshot is None:
-            raise engine_adapter.EngineError(f"'{switch.to_model}' is no longer in the cache.")
+            raise EngineError(f"'{switch.to_model}' is no longer in the cache.")
         if not drain(timeout=settings.SWITCH_DRAIN_SECONDS):
             logger.warning(
                 "switch %s: requests still running after %.0f s; stopping anyway",
@@ -520,8 +520,8 @@ def model_switch_run(*, switch: ModelSwitch) -> None:
         _set_phase(switch, SwitchPhase.LOADING)
         problem = wait_until_serving(switch.to_model, timeout=settings.SWITCH_TIMEOUT_SECONDS)
         if problem:
-            raise engine_adapter.EngineError(problem)
-    except engine_adapter.EngineError as exc:
+            raise EngineError(problem)
+    except EngineError as exc:
         _set_phase(switch, SwitchPhase.FAILED, str(exc))
         logger.warning("switch %s to %s failed: %s", switch.pk, switch.to_model, exc)
         _restore_previous(switch, engine)
@@ -533,13 +533,13 @@ def model_switch_run(*, switch: ModelSwitch) -> None:
     logger.info("now serving %s (%.1f s)", switch.to_model, switch.duration_seconds or 0)
 
 
-def _restore_previous(switch: ModelSwitch, engine: engine_adapter.Engine) -> None:
+def _restore_previous(switch: ModelSwitch, engine: engines.Engine) -> None:
     if not switch.from_model:
         return
     previous = hub.snapshot_path(switch.from_model)
     try:
         engine.serve(model=str(previous or switch.from_model), served_name=switch.from_model)
-    except engine_adapter.EngineError as exc:
+    except EngineError as exc:
         ModelSwitch.objects.filter(pk=switch.pk).update(
             error=f"{switch.error}\nRestarting {switch.from_model} failed too: {exc}"
         )

@@ -4,6 +4,7 @@ Every variable read here is listed, with a one-line comment, in `.env.example`."
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -261,9 +262,14 @@ ENGINE_PROCESS_COMMAND = os.getenv(
     " --port {port}",
 )
 ENGINE_STOP_GRACE_SECONDS = envfloat("ENGINE_STOP_GRACE_SECONDS", 10.0)
-VLLM_PORT = envint("VLLM_PORT", 0) or None  # default: the port of VLLM_BASE_URL
-ENGINE_LOG_FILE = os.getenv("ENGINE_LOG_FILE") or None
-ENGINE_STATE_FILE = os.getenv("ENGINE_STATE_FILE") or None
+# The port the process engine's vLLM listens on: the port of VLLM_BASE_URL by default.
+try:
+    VLLM_PORT = envint("VLLM_PORT", 0) or urlsplit(VLLM_BASE_URL).port or 8001
+except ValueError:
+    raise ImproperlyConfigured(f"VLLM_BASE_URL has an invalid port: {VLLM_BASE_URL!r}") from None
+# The process engine's log, and its state file (what runs, for a restarted worker).
+ENGINE_LOG_FILE = Path(os.getenv("ENGINE_LOG_FILE") or VAR_DIR / "engine.log")
+ENGINE_STATE_FILE = Path(os.getenv("ENGINE_STATE_FILE") or VAR_DIR / "engine.json")
 # The docker engine's vLLM container.
 VLLM_CONTAINER_NAME = os.getenv("VLLM_CONTAINER_NAME", "vllm")
 # The model the process engine starts when the worker starts (empty = none).

@@ -34,6 +34,12 @@ def free_port() -> int:
         return port
 
 
+def port_refuses(port: int) -> bool:
+    """Whether nothing accepts connections on 127.0.0.1:port (any more)."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
 class SimulatorProcess:
     """`python manage.py vllm_simulator ...` in a subprocess.
 

@@ -6,7 +6,7 @@ TALKTUAH_VLLM_PYTHON pointing at its python. Without that variable (plain `make 
 every test here is reported as skipped, at once, with the reason.
 
 vLLM starts once per session (30 s to 100 s on 2 cores) on model `tiny/a`, through the
-process engine (modelmgr.engine.ProcessEngine) so that the switch test can switch that
+process engine (modelmgr.engines.ProcessEngine) so that the switch test can switch that
 very vLLM to `tiny/b`; a test that needs `tiny/a` after that starts it again.
 """
 
@@ -25,7 +25,8 @@ import pytest
 from django.test import override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelmgr import engine as engine_adapter
+from modelmgr import engines
+from plumbing.errors import EngineError
 from tests import waiting
 from tests.simulator_process import free_port
 
@@ -182,8 +183,8 @@ class RealVllm:
         return {
             "TALKTUAH_ENGINE": "process",
             "ENGINE_PROCESS_COMMAND": self.command_template,
-            "ENGINE_STATE_FILE": None,
-            "ENGINE_LOG_FILE": None,
+            "ENGINE_STATE_FILE": self.var_dir / "engine.json",
+            "ENGINE_LOG_FILE": self.log_file,
             "ENGINE_STOP_GRACE_SECONDS": 20.0,
             "VAR_DIR": self.var_dir,
             "VLLM_PORT": self.port,
@@ -214,7 +215,7 @@ class RealVllm:
         deadline = time.monotonic() + timeout
         while name not in self.served():
             with override_settings(**self.engine_settings):
-                state = engine_adapter.get_engine().state()
+                state = engines.get_engine().state()
             if not state.running:
                 raise RuntimeError(
                     f"vLLM exited before serving {name}: {state.detail}\n{self.log_tail()}"
@@ -239,16 +240,16 @@ class RealVllm:
                 ):
                     for variable, value in VLLM_ENV.items():
                         mp.setenv(variable, value)
-                    engine = engine_adapter.get_engine()
+                    engine = engines.get_engine()
                     engine.serve(model=str(self.models[name]), served_name=name)
                 self.wait_serving(name)
-            except (RuntimeError, engine_adapter.EngineError) as exc:
+            except (RuntimeError, EngineError) as exc:
                 self.failure = str(exc)
                 raise
 
     def stop(self) -> None:
         with override_settings(**self.engine_settings):
-            engine_adapter.get_engine().stop()
+            engines.get_engine().stop()
 
     def metrics(self) -> dict[str, float]:
         return metrics_of(self.url, self.http)

@@ -528,7 +528,7 @@ def test_a_downloaded_model_is_switched_to_while_a_chat_waits_for_it(
     assert loading["ready"] is True and loading["model"] == "tiny/b"
     assert loading["switch"]["phase"] == SwitchPhase.READY
     # The new vLLM serves the snapshot that the download put in the Hugging Face cache.
-    engine = services.engine_adapter.get_engine()
+    engine = services.engines.get_engine()
     state = engine.state()
     assert state.running and state.served_name == "tiny/b"
     assert state.model == str(hub.snapshot_path("tiny/b"))

@@ -87,7 +87,7 @@ def hf_cache(monkeypatch, served):
 @pytest.fixture
 def engine(monkeypatch):
     fake = SimpleNamespace(read_only=False, state=lambda: SimpleNamespace(served_name=None))
-    monkeypatch.setattr("modelmgr.services.engine_adapter.get_engine", lambda: fake)
+    monkeypatch.setattr("modelmgr.services.engines.get_engine", lambda: fake)
     return fake
 
 

@@ -39,7 +39,7 @@ def slow_engine(settings, tmp_path, fake_hub):
         fake_hub.add_repo(repo, tiny_model_files())
         services.download_start(repo_id=repo)
         services.download_run(job=services.download_claim(worker="w"))
-    engine = services.engine_adapter.get_engine()
+    engine = services.engines.get_engine()
     engine.serve(model="org/model-a", served_name="org/model-a")
     assert services.wait_until_serving("org/model-a", timeout=20) is None
     yield engine

@@ -219,13 +219,16 @@ def process_engine(settings, tmp_path):
     settings.TALKTUAH_ENGINE = "process"
     settings.VAR_DIR = tmp_path / "var"
     settings.VAR_DIR.mkdir()
+    settings.ENGINE_STATE_FILE = settings.VAR_DIR / "engine.json"
+    settings.ENGINE_LOG_FILE = settings.VAR_DIR / "engine.log"
     settings.VLLM_BASE_URL = f"http://127.0.0.1:{port}"
+    settings.VLLM_PORT = port
     settings.ENGINE_PROCESS_COMMAND = (
         "{python} {manage} vllm_simulator --model {served_name} --port {port} --startup-delay 1.5"
     )
     settings.ENGINE_STOP_GRACE_SECONDS = 5
     settings.SWITCH_TIMEOUT_SECONDS = 30
-    engine = services.engine_adapter.get_engine()
+    engine = services.engines.get_engine()
     yield engine
     engine.stop()
 

@@ -24,10 +24,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from modelmgr import engine as engine_adapter
-from modelmgr import hub, selectors, services
+from modelmgr import engines, hub, selectors, services
 from modelmgr.models import DEFAULT_BACKEND
-from plumbing.errors import TalkTuahError
+from plumbing.errors import EngineError, TalkTuahError
 
 logger = logging.getLogger("modelmgr.worker")
 
@@ -118,12 +117,12 @@ class Command(BaseCommand):
         model = settings.VLLM_MODEL
         if not model or settings.TALKTUAH_ENGINE != "process":
             return
-        engine = engine_adapter.get_engine()
+        engine = engines.get_engine()
         if engine.state().running:
             return
         snapshot = hub.snapshot_path(model)
         try:
             engine.serve(model=str(snapshot or model), served_name=model)
             self.stdout.write(f"started vLLM on {model}")
-        except engine_adapter.EngineError as exc:
+        except EngineError as exc:
             self.stderr.write(f"could not start {model}: {exc}")

@@ -1,272 +1,26 @@
-"""The engine controller (modelmgr.engine): the process engine for real with the
-simulator, the docker engine at the docker SDK's HTTP boundary (a fake dockerd) and,
-when a Docker daemon is reachable, for real; the external engine's refusals."""
+"""The docker engine (modelmgr.engines.docker): at the docker SDK's HTTP boundary (a
+fake Docker API) and, when a Docker daemon is reachable, for real."""
 
-import json
-import os
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import docker  # type: ignore[import-untyped]
 import httpx
 import pytest
 
-from modelmgr import engine as engine_module
-from modelmgr.engine import (
-    DockerEngine,
-    EngineError,
-    EngineReadOnly,
-    ExternalEngine,
-    ProcessEngine,
-    get_engine,
-)
-from tests.dockerd import (
+from modelmgr.engines import DockerEngine
+from plumbing.errors import EngineError
+from tests.fake_docker_api import FakeDockerAPI
+from tests.private_dockerd import (
     HOST_IMAGE,
     TEST_LABEL,
     DockerDaemon,
-    FakeDockerAPI,
     docker_daemon_fixture,  # noqa: F401 (the `docker_daemon` fixture)
     host_python,
 )
-from tests.simulator_process import free_port
-
-# A child that ignores SIGTERM, says so in the log, and would sleep for a minute.
-STUBBORN_COMMAND = (
-    '{python} -c "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); '
-    "print('ignoring SIGTERM', flush=True); time.sleep(60)\""
-)
-
-
-def served_models(port: int) -> list[str] | None:
-    try:
-        response = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1.0)
-    except httpx.TransportError:
-        return None
-    return [model["id"] for model in response.json()["data"]]
-
-
-def wait_until_served(port: int, model: str, timeout: float = 20.0) -> None:
-    """Poll /v1/models as the switch does; fail early (with vLLM's log) if it died."""
-    engine = ProcessEngine()
-    deadline = time.monotonic() + timeout
-    while served_models(port) != [model]:
-        state = engine.state()
-        assert state.running, f"vLLM died before serving {model}: {state.detail}"
-        assert time.monotonic() < deadline, f"{model} not served on :{port}: {state.detail}"
-        time.sleep(0.05)
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def port_refuses(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # Still a zombie of this test process? Then it has exited too.
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def recorded_pid(settings: Any) -> int:
-    return int(json.loads((Path(settings.VAR_DIR) / "engine.json").read_text())["pid"])
-
-
-@pytest.fixture
-def process_settings(settings: Any, tmp_path: Path) -> Iterator[Any]:
-    """VAR_DIR in tmp_path, vLLM on a free port; whatever the test started is stopped."""
-    port = free_port()
-    settings.VAR_DIR = tmp_path
-    settings.VLLM_PORT = port
-    settings.VLLM_BASE_URL = f"http://127.0.0.1:{port}"
-    settings.ENGINE_STOP_GRACE_SECONDS = 5
-    settings.TALKTUAH_ENGINE = "process"
-    yield settings
-    ProcessEngine().stop()
-
-
-# --- the process engine -----------------------------------------------------------
-
-
-def test_it_serves_switches_and_stops_the_simulator(process_settings: Any) -> None:
-    port = process_settings.VLLM_PORT
-    engine = ProcessEngine()
-    assert engine.state().running is False
-
-    engine.serve(model="/snapshots/org--model-a", served_name="model-a")
-    wait_until_served(port, "model-a")
-    first_pid = recorded_pid(process_settings)
-    state = engine.state()
-    assert (state.running, state.model, state.served_name) == (
-        True,
-        "/snapshots/org--model-a",
-        "model-a",
-    )
-
-    engine.serve(model="org/model-b", served_name="model-b")
-    # serve() returned only once the old process was gone, port and all.
-    assert pid_gone(first_pid)
-    wait_until_served(port, "model-b")
-    assert engine.state().served_name == "model-b"
-    assert recorded_pid(process_settings) != first_pid
-
-    engine.stop()
-    assert port_refuses(port)
-    assert engine.state().running is False
-    assert not (Path(process_settings.VAR_DIR) / "engine.json").exists()
-    log = (Path(process_settings.VAR_DIR) / "engine.log").read_text()
-    assert "--served-model-name model-a" in log
-    assert "--served-model-name model-b" in log
-
-
-def test_it_stops_the_orphan_of_a_crashed_worker(process_settings: Any) -> None:
-    port = process_settings.VLLM_PORT
-    ProcessEngine().serve(model="model-a", served_name="model-a")
-    wait_until_served(port, "model-a")
-    orphan_pid = recorded_pid(process_settings)
-
-    # A restarted worker knows nothing but the state file.
-    restarted = ProcessEngine()
-    assert restarted.state().running is True
-    assert restarted.state().model == "model-a"
-    restarted.serve(model="model-b", served_name="model-b")
-    assert pid_gone(orphan_pid)
-    wait_until_served(port, "model-b")
-
-
-def test_it_leaves_alone_a_process_that_reused_the_recorded_pid(process_settings: Any) -> None:
-    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        record = {
-            "pid": stranger.pid,
-            "model": "model-a",
-            "served_name": "model-a",
-            "started_at": "2026-01-01T00:00:00+00:00",
-            "port": process_settings.VLLM_PORT,
-            "command": ["vllm", "serve", "model-a"],
-            "start_ticks": 1,
-        }
-        (Path(process_settings.VAR_DIR) / "engine.json").write_text(json.dumps(record))
-        engine = ProcessEngine()
-        assert engine.state().running is False
-        engine.stop()
-        assert stranger.poll() is None
-    finally:
-        stranger.kill()
-        stranger.wait()
-
-
-def test_it_kills_a_child_that_ignores_sigterm(process_settings: Any) -> None:
-    process_settings.ENGINE_PROCESS_COMMAND = STUBBORN_COMMAND
-    process_settings.ENGINE_STOP_GRACE_SECONDS = 1
-    log = Path(process_settings.VAR_DIR) / "engine.log"
-    engine = ProcessEngine()
-    engine.serve(model="model-a", served_name="model-a")
-    pid = recorded_pid(process_settings)
-    # (The log's header line holds the command, hence a whole line.)
-    wait_for(lambda: log.exists() and "ignoring SIGTERM" in log.read_text().splitlines())
-
-    started = time.monotonic()
-    engine.stop()
-    elapsed = time.monotonic() - started
-    assert pid_gone(pid)
-    assert 1.0 <= elapsed < 4.0
-    assert engine.state().running is False
-
-
-def test_it_reports_a_crashed_vllm_with_its_last_words(process_settings: Any) -> None:
-    process_settings.ENGINE_PROCESS_COMMAND = (
-        "{python} -c \"import sys; print('CUDA out of memory'); sys.exit(3)\""
-    )
-    engine = ProcessEngine()
-    engine.serve(model="model-a", served_name="model-a")
-    wait_for(lambda: not engine.state().running)
-    state = engine.state()
-    assert state.model == "model-a"
-    assert "exited with code 3" in state.detail
-    assert "CUDA out of memory" in state.detail
-
-
-def test_it_keeps_a_value_with_spaces_one_argument(process_settings: Any) -> None:
-    process_settings.ENGINE_PROCESS_COMMAND = "vllm serve {model} --served-model-name {served_name}"
-    command = ProcessEngine().command(model="/models/my model; rm -rf /", served_name="m")
-    assert command == ["vllm", "serve", "/models/my model; rm -rf /", "--served-model-name", "m"]
-
-
-def test_it_rejects_an_unknown_placeholder(process_settings: Any) -> None:
-    process_settings.ENGINE_PROCESS_COMMAND = "vllm serve {modle}"
-    with pytest.raises(EngineError, match=r"ENGINE_PROCESS_COMMAND.*\{model\}"):
-        ProcessEngine().serve(model="m", served_name="m")
-
-
-def test_it_refuses_a_port_held_by_another_program(
-    process_settings: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(engine_module, "PORT_RELEASE_SECONDS", 0.2)
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", process_settings.VLLM_PORT))
-        squatter.listen()
-        with pytest.raises(EngineError, match=f"port {process_settings.VLLM_PORT} is in use"):
-            ProcessEngine().serve(model="m", served_name="m")
-
-
-def test_it_explains_a_missing_program(process_settings: Any) -> None:
-    process_settings.ENGINE_PROCESS_COMMAND = "/nonexistent/vllm serve {model}"
-    with pytest.raises(EngineError, match="could not start vLLM"):
-        ProcessEngine().serve(model="m", served_name="m")
-
-
-# --- the external engine, get_engine ----------------------------------------------
-
-
-def test_the_external_engine_refuses_changes() -> None:
-    engine = ExternalEngine()
-    assert engine.read_only is True
-    with pytest.raises(EngineReadOnly, match="TALKTUAH_ENGINE=external"):
-        engine.serve(model="m", served_name="m")
-    with pytest.raises(EngineReadOnly):
-        engine.stop()
-    assert "external" in engine.state().detail
-
-
-@pytest.mark.parametrize(
-    ("name", "engine_class"),
-    [("process", ProcessEngine), ("docker", DockerEngine), ("external", ExternalEngine)],
-)
-def test_get_engine_picks_by_setting(settings: Any, name: str, engine_class: type) -> None:
-    settings.TALKTUAH_ENGINE = name
-    engine = get_engine()
-    assert isinstance(engine, engine_class)
-    assert engine.name == name
-
-
-def test_get_engine_defaults_to_process(settings: Any) -> None:
-    del settings.TALKTUAH_ENGINE
-    assert isinstance(get_engine(), ProcessEngine)
-
-
-def test_get_engine_rejects_an_unknown_name(settings: Any) -> None:
-    settings.TALKTUAH_ENGINE = "kubernetes"
-    with pytest.raises(EngineError, match="unknown TALKTUAH_ENGINE 'kubernetes'"):
-        get_engine()
-
-
-# --- the docker engine at the HTTP boundary ---------------------------------------
+from tests.simulator_process import free_port, port_refuses
 
 
 @pytest.fixture
@@ -439,7 +193,7 @@ def test_it_says_docker_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
 # The simulator in a container, as vLLM runs in production: an image of this host's
 # libraries (`docker import`, no registry), the host's Python, venv and repo mounted
 # read-only, host networking. Needs a Docker daemon (the running one, else a private
-# dockerd started as root; see tests.dockerd), else skipped.
+# dockerd started as root; see tests.private_dockerd), else skipped.
 
 
 def container_models(client: Any, name: str, port: int) -> list[dict[str, Any]] | None:
