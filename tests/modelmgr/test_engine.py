@@ -34,7 +34,7 @@ from tests.dockerd import (
     docker_daemon_fixture,  # noqa: F401 (the `docker_daemon` fixture)
     host_python,
 )
-from tests.simulator_process import free_port
+from tests.net import free_port
 
 # A child that ignores SIGTERM, says so in the log, and would sleep for a minute.
 STUBBORN_COMMAND = (

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.simulator_process import free_port
+from tests.net import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

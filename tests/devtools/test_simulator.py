@@ -16,7 +16,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.simulator_process import SimulatorProcess, free_port
+from tests.net import free_port
+from tests.simulator_process import SimulatorProcess
 from tests.wire import WIRE
 
 MODEL = "tiny"

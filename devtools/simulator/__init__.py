@@ -6,7 +6,7 @@ full control of the bytes on the wire, and cheap enough to be the upstream in
 benchmarks) served by uvicorn, like vLLM itself.
 
 What it reproduces, checked against real captures of vLLM 0.32.0 (see
-``tests/proxy/test_simulator.py``):
+``tests/devtools/test_simulator.py``):
 
 * the routes ``/health``, ``/version``, ``/v1/models``, ``/v1/chat/completions``,
   ``/v1/completions`` and ``/metrics``, with vLLM's headers, JSON field sets and field
