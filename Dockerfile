@@ -13,6 +13,9 @@ COPY manage.py ./
 COPY talktuah_site ./talktuah_site
 COPY proxy ./proxy
 COPY modelmgr ./modelmgr
+# Installed for its management commands (the simulator, the demo); the product never
+# imports it.
+COPY devtools ./devtools
 COPY templates ./templates
 # The admin's CSS and JS, served by the gateway itself (see talktuah_site/urls.py).
 RUN DEBUG=true python manage.py collectstatic --no-input -v 0 && mkdir -p /var/lib/talktuah

@@ -61,7 +61,7 @@ pytest: venv
 pytest-prod: venv
 	@if $(PY) -c 'import sys, psycopg, redis; psycopg.connect(sys.argv[1], connect_timeout=3).close(); redis.Redis.from_url(sys.argv[2], socket_connect_timeout=3).ping()' '$(TEST_DATABASE_URL)' '$(TEST_REDIS_URL)' 2>/dev/null; then \
 	  echo "== the suite again on PostgreSQL + Redis =="; \
-	  DATABASE_URL='$(TEST_DATABASE_URL)' REDIS_URL='$(TEST_REDIS_URL)' $(VENV)/bin/pytest --ignore=tests/proxy/test_simulator.py; \
+	  DATABASE_URL='$(TEST_DATABASE_URL)' REDIS_URL='$(TEST_REDIS_URL)' $(VENV)/bin/pytest --ignore=tests/devtools/test_simulator.py; \
 	elif [ -n "$$CI" ]; then \
 	  echo "PostgreSQL ($(TEST_DATABASE_URL)) or Redis ($(TEST_REDIS_URL)) is not reachable" >&2; exit 1; \
 	else \

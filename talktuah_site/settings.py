@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "ninja",
     "proxy",
     "modelmgr",
+    "devtools",
 ]
 
 # The full stack, used by the admin and every route outside the proxy's lean path

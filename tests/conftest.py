@@ -1,11 +1,11 @@
 """Shared fixtures: the gateway on a real socket (uvicorn in a thread of the test
-process, so settings overrides and the test database apply), keys, and a clean
-in-process state between tests."""
+process, so settings overrides and the test database apply), keys, the vLLM simulator
+and the fake Hub (both from devtools), and a clean in-process state between tests."""
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,15 +13,14 @@ import uvicorn
 from django.core.cache import cache
 from django.db import connection
 
+from devtools.fakehub import FakeHub
 from modelmgr import auth
 from modelmgr.models import Scope
 from modelmgr.services import api_key_create
 from plumbing import vllm
 from proxy.pool import pool
-from tests.simulator_process import SimulatorProcess, free_port
-
-# The local fake Hugging Face Hub and its `fake_hub` fixture.
-pytest_plugins = ["tests.fakehub"]
+from tests.net import free_port
+from tests.simulator_process import SimulatorProcess
 
 
 class ThreadedServer:
@@ -119,6 +118,19 @@ def simulator(settings: Any) -> Iterator[Callable[..., SimulatorProcess]]:
         sim.stop()
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
+@pytest.fixture
+def fake_hub(settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """A running FakeHub; settings.HF_ENDPOINT points at it and the HF cache is per test."""
+    cache_dir = tmp_path / "hf" / "hub"
+    with FakeHub() as hub:
+        settings.HF_ENDPOINT = hub.url
+        settings.HF_CACHE_DIR = cache_dir
+        settings.HF_TOKEN = None
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        monkeypatch.setenv("HF_HUB_CACHE", str(cache_dir))
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        yield hub

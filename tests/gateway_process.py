@@ -11,7 +11,7 @@ from typing import Self
 import httpx
 from django.db import connection
 
-from tests.simulator_process import free_port
+from tests.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

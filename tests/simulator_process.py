@@ -11,7 +11,6 @@ A plain class (no pytest dependency), so fixtures can wrap it with any scope.
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,21 +22,9 @@ from typing import IO, Self
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.net import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_refuses(port: int) -> bool:
-    """Whether nothing accepts connections on 127.0.0.1:port (any more)."""
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 class SimulatorProcess:

@@ -1,6 +1,7 @@
 """The layout rules the code keeps (read from the source, so a stray import fails here):
 `modelmgr` never imports `proxy`, the shared `plumbing` imports neither app, and no
-product module imports the development app `devtools`."""
+product module imports the development app `devtools`, which alone holds the simulator,
+the fake Hub and the demo's commands."""
 
 import ast
 from pathlib import Path
@@ -49,3 +50,22 @@ def test_it_finds_the_imports_it_checks():
     assert "plumbing" in imported_packages(REPO / "proxy" / "services.py")
     assert "modelmgr" in imported_packages(REPO / "talktuah_site" / "api.py")
     assert all(modules_of(package) for package in PRODUCT)
+
+
+DEV_COMMANDS = {"vllm_simulator", "fake_hub", "demo_setup", "run_demo"}
+
+
+def test_it_keeps_the_fakes_and_the_demo_in_devtools():
+    # The simulator, the fake Hub and the demo's commands have one home: devtools.
+    strays = [
+        str(path.relative_to(REPO))
+        for package in PRODUCT
+        for path in modules_of(package)
+        if path.stem in {"simulator", "fakehub", *DEV_COMMANDS} or path.parent.name == "simulator"
+    ]
+    assert not strays, f"development fakes outside devtools: {strays}"
+    commands = {path.stem for path in (REPO / "devtools" / "management" / "commands").glob("*.py")}
+    assert commands >= DEV_COMMANDS
+    assert (REPO / "devtools" / "simulator").is_dir() and (
+        REPO / "devtools" / "fakehub.py"
+    ).is_file()

@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from modelmgr import engines
 from plumbing.errors import EngineError
 from tests import waiting
-from tests.simulator_process import free_port
+from tests.net import free_port
 
 VLLM_PYTHON_VAR = "TALKTUAH_VLLM_PYTHON"
 E2E_DIR = Path(__file__).resolve().parent

@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import openai
-import orjson
 import pytest
 from django.db import close_old_connections, connection
 from openai import OpenAI
@@ -30,6 +29,7 @@ from modelmgr import hub, services
 from modelmgr.models import DownloadJob, DownloadStatus, ModelSwitch, Scope, SwitchPhase, UsageDaily
 from plumbing import vllm
 from talktuah_site import monitoring
+from tests.sse import sse_json
 
 from .conftest import MAX_MODEL_LEN, PHASES, VLLM_ENV, RealVllm, metrics_of
 
@@ -41,18 +41,6 @@ ERROR_FIELDS = {"message", "type", "param", "code"}
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def sse_events(raw: bytes) -> list[Any]:
-    """The JSON payloads of an SSE body, and "[DONE]" for the end marker."""
-    events: list[Any] = []
-    for block in raw.split(b"\n\n"):
-        if not block.strip():
-            continue
-        assert block.startswith(b"data: "), block
-        data = block[len(b"data: ") :]
-        events.append("[DONE]" if data == b"[DONE]" else orjson.loads(data))
-    return events
 
 
 def usage_row(key_name: str, model: str = "tiny/a") -> UsageDaily | None:
@@ -111,9 +99,7 @@ def test_the_api_chat_route_streams_by_default(vllm_a, gateway, make_key):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         raw = response.read()
-    events = sse_events(raw)
-    assert events[-1] == "[DONE]"
-    chunks = events[:-1]
+    chunks = sse_json(raw)  # ends with [DONE]
     assert all(chunk["model"] == "tiny/a" for chunk in chunks)
     assert all(chunk["choices"] and chunk.get("usage") is None for chunk in chunks)
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"

@@ -13,7 +13,7 @@ from django.db import close_old_connections, connection
 from modelmgr import services
 from modelmgr.models import ModelSwitch, SwitchPhase
 from tests.modelmgr.test_lifecycle import tiny_model_files
-from tests.simulator_process import free_port
+from tests.net import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

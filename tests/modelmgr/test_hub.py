@@ -4,7 +4,6 @@ import errno
 import hashlib
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from devtools.fakehub import FakeHub
 from modelmgr import hub
 from plumbing.errors import (
     DiskFull,
@@ -22,9 +22,7 @@ from plumbing.errors import (
     RepoGated,
     RepoNotFound,
 )
-from tests.fakehub import FakeHub
-
-# The fixture lives in tests/fakehub.py; this makes it visible to this module.
+from tests.net import free_port
 
 MiB = 1024 * 1024
 
@@ -45,12 +43,6 @@ def small_model(big: int = 3 * MiB) -> dict[str, bytes]:
         "tokenizer.json": b'{"version": "1.0"}',
         "model.safetensors": weights(big),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class TestPlan:

@@ -18,7 +18,7 @@ from modelmgr import hub, selectors, services
 from modelmgr.models import DownloadJob, DownloadStatus, ModelSwitch, ServedModel, SwitchPhase
 from plumbing.errors import Conflict, InvalidRepoId, ModelNotDownloaded
 from tests.gateway_process import database_url
-from tests.simulator_process import free_port
+from tests.net import free_port
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from modelmgr.models import ModelSwitch, SwitchPhase
 from talktuah_site import monitoring
 from tests.gateway_process import GatewayProcess
-from tests.simulator_process import free_port
+from tests.net import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

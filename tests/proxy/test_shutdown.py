@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.gateway_process import GatewayProcess
+from tests.sse import sse_data
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,7 +28,7 @@ def read_stream(url, key, body, into):
             timeout=30,
         ) as response:
             into["status"] = response.status_code
-            into["lines"] = [line for line in response.iter_lines() if line]
+            into["events"] = sse_data(response.read())
     except httpx.HTTPError as exc:
         into["error"] = repr(exc)
 
@@ -71,10 +72,10 @@ def test_sigterm_drains_then_finishes_or_ends_streams(simulator, make_key, tmp_p
     finally:
         server.stop()
     assert short.get("status") == 200, short
-    assert short["lines"][-1] == "data: [DONE]"
-    assert all("error" not in line for line in short["lines"])
+    assert short["events"][-1] == "[DONE]"
+    assert all("error" not in event for event in short["events"])
     assert long.get("status") == 200, long
-    assert long["lines"][-1] == "data: [DONE]"
-    error = json.loads(long["lines"][-2][len("data: ") :])["error"]
+    assert long["events"][-1] == "[DONE]"
+    error = json.loads(long["events"][-2])["error"]
     assert error["code"] == 503 and "shutting down" in error["message"]
-    assert len(long["lines"]) > 50  # it streamed until the grace period ended
+    assert len(long["events"]) > 50  # it streamed until the grace period ended

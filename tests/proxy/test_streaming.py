@@ -8,15 +8,12 @@ import time
 import httpx
 import pytest
 
-from tests.simulator_process import free_port
+from tests.net import free_port
+from tests.sse import sse_data, sse_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CHAT = {"model": "demo-model", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def sse_events(lines: list[str]) -> list[str]:
-    return [line[len("data: ") :] for line in lines if line.startswith("data: ")]
 
 
 def test_it_relays_chunks_as_they_arrive(gateway, simulator, make_key):
@@ -39,9 +36,8 @@ def test_it_relays_chunks_as_they_arrive(gateway, simulator, make_key):
         for chunk in response.iter_raw():
             raw += chunk
             arrivals.append(time.monotonic() - start)
-    events = raw.decode().split("\n\n")
-    assert events[-2:] == ["data: [DONE]", ""]
-    contents = [json.loads(e[6:]) for e in events[:-2]]
+    assert raw.endswith(b"data: [DONE]\n\n")
+    contents = sse_json(raw)
     assert contents[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert all(c["object"] == "chat.completion.chunk" for c in contents)
     # Each token arrives on its own, about token_delay apart: nothing buffers the stream.
@@ -114,7 +110,7 @@ def test_it_ends_a_stream_with_an_error_event_when_vllm_dies(gateway, simulator,
             if len(lines) == 6:
                 sim.kill()
     assert time.monotonic() - start < 8
-    events = sse_events(lines)
+    events = sse_data("\n\n".join(lines))  # iter_lines may drop the blank lines
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]
     assert error["code"] == 502

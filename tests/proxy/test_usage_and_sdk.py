@@ -1,7 +1,6 @@
 """Clients as users run them: the official OpenAI SDK, the /api/chat route, the
 include_usage chunk injected and stripped, usage recorded per key, model and day."""
 
-import json
 import time
 
 import httpx
@@ -10,6 +9,7 @@ import pytest
 from django.utils import timezone
 
 from modelmgr.models import UsageDaily
+from tests.sse import sse_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -91,9 +91,7 @@ def test_the_api_chat_route_streams_by_default_and_fills_in_the_model(gateway, s
     )
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
-    events = [e for e in response.text.split("\n\n") if e]
-    assert events[-1] == "data: [DONE]"
-    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    chunks = sse_json(response.content)  # ends with [DONE]
     assert {c["model"] for c in chunks} == {"demo-model"}
     assert all(c["choices"] for c in chunks), "usage chunk must be stripped"
     whole = httpx.post(

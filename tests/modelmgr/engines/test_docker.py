@@ -13,6 +13,7 @@ import pytest
 from modelmgr.engines import DockerEngine
 from plumbing.errors import EngineError
 from tests.fake_docker_api import FakeDockerAPI
+from tests.net import free_port, port_is_free
 from tests.private_dockerd import (
     HOST_IMAGE,
     TEST_LABEL,
@@ -20,7 +21,6 @@ from tests.private_dockerd import (
     docker_daemon_fixture,  # noqa: F401 (the `docker_daemon` fixture)
     host_python,
 )
-from tests.simulator_process import free_port, port_refuses
 
 
 @pytest.fixture
@@ -303,7 +303,7 @@ def test_it_switches_a_real_vllm_container(
         # The simulator, PID 1 in its container, exits on SIGTERM: no SIGKILL needed.
         assert time.monotonic() - started < 5
         assert client.api.inspect_container(name)["State"]["ExitCode"] == 0
-        assert port_refuses(port)
+        assert port_is_free(port)
         assert engine.state().running is False
     finally:
         for container in client.containers.list(all=True, filters={"name": name}):

@@ -16,10 +16,10 @@ import pytest
 from modelmgr.engines import ProcessEngine
 from modelmgr.engines import process as process_module
 from plumbing.errors import EngineError
+from tests.net import free_port, port_is_free
 from tests.private_dockerd import (
     docker_daemon_fixture,  # noqa: F401 (the `docker_daemon` fixture)
 )
-from tests.simulator_process import free_port, port_refuses
 
 # A child that ignores SIGTERM, says so in the log, and would sleep for a minute.
 STUBBORN_COMMAND = (
@@ -107,7 +107,7 @@ def test_it_serves_switches_and_stops_the_simulator(process_settings: Any) -> No
     assert recorded_pid(process_settings) != first_pid
 
     engine.stop()
-    assert port_refuses(port)
+    assert port_is_free(port)
     assert engine.state().running is False
     assert not (Path(process_settings.VAR_DIR) / "engine.json").exists()
     log = (Path(process_settings.VAR_DIR) / "engine.log").read_text()

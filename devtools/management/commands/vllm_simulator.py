@@ -1,4 +1,4 @@
-"""`python manage.py vllm_simulator`: run the in-repo vLLM 0.32 simulator (proxy.simulator)
+"""`python manage.py vllm_simulator`: run the in-repo vLLM 0.32 simulator (devtools.simulator)
 as a fake upstream for the gateway, for demos, tests and benchmarks."""
 
 import sys
@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from proxy.simulator import SimulatorConfig, serve
+from devtools.simulator import SimulatorConfig, serve
 
 
 class Command(BaseCommand):

@@ -16,7 +16,9 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.simulator_process import SimulatorProcess, free_port
+from tests.net import free_port
+from tests.simulator_process import SimulatorProcess
+from tests.sse import sse_json
 from tests.wire import WIRE
 
 MODEL = "tiny"
@@ -51,21 +53,13 @@ def shape(value: Any) -> Any:
 
 def sse_chunks(raw: bytes) -> list[dict[str, Any]]:
     """The JSON chunks of an SSE body, checking vLLM's framing on the way."""
-    assert raw.endswith(b"data: [DONE]\n\n"), raw[-200:]
-    events = raw.split(b"\n\n")
-    assert events[-1] == b""
-    events = events[:-1]
-    assert events[-1] == b"data: [DONE]"
-    chunks = []
-    for event in events[:-1]:
-        assert event.startswith(b"data: {"), event
-        assert b"\n" not in event and b"\r" not in event
-        chunks.append(orjson.loads(event.removeprefix(b"data: ")))
-    # Re-framing the parsed chunks gives back the exact bytes: nothing else on the wire.
+    chunks = sse_json(raw)
+    # Re-framing the parsed chunks gives back the exact bytes: nothing else on the wire
+    # (one `data: {json}` line per event, no stray newline or \r, [DONE] at the end).
     assert (
-        b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + events[-1] + (b"\n\n")
+        b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + (b"data: [DONE]\n\n")
         == raw
-    )
+    ), raw[-200:]
     return chunks
 
 

@@ -18,7 +18,7 @@ Knobs for tests: `break_after` (close the connection mid-body), `slow` (sleep be
 chunks), and counters of the bytes served per file (`served`) and of every request
 (`requests`).
 
-Tests use it through the `fake_hub` fixture (tests/fakehub.py); `make run` serves a demo
+Tests use it through the `fake_hub` fixture (tests/conftest.py); `make run` serves a demo
 repo with it (`python manage.py fake_hub`), so the download and switch flows can be tried
 offline.
 """

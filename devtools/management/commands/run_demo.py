@@ -13,8 +13,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from modelmgr.engine import ProcessEngine
-from modelmgr.management.commands.demo_setup import demo_key_file
+from devtools.management.commands.demo_setup import demo_key_file
+from modelmgr.engines import ProcessEngine
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from modelmgr.fakehub import FakeHub
+from devtools.fakehub import FakeHub
 
 DEMO_REPO = "demo/tiny-chat"
 

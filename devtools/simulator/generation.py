@@ -1,0 +1,264 @@
+"""Token generation: deterministic tokens, token_delay apart, streamed as vLLM's SSE
+chunks or returned as one JSON response, with vLLM's field sets and field order.
+
+Generated text is a cycle of short tokens, so tests can predict it (`generated_text`).
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import orjson
+
+from devtools.simulator.config import SYSTEM_FINGERPRINT
+from devtools.simulator.metrics import SimulatorMetrics
+
+Write = Callable[[bytes], Awaitable[None]]
+
+# The generated text: token i is _TOKENS[i % len(_TOKENS)], except that the first token
+# of every later cycle gets a leading space.
+_TOKENS = (
+    "Hello",
+    ",",
+    " this",
+    " is",
+    " the",
+    " vLLM",
+    " simulator",
+    " speaking",
+    ".",
+    " Tokens",
+    " are",
+    " cheap",
+    " and",
+    " fully",
+    " deterministic",
+    "!",
+)
+_TOKENS_JSON = tuple(orjson.dumps(t) for t in _TOKENS)
+_TOKEN_CYCLE_START_JSON = orjson.dumps(" " + _TOKENS[0])
+DONE = b"data: [DONE]\n\n"
+
+
+def token_text(index: int) -> str:
+    """The text of the index-th generated token (0-based)."""
+    text = _TOKENS[index % len(_TOKENS)]
+    if index >= len(_TOKENS) and index % len(_TOKENS) == 0:
+        return " " + text
+    return text
+
+
+def _token_json(index: int) -> bytes:
+    if index >= len(_TOKENS) and index % len(_TOKENS) == 0:
+        return _TOKEN_CYCLE_START_JSON
+    return _TOKENS_JSON[index % len(_TOKENS)]
+
+
+def generated_text(n: int) -> str:
+    """The whole text of n generated tokens."""
+    return "".join(token_text(i) for i in range(n))
+
+
+@dataclass
+class Generation:
+    """One validated generation request, and how far it got."""
+
+    endpoint: str  # "chat" or "completions"
+    model: str
+    request_id: str
+    created: int
+    prompt_tokens: int
+    n: int  # tokens to generate
+    finish_reason: str
+    stream: bool
+    include_usage: bool
+    continuous_usage: bool
+    produced: int = 0
+
+
+async def produce(
+    gen: Generation,
+    *,
+    token_delay: float,
+    metrics: SimulatorMetrics,
+    started: float,
+    on_token: Callable[[int], Awaitable[None]] | None = None,
+) -> None:
+    """Generate gen.n tokens, token_delay apart, counting each as it is produced."""
+    for i in range(gen.n):
+        if token_delay > 0:
+            await asyncio.sleep(token_delay)
+        gen.produced += 1
+        metrics.generation_tokens.inc()
+        if i == 0:
+            metrics.time_to_first_token.observe(time.monotonic() - started)
+        if on_token is not None:
+            await on_token(i)
+
+
+def _usage_json(gen: Generation, details: bool, completion: int | None = None) -> bytes:
+    p = gen.prompt_tokens
+    c = gen.produced if completion is None else completion
+    tail = b',"completion_tokens_details":null}' if details else b"}"
+    return b'{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d%s' % (
+        p,
+        p + c,
+        c,
+        tail,
+    )
+
+
+async def stream(
+    gen: Generation,
+    write: Write,
+    *,
+    token_delay: float,
+    metrics: SimulatorMetrics,
+    started: float,
+) -> None:
+    """Generate gen, writing each token as vLLM's SSE chunk, then usage and [DONE]."""
+    # The chunks are assembled from bytes, not dumped from dicts: the simulator is the
+    # upstream in benchmarks and must cost little per token.
+    chat = gen.endpoint == "chat"
+    obj = b"chat.completion.chunk" if chat else b"text_completion"
+    envelope = b'data: {"id":%s,"object":"%s","created":%d,"model":%s,"choices":' % (
+        orjson.dumps(gen.request_id),
+        obj,
+        gen.created,
+        orjson.dumps(gen.model),
+    )
+    head = envelope + (b'[{"index":0,"delta":{"content":' if chat else b'[{"index":0,"text":')
+    close = b"}," if chat else b","
+    fingerprint = b',"system_fingerprint":"' + SYSTEM_FINGERPRINT.encode() + b'"'
+    continuous = gen.continuous_usage
+    last = gen.n - 1
+
+    def usage(completion: int | None = None) -> bytes:
+        if not continuous:
+            return b""
+        return b',"usage":' + _usage_json(gen, True, completion)
+
+    async def role() -> None:
+        await write(
+            envelope + b'[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
+            b'"finish_reason":null}]'
+            + usage(0)
+            + b',"prompt_token_ids":null,"prompt_text":null}\n\n'
+        )
+
+    def final(token: bytes) -> bytes:
+        fields = (
+            b'"logprobs":null,"finish_reason":"%s","stop_reason":null,' % gen.finish_reason.encode()
+        )
+        fields += b'"token_ids":null}]' if chat else b'"prompt_token_ids":null,"token_ids":null}]'
+        return (
+            head
+            + token
+            + close
+            + fields
+            + usage()
+            + (b"" if gen.include_usage else fingerprint)
+            + b"}\n\n"
+        )
+
+    middle = (
+        b'"logprobs":null,"finish_reason":null,"token_ids":null}]'
+        if chat
+        else b'"logprobs":null,"finish_reason":null,"stop_reason":null,'
+        b'"prompt_token_ids":null,"token_ids":null}]'
+    )
+
+    async def on_token(i: int) -> None:
+        if chat and i == 0:
+            await role()  # vLLM sends the role once the first token is out
+        token = _token_json(i)
+        if i == last:
+            await write(final(token))
+        else:
+            await write(head + token + close + middle + usage() + b"}\n\n")
+
+    await produce(gen, token_delay=token_delay, metrics=metrics, started=started, on_token=on_token)
+    if gen.n == 0:  # the prompt filled the context: nothing could be generated
+        if chat:
+            await role()
+        await write(final(b'""'))
+    if gen.include_usage:
+        await write(envelope + b'[],"usage":' + _usage_json(gen, False) + fingerprint + b"}\n\n")
+    await write(DONE)
+
+
+def full_response(gen: Generation) -> bytes:
+    """The JSON body of a non-streamed generation, once gen has produced its tokens."""
+    text = generated_text(gen.produced)
+    usage = {
+        "prompt_tokens": gen.prompt_tokens,
+        "total_tokens": gen.prompt_tokens + gen.produced,
+        "completion_tokens": gen.produced,
+        "prompt_tokens_details": None,
+        "completion_tokens_details": None,
+    }
+    if gen.endpoint == "chat":
+        return orjson.dumps(
+            {
+                "id": gen.request_id,
+                "object": "chat.completion",
+                "created": gen.created,
+                "model": gen.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": text,
+                            "refusal": None,
+                            "annotations": None,
+                            "audio": None,
+                            "function_call": None,
+                            "reasoning": None,
+                        },
+                        "logprobs": None,
+                        "finish_reason": gen.finish_reason,
+                        "stop_reason": None,
+                        "token_ids": None,
+                        "routed_experts": None,
+                    }
+                ],
+                "service_tier": None,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
+                "usage": usage,
+                "prompt_logprobs": None,
+                "prompt_token_ids": None,
+                "prompt_text": None,
+                "kv_transfer_params": None,
+                "ec_transfer_params": None,
+                "metrics": None,
+            }
+        )
+    return orjson.dumps(
+        {
+            "id": gen.request_id,
+            "object": "text_completion",
+            "created": gen.created,
+            "model": gen.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": text,
+                    "logprobs": None,
+                    "finish_reason": gen.finish_reason,
+                    "stop_reason": None,
+                    "token_ids": None,
+                    "prompt_logprobs": None,
+                    "prompt_token_ids": None,
+                    "routed_experts": None,
+                }
+            ],
+            "service_tier": None,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "usage": usage,
+            "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "metrics": None,
+        }
+    )

@@ -1,0 +1,281 @@
+"""Request validation as vLLM 0.32 does it: which bodies it refuses, with which status
+and exact error body (FastAPI's validation errors rendered in OpenAI's shape, vLLM's
+BadRequestError, its NotFoundError for an unknown model), and what a valid request asks
+to generate (`plan`).
+
+Prompt tokens are counted as whitespace-separated words (plus a fixed per-message
+overhead for chat), so tests can build a prompt of an exact length by repeating a word.
+"""
+
+import json
+import random
+import time
+from typing import Any
+
+import orjson
+
+from devtools.simulator.config import SimulatorConfig
+from devtools.simulator.generation import Generation
+
+# Per chat message overhead and per conversation overhead when counting prompt tokens
+# (roughly what a chat template adds around each message).
+CHAT_TOKENS_PER_MESSAGE = 4
+CHAT_TOKENS_PER_CONVERSATION = 3
+
+
+class RequestError(Exception):
+    """A request that vLLM would refuse: status and the exact JSON body to send."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
+def random_hex16() -> str:
+    return f"{random.getrandbits(64):016x}"
+
+
+def _openai_error(status: int, message: str, err_type: str, param: str | None) -> RequestError:
+    body = {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+    return RequestError(status, orjson.dumps(body))
+
+
+def _describe_input(value: Any) -> Any:
+    """How vLLM shows a rejected input in a validation error message."""
+    if isinstance(value, dict):
+        return f"<dict of {len(value)} items>"
+    if isinstance(value, list):
+        return f"<list of {len(value)} items>"
+    return value
+
+
+def _validation_error(
+    err_type: str, loc: str, msg: str, value: Any, ctx: dict[str, Any] | None = None
+) -> RequestError:
+    """A FastAPI request validation error, as vLLM 0.32 renders it."""
+    detail: dict[str, Any] = {"type": err_type, "loc": loc, "msg": msg}
+    detail["input"] = _describe_input(value)
+    if ctx is not None:
+        detail["ctx"] = ctx
+    return _openai_error(400, f"1 validation error:\n  {detail!r}", "Bad Request", loc)
+
+
+def _bad_request(message: str, param: str, value: Any) -> RequestError:
+    """A vLLM BadRequestError about one request parameter."""
+    return _openai_error(
+        400, f"{message} (parameter={param}, value={value})", "BadRequestError", param
+    )
+
+
+def parse_json(body: bytes, content_type: str) -> dict[str, Any]:
+    """The request's JSON object; RequestError when vLLM would refuse the body."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    data: Any = None
+    parse = not content_type or media_type == "application/json"
+    if not parse and media_type.startswith("application/"):
+        parse = media_type.endswith("+json")
+    if parse and not body:
+        raise _validation_error("missing", "body", "Field required", None)
+    if parse:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            # Re-parse with the stdlib for FastAPI's position and message.
+            try:
+                data = json.loads(body)
+            except json.JSONDecodeError as exc:
+                raise _validation_error(
+                    "json_invalid",
+                    f"body.{exc.pos}",
+                    "JSON decode error",
+                    {},
+                    {"error": exc.msg},
+                ) from None
+            except UnicodeDecodeError:
+                raise _validation_error(
+                    "json_invalid", "body.0", "JSON decode error", {}, {"error": "bad UTF-8"}
+                ) from None
+    if media_type != "application/json":
+        raise _openai_error(
+            400,
+            "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed",
+            "Bad Request",
+            None,
+        )
+    if not isinstance(data, dict):
+        raise _validation_error(
+            "model_attributes_type",
+            "body",
+            "Input should be a valid dictionary or object to extract fields from",
+            data,
+        )
+    return data
+
+
+def _check_model(body: dict[str, Any], served: str) -> None:
+    model = body.get("model")
+    if model is None:
+        return  # vLLM serves its only model when the request names none
+    if not isinstance(model, str):
+        raise _validation_error(
+            "string_type", "body.model", "Input should be a valid string", model
+        )
+    if model != served:
+        raise _openai_error(
+            404,
+            f"The model `{model}` does not exist. Valid aliases: {served}.",
+            "NotFoundError",
+            "model",
+        )
+
+
+def _optional_number(body: dict[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _validation_error(
+            "float_type", f"body.{key}", "Input should be a valid number", value
+        )
+    return float(value)
+
+
+def _optional_int(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _validation_error("int_type", f"body.{key}", "Input should be a valid integer", value)
+    return value
+
+
+def _chat_prompt_tokens(messages: list[Any]) -> int:
+    words = 0
+    for message in messages:
+        if not isinstance(message, dict):
+            raise _validation_error(
+                "model_type", "body.messages", "Input should be a valid dictionary", message
+            )
+        content = message.get("content")
+        if isinstance(content, str):
+            words += len(content.split())
+        elif isinstance(content, list):
+            for part in content:
+                text = part.get("text") if isinstance(part, dict) else None
+                if isinstance(text, str):
+                    words += len(text.split())
+    return words + CHAT_TOKENS_PER_MESSAGE * len(messages) + CHAT_TOKENS_PER_CONVERSATION
+
+
+def _completion_prompt_tokens(body: dict[str, Any]) -> int:
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return len(prompt.split())
+    if isinstance(prompt, list) and prompt:
+        tokens = 0
+        for item in prompt:
+            if isinstance(item, str):
+                tokens += len(item.split())
+            elif isinstance(item, list):
+                tokens += len(item)  # a list of token ids
+            elif isinstance(item, int) and not isinstance(item, bool):
+                tokens += 1  # a token id
+            else:
+                raise _validation_error(
+                    "string_type", "body.prompt", "Input should be a valid string", item
+                )
+        return tokens
+    raise _openai_error(
+        400,
+        "Either prompt or prompt_embeds must be provided and non-empty.",
+        "BadRequestError",
+        None,
+    )
+
+
+def plan(
+    config: SimulatorConfig, body: dict[str, Any], endpoint: str, request_id: bytes | None
+) -> Generation:
+    """Validate a generation request the way vLLM does; decide what to generate.
+
+    endpoint is "chat" or "completions"; request_id is the X-Request-Id header, if any.
+    """
+    if endpoint == "chat":
+        messages = body.get("messages")
+        if messages is None:
+            raise _validation_error("missing", "body.messages", "Field required", body)
+        if not isinstance(messages, list):
+            raise _validation_error(
+                "list_type", "body.messages", "Input should be a valid list", messages
+            )
+    if body.get("stream_options") and not body.get("stream"):
+        message = "Stream options can only be defined when `stream=True`."
+        raise _validation_error(
+            "value_error", "body", f"Value error, {message}", body, {"error": message}
+        )
+    _check_model(body, config.model)
+    temperature = _optional_number(body, "temperature")
+    if temperature is not None and not 0.0 <= temperature <= 2.0:
+        raise _bad_request(
+            f"temperature must be in [0, 2], got {temperature}.", "temperature", temperature
+        )
+    max_tokens = _optional_int(body, "max_tokens")
+    if endpoint == "chat":
+        max_tokens = _optional_int(body, "max_completion_tokens") or max_tokens
+        prompt_tokens = _chat_prompt_tokens(body["messages"])
+    else:
+        prompt_tokens = _completion_prompt_tokens(body)
+    if max_tokens is not None and max_tokens < 1:
+        raise _bad_request(
+            f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens", max_tokens
+        )
+    max_len = config.max_model_len
+    if prompt_tokens > max_len:
+        raise _bad_request(
+            f"This model's maximum context length is {max_len} tokens. However, your "
+            f"prompt contains at least {prompt_tokens} input tokens, which exceeds this "
+            "limit even without any output tokens. Please reduce the length of the input "
+            "prompt.",
+            "input_tokens",
+            prompt_tokens,
+        )
+    room = max_len - prompt_tokens
+    if body.get("ignore_eos") is True:
+        n = max_tokens if max_tokens is not None else room
+    else:
+        n = min(max_tokens or config.tokens, config.tokens)
+    finish_reason = "length" if n == max_tokens else "stop"
+    if n >= room:  # the context is full: vLLM stops for length
+        n = room
+        finish_reason = "length"
+
+    stream = body.get("stream") is True
+    options = body.get("stream_options")
+    if not stream or not isinstance(options, dict):
+        options = {}
+    # As in vLLM, continuous usage stats are only sent along with include_usage.
+    include_usage = options.get("include_usage") is True
+    continuous = include_usage and options.get("continuous_usage_stats") is True
+
+    prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-"
+    if request_id:
+        full_id = prefix + request_id.decode("latin-1")
+    elif isinstance(body.get("request_id"), str) and body["request_id"]:
+        full_id = prefix + body["request_id"]
+    else:
+        full_id = prefix + random_hex16()
+    return Generation(
+        endpoint=endpoint,
+        model=config.model,
+        request_id=full_id,
+        created=int(time.time()),
+        prompt_tokens=prompt_tokens,
+        n=n,
+        finish_reason=finish_reason,
+        stream=stream,
+        include_usage=include_usage,
+        continuous_usage=continuous,
+    )
