@@ -6,6 +6,8 @@ Each page reads or changes state only through modelmgr.lifecycle, the services t
 and the worker call too; a refused request (LifecycleError) becomes an admin message.
 """
 
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -296,6 +298,44 @@ def queue_figures() -> dict[str, Any] | None:
     return vllm.queue_figures(vllm.metrics_text_sync())
 
 
+@dataclass(frozen=True, slots=True)
+class BackendRow:
+    name: str
+    base_url: str
+    probe: vllm.Probe
+    queue: dict[str, float] | None
+    switch: ModelSwitch | None
+    worker_alive: bool
+    engine: str
+
+
+def backends_overview() -> list[BackendRow]:
+    """Every backend as the dashboard shows it: health, models, queue, a switch, its
+    worker. The backends are looked at in parallel, so a dead one costs one timeout."""
+    names = selectors.backend_names()
+    upstreams = [selectors.backend_upstream(name) for name in names]
+
+    def look(upstream: vllm.Upstream) -> tuple[vllm.Probe, dict[str, float] | None]:
+        return vllm.probe(upstream=upstream), vllm.queue_figures(
+            vllm.metrics_text_sync(upstream=upstream)
+        )
+
+    with ThreadPoolExecutor(max_workers=max(len(upstreams), 1)) as pool:
+        looks = list(pool.map(look, upstreams))
+    return [
+        BackendRow(
+            name=name,
+            base_url=upstream.base_url,
+            probe=probe,
+            queue=queue,
+            switch=selectors.active_switch(name),
+            worker_alive=selectors.worker_alive(name),
+            engine=selectors.backend_engine(name),
+        )
+        for name, upstream, (probe, queue) in zip(names, upstreams, looks, strict=True)
+    ]
+
+
 def dashboard_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResponse:
     probe = vllm.probe()
     job = selectors.download_get()
@@ -317,5 +357,6 @@ def dashboard_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpR
         "worker_alive": selectors.worker_alive(),
         "worker_missing": WORKER_MISSING,
         "engine": settings.TALKTUAH_ENGINE,
+        "backends": backends_overview(),
     }
     return TemplateResponse(request, "admin/modelmgr/dashboard.html", context)

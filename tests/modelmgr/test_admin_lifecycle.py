@@ -515,3 +515,17 @@ def test_the_pages_need_a_login(client):
         response = client.get(url)
         assert response.status_code == 302, url
         assert response["Location"].startswith("/admin/login/"), url
+
+
+@pytest.mark.django_db
+def test_the_dashboard_shows_every_backend_with_its_switch(admin_client, served):
+    services.backend_create(name="gpu-2", base_url="http://gpu-2:8000", engine="process")
+    ModelSwitch.objects.create(
+        backend="gpu-2", from_model="org/x", to_model="org/y", phase=SwitchPhase.STARTING
+    )
+    html = page(admin_client.get(DASHBOARD))
+    table = html[html.index('id="tt-backends"') :]
+    assert "<strong>default</strong>" in table and "<strong>gpu-2</strong>" in table
+    assert "http://gpu-2:8000" in table
+    assert "org/x → org/y: <strong>starting</strong>" in table
+    assert table.count("org/old") == 2  # what each backend's probe found
