@@ -46,7 +46,7 @@ def measure(stack: Stack, plan: Plan, wrk_binary: str, logs: Path) -> Results:
                     load = again if again.foreign < load.foreign else load
                 results.loads[index, connections, target.name] = load
                 print(
-                    f"  {connections:>3} conn  {target.name:<9} {load.rps:>9,.0f} req/s  "
+                    f"  {connections:>3} conn  {target.name:<20} {load.rps:>9,.0f} req/s  "
                     f"p50 {load.p50_ms:8.2f} ms  p99 {load.p99_ms:8.2f} ms  "
                     f"(other processes: {load.foreign:.0%} CPU)"
                 )
@@ -66,7 +66,7 @@ def measure(stack: Stack, plan: Plan, wrk_binary: str, logs: Path) -> Results:
                     stats = retry if retry.foreign < stats.foreign else stats
                 results.streams[index, concurrency, target.name] = stats
                 print(
-                    f"  {concurrency:>3} streams {target.name:<9} TTFT p50 {stats.ttft_p50:7.2f}"
+                    f"  {concurrency:>3} streams {target.name:<20} TTFT p50 {stats.ttft_p50:7.2f}"
                     f" ms  p99 {stats.ttft_p99:7.2f} ms  total p50 {stats.total_p50:7.1f} ms  "
                     f"gaps p50 {stats.gap_p50:5.1f} / p99 {stats.gap_p99:5.1f} ms  "
                     f"(other: {stats.foreign:.0%})"
