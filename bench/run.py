@@ -1,7 +1,7 @@
 """`make bench`: what the gateway costs on top of talking to vLLM directly, measured side
 by side with LiteLLM's proxy on this machine, and written to docs/benchmarks.md.
 
-    .venv/bin/python bench/run.py                 # the full run: 5 rounds (6-8.5 minutes)
+    .venv/bin/python bench/run.py                 # the full run: 5 rounds (8-11 minutes)
     .venv/bin/python bench/run.py --quick         # 1 round, shorter runs (~1.5 minutes)
     .venv/bin/python bench/run.py --with-litellm  # install LiteLLM first when it is absent
     .venv/bin/python bench/run.py --py-spy PATH   # then profile the gateway at 16 connections
