@@ -117,8 +117,9 @@ test-vllm:
 	exit $$rc
 
 # ---- Benchmarks -----------------------------------------------------------------------
-# `make bench`: the gateway against a direct connection and LiteLLM, side by side; writes
-# docs/benchmarks.md. BENCH_ARGS=--quick (short) or --with-litellm (install LiteLLM).
+# `make bench`: the gateway (with one backend and with three) against a direct connection
+# and LiteLLM, side by side; writes docs/benchmarks.md. BENCH_ARGS=--quick (short) or
+# --with-litellm (install LiteLLM).
 .PHONY: bench
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)

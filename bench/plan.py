@@ -1,6 +1,6 @@
 """What a benchmark run measures and what it is judged against: the endpoints under test
-and the request they get, the load levels, the upstream's pace, the targets of issue 6,
-and the two plans (the full run and --quick)."""
+and the request they get, the load levels, the upstream's pace, the targets of issue 6
+(and of "Several vLLM backends"), and the two plans (the full run and --quick)."""
 
 import json
 from dataclasses import dataclass
@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 
 MODEL = "demo-model"
+OTHER_MODEL = "bench-other"  # served by the third backend of the 3-backend gateway
 CHAT_PATH = "/v1/chat/completions"
 UPSTREAM_CHUNKS = 10  # content chunks per stream
 UPSTREAM_GAP_MS = 20.0  # between chunks, as a fast model streams (50 tokens/s)
@@ -27,6 +28,11 @@ LITELLM_FACTOR = 5.0
 TTFT_ADDED_MS = 2.0
 HOLD_STREAMS = 1000
 HOLD_KIB_PER_STREAM = 100.0
+
+# The target of "Several vLLM backends": the gateway's overhead (p50 at 1 connection,
+# over direct) with three backends configured, at most this times the one-backend one.
+BACKENDS_TARGET = "TalkTuah, 3 backends"
+BACKENDS_FACTOR = 1.10
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,8 @@ QUICK = Plan(
 
 @dataclass(frozen=True)
 class Target:
-    """One endpoint under test: the upstream itself ("direct"), TalkTuah or LiteLLM."""
+    """One endpoint under test: the upstream itself ("direct"), TalkTuah (with one
+    backend or three) or LiteLLM."""
 
     name: str
     port: int

@@ -1,6 +1,6 @@
 """docs/benchmarks.md: the Markdown report of a run, rendered from its Results (the verdict
-on each target of issue 6, the tables of medians across rounds, how it was measured, and
-the per-round figures)."""
+on each target of issue 6 and of several backends, the tables of medians across rounds,
+how it was measured, and the per-round figures)."""
 
 import contextlib
 import datetime
@@ -15,12 +15,16 @@ from typing import Any
 
 from litellm_proxy import LITELLM_INSTALL
 from plan import (
+    BACKENDS_FACTOR,
+    BACKENDS_TARGET,
     CONNECTIONS,
     HOLD_GAP_MS,
     HOLD_KIB_PER_STREAM,
     HOLD_STREAMS,
     LITELLM_FACTOR,
+    MODEL,
     NOISY,
+    OTHER_MODEL,
     OVERHEAD_P50_MS,
     OVERHEAD_P99_MS,
     REPEATS_EACH,
@@ -102,18 +106,42 @@ class Report:
             ]
         )
 
+    def overhead_ratio(
+        self, connections: int, name: str, base: str, attr: str, rounds: Sequence[int] | None = None
+    ) -> float:
+        """`name`'s overhead over direct divided by `base`'s, both within a round."""
+        loads = self.results.loads
+        return median(
+            [
+                (
+                    getattr(loads[r, connections, name], attr)
+                    - getattr(loads[r, connections, "direct"], attr)
+                )
+                / (
+                    getattr(loads[r, connections, base], attr)
+                    - getattr(loads[r, connections, "direct"], attr)
+                )
+                for r in (self.rounds if rounds is None else rounds)
+            ]
+        )
+
     def stream(self, concurrency: int, name: str, attr: str) -> float:
         return median(
             [getattr(self.results.streams[r, concurrency, name], attr) for r in self.rounds]
         )
 
     def stream_diff(
-        self, concurrency: int, name: str, attr: str, rounds: Sequence[int] | None = None
+        self,
+        concurrency: int,
+        name: str,
+        attr: str,
+        rounds: Sequence[int] | None = None,
+        base: str = "direct",
     ) -> float:
         return median(
             [
                 getattr(self.results.streams[r, concurrency, name], attr)
-                - getattr(self.results.streams[r, concurrency, "direct"], attr)
+                - getattr(self.results.streams[r, concurrency, base], attr)
                 for r in (self.rounds if rounds is None else rounds)
             ]
         )
@@ -155,7 +183,8 @@ def render(
     names = [target.name for target in stack.targets()]
     report = Report(results, names, plan)
     has_litellm = "LiteLLM" in names
-    label = {"direct": "direct to the upstream", "TalkTuah": "TalkTuah"}
+    label = {"direct": "direct to the upstream", "TalkTuah": "TalkTuah (1 backend)"}
+    label[BACKENDS_TARGET] = BACKENDS_TARGET
     label["LiteLLM"] = f"LiteLLM {stack.litellm_version} proxy"
     out: list[str] = []
     add = out.append
@@ -177,7 +206,7 @@ def render(
         )
 
     # -- targets
-    add("## Targets (issue 6)\n")
+    add("## Targets (issue 6, and several vLLM backends)\n")
     add(
         'The verdict is on every round. The "quiet rounds" column takes only the rounds '
         f"in which other processes used at most {NOISY:.0%} of the CPU during every run "
@@ -239,6 +268,26 @@ def render(
         f"| {verdict_at_most(ttft, TTFT_ADDED_MS)} "
         f"| {quiet_cell(quiet, calm <= TTFT_ADDED_MS, signed_ms(calm, 3))} |"
     )
+    if BACKENDS_TARGET in names:
+        # Overheads over direct, divided within each round: the two gateways ran minutes
+        # apart at most, so the machine's drift between rounds cancels out.
+        ratio = report.overhead_ratio(1, BACKENDS_TARGET, "TalkTuah", "p50_ms")
+        one = report.load_diff(1, "TalkTuah", "p50_ms")
+        three = report.load_diff(1, BACKENDS_TARGET, "p50_ms")
+        if math.isnan(ratio):
+            verdict = "not measured"
+        elif ratio <= BACKENDS_FACTOR:
+            verdict = f"**met** (at most {BACKENDS_FACTOR:.2f}x)"
+        else:
+            verdict = f"**not met**: above {BACKENDS_FACTOR:.2f}x"
+        quiet = report.quiet_rounds(False, 1, BACKENDS_TARGET, "TalkTuah", "direct")
+        calm = report.overhead_ratio(1, BACKENDS_TARGET, "TalkTuah", "p50_ms", rounds=quiet)
+        add(
+            f"| overhead with 3 backends within {BACKENDS_FACTOR - 1:.0%} of 1 backend (p50 at "
+            f"1 connection) | {ratio:.3f}x ({signed_ms(three, 3)} vs {signed_ms(one, 3)})"
+            f"{report.invalid(1, BACKENDS_TARGET)}{report.invalid(1, 'TalkTuah')} | {verdict} "
+            f"| {quiet_cell(quiet, calm <= BACKENDS_FACTOR, f'{calm:.3f}x')} |"
+        )
     hold = report.results.hold
     if hold is not None:
         per = hold.per_stream_kib
@@ -280,19 +329,22 @@ def render(
                 ms(report.load(connections, name, "p99_ms")) + report.invalid(connections, name),
             ]
         add(f"| {label[name]} | " + " | ".join(cells) + " |")
-    for name in names[1:]:
+    differences = [(name, "direct", f"{name} minus / over direct") for name in names[1:]]
+    if BACKENDS_TARGET in names:
+        differences.append((BACKENDS_TARGET, "TalkTuah", "3 backends minus / over 1 backend"))
+    for name, base, title in differences:
         cells = [
-            signed_ms(report.load_diff(1, name, "p50_ms"), 3),
-            signed_ms(report.load_diff(1, name, "p99_ms"), 3),
-            f"{report.load_ratio(1, name, 'direct'):.3f}x",
+            signed_ms(report.load_diff(1, name, "p50_ms", base), 3),
+            signed_ms(report.load_diff(1, name, "p99_ms", base), 3),
+            f"{report.load_ratio(1, name, base):.3f}x",
         ]
         for connections in CONNECTIONS[1:]:
             cells += [
-                f"{report.load_ratio(connections, name, 'direct'):.3f}x",
-                signed_ms(report.load_diff(connections, name, "p50_ms")),
-                signed_ms(report.load_diff(connections, name, "p99_ms")),
+                f"{report.load_ratio(connections, name, base):.3f}x",
+                signed_ms(report.load_diff(connections, name, "p50_ms", base)),
+                signed_ms(report.load_diff(connections, name, "p99_ms", base)),
             ]
-        add(f"| *{name} minus / over direct* | " + " | ".join(cells) + " |")
+        add(f"| *{title}* | " + " | ".join(cells) + " |")
     if has_litellm:
         cells = []
         for connections in CONNECTIONS:
@@ -336,19 +388,24 @@ def render(
             " ms" + report.stream_invalid(64, name),
         ]
         add(f"| {label[name]} | " + " | ".join(cells) + " |")
-    for name in names[1:]:
+    differences = [(name, "direct", f"{name} minus direct") for name in names[1:]]
+    if BACKENDS_TARGET in names:
+        differences.append((BACKENDS_TARGET, "TalkTuah", "3 backends minus 1 backend"))
+    for name, base, title in differences:
+
+        def diff(concurrency: int, attr: str, name: str = name, base: str = base) -> float:
+            return report.stream_diff(concurrency, name, attr, base=base)
+
         cells = [
-            signed_ms(report.stream_diff(1, name, "ttft_p50"), 3),
-            signed_ms(report.stream_diff(1, name, "total_p50"), 1),
-            f"{report.stream_diff(1, name, 'gap_p50'):+.1f} / "
-            f"{report.stream_diff(1, name, 'gap_p99'):+.1f} ms",
-            signed_ms(report.stream_diff(64, name, "ttft_p50")),
-            signed_ms(report.stream_diff(64, name, "ttft_p99")),
-            signed_ms(report.stream_diff(64, name, "total_p50"), 1),
-            f"{report.stream_diff(64, name, 'gap_p50'):+.1f} / "
-            f"{report.stream_diff(64, name, 'gap_p99'):+.1f} ms",
+            signed_ms(diff(1, "ttft_p50"), 3),
+            signed_ms(diff(1, "total_p50"), 1),
+            f"{diff(1, 'gap_p50'):+.1f} / {diff(1, 'gap_p99'):+.1f} ms",
+            signed_ms(diff(64, "ttft_p50")),
+            signed_ms(diff(64, "ttft_p99")),
+            signed_ms(diff(64, "total_p50"), 1),
+            f"{diff(64, 'gap_p50'):+.1f} / {diff(64, 'gap_p99'):+.1f} ms",
         ]
-        add(f"| *{name} minus direct* | " + " | ".join(cells) + " |")
+        add(f"| *{title}* | " + " | ".join(cells) + " |")
     add("")
 
     # -- hold
@@ -380,8 +437,8 @@ def render(
     # -- how
     add("## How it was measured\n")
     pin = (
-        f"TalkTuah and LiteLLM pinned to core {cores[0]}; wrk, the stream client and the "
-        f"upstream to core {cores[1]} (`sched_setaffinity`, as `taskset -c`)"
+        f"both TalkTuah gateways and LiteLLM pinned to core {cores[0]}; wrk, the stream "
+        f"client and the upstreams to core {cores[1]} (`sched_setaffinity`, as `taskset -c`)"
         if cores
         else "not pinned (fewer than two cores available)"
     )
@@ -417,6 +474,18 @@ def render(
         "(`create_api_key --rpm 100000000`) on every request, rate limits, Prometheus "
         f"metrics and the access log on (its lines go to a file: {access_lines:,} written)."
     )
+    if BACKENDS_TARGET in names:
+        add(
+            f"- {BACKENDS_TARGET}: a second worker set up the same way with its own "
+            "database and key, `VLLM_BASE_URL` at the same upstream (the backend "
+            "`default`), and two more added with `manage.py backend add` before it "
+            f"started: `replica`, another `bench/upstream.py` serving `{MODEL}`, and "
+            f"`other`, one serving `{OTHER_MODEL}`. So every request is routed: by model "
+            "(two of the three serve it), then the less busy of the two (power of two "
+            "choices); the gateway polls each backend's `/health` and `/v1/models` every "
+            "`BACKEND_POLL_SECONDS` (5 s) meanwhile. The hold test and `--py-spy` use the "
+            "one-backend gateway."
+        )
     if has_litellm:
         add(
             "- LiteLLM: `litellm --config ... --num_workers 1` in its own venv, the same "

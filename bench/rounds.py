@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cpu import cpu_snapshot, foreign_share
-from plan import CONNECTIONS, NOISY, REPEATS_EACH, STREAM_CONCURRENCY, Plan
+from plan import BACKENDS_TARGET, CONNECTIONS, NOISY, REPEATS_EACH, STREAM_CONCURRENCY, Plan, Target
 from stack import Stack
 from streams import Hold, StreamStats, hold_streams, measure_streams, run_streams
 from wrk import Load, run_wrk
@@ -23,6 +23,19 @@ class Results:
     repeats: int = 0  # measurements taken again because the machine was busy
 
 
+def in_turn(targets: list[Target], index: int) -> list[Target]:
+    """The targets in round `index`'s order: odd rounds take the two TalkTuah gateways
+    the other way round, so neither is always the one measured right after the other
+    (their figures are compared to within 10%)."""
+    names = [target.name for target in targets]
+    if index % 2 == 0 or BACKENDS_TARGET not in names:
+        return targets
+    one, three = names.index("TalkTuah"), names.index(BACKENDS_TARGET)
+    swapped = list(targets)
+    swapped[one], swapped[three] = targets[three], targets[one]
+    return swapped
+
+
 def measure(stack: Stack, plan: Plan, wrk_binary: str, logs: Path) -> Results:
     targets = stack.targets()
     results = Results()
@@ -34,7 +47,7 @@ def measure(stack: Stack, plan: Plan, wrk_binary: str, logs: Path) -> Results:
     for index in range(plan.rounds):
         print(f"\n== round {index + 1}/{plan.rounds}: non-streaming, wrk {plan.duration} s each")
         for connections in CONNECTIONS:
-            for target in targets:
+            for target in in_turn(targets, index):
                 load = run_wrk(wrk_binary, target, connections, plan.duration, logs)
                 for _ in range(REPEATS_EACH):
                     if load.foreign <= NOISY or results.repeats >= plan.repeats:
@@ -46,7 +59,7 @@ def measure(stack: Stack, plan: Plan, wrk_binary: str, logs: Path) -> Results:
                     load = again if again.foreign < load.foreign else load
                 results.loads[index, connections, target.name] = load
                 print(
-                    f"  {connections:>3} conn  {target.name:<9} {load.rps:>9,.0f} req/s  "
+                    f"  {connections:>3} conn  {target.name:<20} {load.rps:>9,.0f} req/s  "
                     f"p50 {load.p50_ms:8.2f} ms  p99 {load.p99_ms:8.2f} ms  "
                     f"(other processes: {load.foreign:.0%} CPU)"
                 )
@@ -55,7 +68,7 @@ def measure(stack: Stack, plan: Plan, wrk_binary: str, logs: Path) -> Results:
         print(f"== round {index + 1}/{plan.rounds}: streaming")
         for concurrency in STREAM_CONCURRENCY:
             per_client = plan.single_streams if concurrency == 1 else plan.waves
-            for target in targets:
+            for target in in_turn(targets, index):
                 stats = measure_streams(target, concurrency, per_client)
                 for _ in range(REPEATS_EACH):
                     if stats.foreign <= NOISY or results.repeats >= plan.repeats:
@@ -66,7 +79,7 @@ def measure(stack: Stack, plan: Plan, wrk_binary: str, logs: Path) -> Results:
                     stats = retry if retry.foreign < stats.foreign else stats
                 results.streams[index, concurrency, target.name] = stats
                 print(
-                    f"  {concurrency:>3} streams {target.name:<9} TTFT p50 {stats.ttft_p50:7.2f}"
+                    f"  {concurrency:>3} streams {target.name:<20} TTFT p50 {stats.ttft_p50:7.2f}"
                     f" ms  p99 {stats.ttft_p99:7.2f} ms  total p50 {stats.total_p50:7.1f} ms  "
                     f"gaps p50 {stats.gap_p50:5.1f} / p99 {stats.gap_p99:5.1f} ms  "
                     f"(other: {stats.foreign:.0%})"

@@ -1,7 +1,7 @@
 """`make bench`: what the gateway costs on top of talking to vLLM directly, measured side
 by side with LiteLLM's proxy on this machine, and written to docs/benchmarks.md.
 
-    .venv/bin/python bench/run.py                 # the full run: 5 rounds (6-8.5 minutes)
+    .venv/bin/python bench/run.py                 # the full run: 5 rounds (8-11 minutes)
     .venv/bin/python bench/run.py --quick         # 1 round, shorter runs (~1.5 minutes)
     .venv/bin/python bench/run.py --with-litellm  # install LiteLLM first when it is absent
     .venv/bin/python bench/run.py --py-spy PATH   # then profile the gateway at 16 connections
@@ -10,17 +10,19 @@ Needs wrk (Debian's package; run as root with apt-get, it installs it, else it s
 
 One process each: the fixed-response upstream (bench/upstream.py), TalkTuah on the
 production path (auth, rate limits far above the load, metrics and access log on, the log
-going to a file) and, when installed in bench/.venv-litellm, LiteLLM's proxy in front of the
-same upstream. The gateway under test (TalkTuah or LiteLLM) is pinned to one core; wrk, the
-stream client (this process) and the upstream to the other. Every figure is the median
+going to a file), a second TalkTuah with three backends configured (that upstream as
+`default`, plus a replica of it and an upstream serving another model, added with
+`manage.py backend add`) and, when installed in bench/.venv-litellm, LiteLLM's proxy in
+front of the same upstream. The gateways under test are pinned to one core; wrk, the
+stream client (this process) and the upstreams to the other. Every figure is the median
 of the rounds; ratios to direct are taken within a round, then their median.
 
 This file is the command line; the rest lives beside it, one module per concept:
-plan.py (what is measured and the targets of issue 6), stack.py (the services under test,
-started by processes.py; LiteLLM's set up by litellm_proxy.py), cpu.py (core pinning and
-other processes' CPU), rounds.py (the rounds: wrk.py for the non-streaming load,
-streams.py and its stream_client.py for the streams), report.py (docs/benchmarks.md, with
-stats.py) and profiling.py (--py-spy).
+plan.py (what is measured and the targets: issue 6's and several backends'), stack.py
+(the services under test, started by processes.py; LiteLLM's set up by litellm_proxy.py),
+cpu.py (core pinning and other processes' CPU), rounds.py (the rounds: wrk.py for the
+non-streaming load, streams.py and its stream_client.py for the streams), report.py
+(docs/benchmarks.md, with stats.py) and profiling.py (--py-spy).
 """
 
 import argparse
@@ -109,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             stack = start_stack(logs, cores, litellm, services)
             print(
-                f"upstream :{stack.upstream.port}, TalkTuah :{stack.gateway.port} (pid "
-                f"{stack.gateway.pid})"
+                f"upstream :{stack.upstream.port} (and :{stack.extra_upstreams[0].port}, "
+                f":{stack.extra_upstreams[1].port}), TalkTuah :{stack.gateway.port} (pid "
+                f"{stack.gateway.pid}), with 3 backends :{stack.backends.port} (pid "
+                f"{stack.backends.pid})"
                 + (f", LiteLLM :{stack.litellm.port}" if stack.litellm else "")
             )
             results = measure(stack, plan, wrk_binary, logs)

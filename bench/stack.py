@@ -1,15 +1,26 @@
 """The stack under test: the fixed-response upstream (bench/upstream.py), TalkTuah on the
-production path and, when installed, LiteLLM's proxy in front of the same upstream; the
-gateways pinned to one core, the upstream to the other; and the targets they offer."""
+production path, a second TalkTuah with three backends configured (the same upstream as
+`default`, a replica of it serving the same model and a backend serving another model)
+and, when installed, LiteLLM's proxy in front of the same upstream; the gateways pinned
+to one core, the upstreams to the other; and the targets they offer."""
 
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from litellm_proxy import LITELLM_KEY, litellm_version, start_litellm
-from plan import BENCH, MODEL, ROOT, UPSTREAM_CHUNKS, UPSTREAM_GAP_MS, Target
+from plan import (
+    BACKENDS_TARGET,
+    BENCH,
+    MODEL,
+    OTHER_MODEL,
+    ROOT,
+    UPSTREAM_CHUNKS,
+    UPSTREAM_GAP_MS,
+    Target,
+)
 from processes import Service, free_port, start_service
 
 
@@ -18,47 +29,52 @@ class Stack:
     upstream: Service
     gateway: Service
     key: str  # TalkTuah's API key
+    backends: Service  # TalkTuah with three backends: `default` is `upstream`
+    backends_key: str  # its own API key (its own database)
+    extra_upstreams: list[Service] = field(default_factory=list)  # its other two backends
     litellm: Service | None = None
     litellm_version: str = ""
 
     def targets(self) -> list[Target]:
-        """direct, TalkTuah and (when it runs) LiteLLM, in the report's order."""
+        """direct, TalkTuah, TalkTuah with 3 backends and (when it runs) LiteLLM, in the
+        report's order."""
         found = [
             # Direct requests carry a header of the same size, so request sizes match.
             Target("direct", self.upstream.port, "Bearer " + "x" * len(self.key)),
             Target("TalkTuah", self.gateway.port, "Bearer " + self.key),
+            Target(BACKENDS_TARGET, self.backends.port, "Bearer " + self.backends_key),
         ]
         if self.litellm is not None:
             found.append(Target("LiteLLM", self.litellm.port, f"Bearer {LITELLM_KEY}"))
         return found
 
 
-def start_stack(
-    logs: Path, cores: tuple[int, int] | None, litellm: Path | None, started: list[Service]
-) -> Stack:
-    """Starts the stack, appending each service to `started` as it comes up, so the
-    caller stops them all even when a later one fails to start."""
-    gateway_core, load_core = cores if cores else (None, None)
-    base_env = {
-        k: v
-        for k, v in os.environ.items()
-        # The defaults (SQLite in a temporary folder, the local-memory cache), never a
-        # database or Redis the shell happens to point at.
-        if k not in ("DATABASE_URL", "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR", "ACCESS_LOG")
-    }
-    up_port = free_port()
-    upstream = start_service(
-        "Upstream",
-        [sys.executable, str(BENCH / "upstream.py"), "--port", str(up_port), "--model", MODEL,
+def start_upstream(
+    name: str, model: str, core: int | None, logs: Path, env: dict[str, str]
+) -> Service:
+    port = free_port()
+    return start_service(
+        name,
+        [sys.executable, str(BENCH / "upstream.py"), "--port", str(port), "--model", model,
          "--chunks", str(UPSTREAM_CHUNKS), "--gap-ms", str(UPSTREAM_GAP_MS)],
-        port=up_port, health="/health", core=load_core, logs=logs, env=base_env, cwd=ROOT,
-        timeout=30,
+        port=port, health="/health", core=core, logs=logs, env=env, cwd=ROOT, timeout=30,
     )  # fmt: skip
-    started.append(upstream)
 
-    var = logs / "var"
+
+def start_gateway(
+    name: str,
+    upstream: Service,
+    more_backends: list[tuple[str, Service]],
+    core: int | None,
+    logs: Path,
+    env: dict[str, str],
+) -> tuple[Service, str]:
+    """A TalkTuah worker with its own database in its own folder, VLLM_BASE_URL pointing
+    at `upstream` (the backend `default`) and `more_backends` added with `manage.py
+    backend add` before it starts; returns it and its API key."""
+    var = logs / f"var-{name.lower()}"
     var.mkdir()
-    env = base_env | {
+    env = env | {
         "DEBUG": "false",
         "SECRET_KEY": "bench-" + os.urandom(8).hex(),
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
@@ -72,15 +88,59 @@ def start_stack(
         env=env, cwd=ROOT, check=True, capture_output=True, text=True,
     )  # fmt: skip
     key = created.stdout.strip().splitlines()[-1].strip()
-    gw_port = free_port()
+    for backend, service in more_backends:
+        subprocess.run(
+            [*manage, "backend", "add", backend, service.base],
+            env=env, cwd=ROOT, check=True, capture_output=True,
+        )  # fmt: skip
+    port = free_port()
     gateway = start_service(
-        "TalkTuah",
-        [*manage, "serve", "--port", str(gw_port), "--workers", "1"],
-        port=gw_port, health="/livez", core=gateway_core, logs=logs, env=env, cwd=ROOT,
-        timeout=60,
+        name,
+        [*manage, "serve", "--port", str(port), "--workers", "1"],
+        port=port, health="/livez", core=core, logs=logs, env=env, cwd=ROOT, timeout=60,
     )  # fmt: skip
+    return gateway, key
+
+
+def start_stack(
+    logs: Path, cores: tuple[int, int] | None, litellm: Path | None, started: list[Service]
+) -> Stack:
+    """Starts the stack, appending each service to `started` as it comes up, so the
+    caller stops them all even when a later one fails to start."""
+    gateway_core, load_core = cores if cores else (None, None)
+    base_env = {
+        k: v
+        for k, v in os.environ.items()
+        # The defaults (SQLite in a temporary folder, the local-memory cache), never a
+        # database or Redis the shell happens to point at, nor backend settings.
+        if k not in ("DATABASE_URL", "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR", "ACCESS_LOG")
+        and not k.startswith("BACKEND_")
+    }
+    upstream = start_upstream("Upstream", MODEL, load_core, logs, base_env)
+    started.append(upstream)
+    # The 3-backend gateway's other two: a replica of the bench model, so every request
+    # is routed (power of two choices between the two serving it), and one serving
+    # another model, so routing filters by model as well.
+    replica = start_upstream("Upstream-replica", MODEL, load_core, logs, base_env)
+    started.append(replica)
+    other = start_upstream("Upstream-other", OTHER_MODEL, load_core, logs, base_env)
+    started.append(other)
+
+    gateway, key = start_gateway("TalkTuah", upstream, [], gateway_core, logs, base_env)
     started.append(gateway)
-    stack = Stack(upstream=upstream, gateway=gateway, key=key)
+    more = [("replica", replica), ("other", other)]
+    backends, backends_key = start_gateway(
+        "TalkTuah-3-backends", upstream, more, gateway_core, logs, base_env
+    )
+    started.append(backends)
+    stack = Stack(
+        upstream=upstream,
+        gateway=gateway,
+        key=key,
+        backends=backends,
+        backends_key=backends_key,
+        extra_upstreams=[replica, other],
+    )
 
     if litellm is not None:
         service = start_litellm(litellm, upstream, gateway_core, logs, base_env)

@@ -4,6 +4,7 @@ JSON line its Lua script prints."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ def wrk_version(binary: str) -> str:
 
 def run_wrk(binary: str, target: Target, connections: int, seconds: int, logs: Path) -> Load:
     """One wrk run of `seconds` at `connections` (its output appended to wrk.log)."""
-    script = logs / f"wrk-{target.name.lower()}.lua"
+    script = logs / f"wrk-{re.sub(r'[^a-z0-9]+', '-', target.name.lower())}.lua"
     if not script.exists():
         script.write_text(WRK_SCRIPT % {"body": chat_body().decode(), "auth": target.auth})
     command = [binary, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
