@@ -27,6 +27,7 @@ def slow_engine(settings, tmp_path, fake_hub):
     settings.VAR_DIR = tmp_path / "var"
     settings.VAR_DIR.mkdir()
     settings.VLLM_BASE_URL = f"http://127.0.0.1:{port}"
+    settings.VLLM_PORT = port
     settings.ENGINE_PROCESS_COMMAND = (
         "{python} {manage} vllm_simulator --model {served_name} --port {port} "
         "--startup-delay 0.5 --tokens 30 --token-delay 0.05"
