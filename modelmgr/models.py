@@ -280,6 +280,7 @@ class EngineKind(models.TextChoices):
     EXTERNAL = "external", "external (TalkTuah does not start or stop it)"
     PROCESS = "process", "process (a vLLM process on the worker's host)"
     DOCKER = "docker", "docker (a vLLM container on the worker's host)"
+    KUBERNETES = "kubernetes", "kubernetes (a Deployment, patched and rolled out)"
 
 
 DEFAULT_BACKEND = "default"  # the backend VLLM_BASE_URL describes when no row has its name
@@ -295,6 +296,9 @@ ENGINE_SETTINGS = frozenset(
         "VLLM_CONTAINER_NAME",
         "VLLM_MODEL",
         "SWITCH_TIMEOUT_SECONDS",
+        "K8S_NAMESPACE",
+        "K8S_DEPLOYMENT",
+        "K8S_CONTAINER",
     }
 )
 

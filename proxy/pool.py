@@ -2,10 +2,10 @@
 state and never the database.
 
 The backends are the enabled `Backend` rows plus, unless a row is named `default`, the
-one VLLM_BASE_URL describes; a single backend behaves exactly as TalkTuah always did (no
-polling, every request goes to it). With several, a background task polls each one's
-/health and /v1/models every BACKEND_POLL_SECONDS (and re-reads the rows): a backend
-that fails a poll, or BACKEND_MAX_FAILURES requests in a row, is ejected for
+one VLLM_BASE_URL describes (with BACKEND_DISCOVERY=kubernetes: the ready pods instead);
+a single backend behaves exactly as TalkTuah always did (no polling, every request goes
+to it). With several, a background task polls each one's /health and /v1/models every
+BACKEND_POLL_SECONDS (and re-reads the rows): a backend that fails a poll, or BACKEND_MAX_FAILURES requests in a row, is ejected for
 BACKEND_COOLDOWN_SECONDS, probed again, and put back once healthy.
 
 A request goes to a backend serving its model: the one its session hashes to (stable
@@ -30,9 +30,9 @@ from django.db import DatabaseError
 
 from modelmgr.models import DEFAULT_BACKEND
 from modelmgr.selectors import backend_upstreams
-from plumbing import vllm
+from plumbing import kube, vllm
 from plumbing.db import run_sync
-from plumbing.errors import ModelNotServed, UpstreamTimeout
+from plumbing.errors import ModelNotServed, UpstreamTimeout, UpstreamUnavailable
 from proxy.metrics import BACKEND_IN_FLIGHT, BACKEND_UP
 
 log = logging.getLogger("talktuah.pool")
@@ -99,6 +99,8 @@ class Pool:
         self._load_lock: asyncio.Lock | None = None
         self._poller: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watcher: kube.PodWatcher | None = None
+        self._pods_version = -1
 
     # --- configuration -------------------------------------------------------------
 
@@ -108,26 +110,40 @@ class Pool:
         VLLM_BASE_URL; one comparison when nothing changed (every request but the
         first)."""
         loop = asyncio.get_running_loop()
-        if self._loop is loop and self._loaded and self._default_source is vllm.default_upstream():
+        if (
+            self._loop is loop
+            and self._loaded
+            and self._default_source is vllm.default_upstream()
+            and (self._watcher is None or self._pods_version == self._watcher.version)
+        ):
             return
         if self._loop is not loop:
             self._loop, self._loaded, self._poller = loop, False, None
             self._load_lock = asyncio.Lock()
         assert self._load_lock is not None
         async with self._load_lock:
+            if settings.BACKEND_DISCOVERY == "kubernetes" and self._watcher is None:
+                self._watcher = kube.pod_watcher()
+                # The first request waits (a little) for the first list of pods.
+                await asyncio.to_thread(self._watcher.synced.wait, settings.BACKEND_POLL_TIMEOUT)
             if not self._loaded:
                 # False while the database is away: the next request reads it again.
                 self._loaded = await self._read_rows()
             self._apply()
-            if len(self.replicas) > 1 and self._poller is None:
+            if self._polled and self._poller is None:
                 # The first look happens before the first request is routed; then
                 # every BACKEND_POLL_SECONDS in the background.
                 await self._check_all()
                 self._poller = loop.create_task(self._poll_forever(), name="backend-poller")
 
+    @property
+    def _polled(self) -> bool:
+        # One fixed backend needs no polling: every request goes to it anyway.
+        return len(self.replicas) > 1 or self._watcher is not None
+
     async def refresh(self) -> None:
         """Look at every backend now (after a switch, say), when there are several."""
-        if len(self.replicas) > 1:
+        if self._polled:
             await self.poll_once()
 
     async def _read_rows(self) -> bool:
@@ -144,7 +160,19 @@ class Pool:
         configs = list(self._rows)
         default = vllm.default_upstream()
         self._default_source = default
-        if default.base_url and not any(c.upstream.name == DEFAULT_BACKEND for c in configs):
+        if self._watcher is not None:
+            # Discovered pods take the place of VLLM_BASE_URL's backend.
+            self._pods_version = self._watcher.version
+            configs += [
+                BackendConfig(
+                    vllm.Upstream(
+                        pod.name, f"http://{pod.ip}:{settings.K8S_BACKEND_PORT}", default.api_key
+                    )
+                )
+                for pod in self._watcher.pods()
+                if pod.usable
+            ]
+        elif default.base_url and not any(c.upstream.name == DEFAULT_BACKEND for c in configs):
             configs.insert(0, BackendConfig(default))
         self.sync(configs)
 
@@ -165,6 +193,7 @@ class Pool:
             self._poller.cancel()
         self.replicas, self._rows = {}, []
         self._default_source, self._poller, self._loaded = None, None, False
+        self._watcher, self._pods_version = None, -1
 
     # --- routing -------------------------------------------------------------------
 
@@ -220,6 +249,12 @@ class Pool:
         last_error: vllm.NotReached | None = None
         while True:
             candidates = self.routes(model, session)
+            if not candidates:
+                raise UpstreamUnavailable(
+                    "No vLLM backend is configured or discovered right now.",
+                    code="no_backend",
+                    headers={"Retry-After": "5"},
+                )
             for index, replica in enumerate(candidates):
                 attempts += 1
                 _begin(replica)

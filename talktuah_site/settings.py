@@ -208,6 +208,27 @@ BACKEND_POLL_TIMEOUT = envfloat("BACKEND_POLL_TIMEOUT", 2.0)
 BACKEND_COOLDOWN_SECONDS = envfloat("BACKEND_COOLDOWN_SECONDS", 10.0)
 BACKEND_MAX_FAILURES = envint("BACKEND_MAX_FAILURES", 3)
 
+# Kubernetes. BACKEND_DISCOVERY=kubernetes: the backends are also the ready pods matching
+# K8S_BACKEND_SELECTOR in K8S_NAMESPACE (watched), each at http://<pod IP>:K8S_BACKEND_PORT,
+# and VLLM_BASE_URL is not one of them. TALKTUAH_ENGINE=kubernetes switches models by
+# patching Deployment K8S_DEPLOYMENT's container K8S_CONTAINER. The client reads KUBECONFIG
+# when set, else the pod's service account, else ~/.kube/config.
+BACKEND_DISCOVERY = os.getenv("BACKEND_DISCOVERY", "")
+if BACKEND_DISCOVERY not in ("", "kubernetes"):
+    raise ImproperlyConfigured("BACKEND_DISCOVERY must be empty or kubernetes")
+_SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+K8S_NAMESPACE = os.getenv("K8S_NAMESPACE") or (
+    _SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    if _SERVICE_ACCOUNT_NAMESPACE.is_file()
+    else "default"
+)
+K8S_BACKEND_SELECTOR = os.getenv("K8S_BACKEND_SELECTOR", "app.kubernetes.io/name=vllm")
+K8S_BACKEND_PORT = envint("K8S_BACKEND_PORT", 8000)
+K8S_WATCH_SECONDS = envfloat("K8S_WATCH_SECONDS", 300.0)  # one watch, then list again
+K8S_DEPLOYMENT = os.getenv("K8S_DEPLOYMENT", "vllm")
+K8S_CONTAINER = os.getenv("K8S_CONTAINER", "vllm")
+KUBECONFIG = os.getenv("KUBECONFIG", "")
+
 # Graceful shutdown: /readyz answers 503 this long before the listener closes...
 SHUTDOWN_DRAIN_SECONDS = envfloat("SHUTDOWN_DRAIN_SECONDS", 5.0)
 # ...then streams in flight get this long before they are ended with an SSE error event.
@@ -254,8 +275,8 @@ HF_ENDPOINT = os.getenv("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 HF_TOKEN = os.getenv("HF_TOKEN") or None
 # How vLLM is controlled: process (a child of the worker), docker, or external.
 TALKTUAH_ENGINE = os.getenv("TALKTUAH_ENGINE", "process")
-if TALKTUAH_ENGINE not in ("process", "docker", "external"):
-    raise ImproperlyConfigured("TALKTUAH_ENGINE must be process, docker or external")
+if TALKTUAH_ENGINE not in ("process", "docker", "kubernetes", "external"):
+    raise ImproperlyConfigured("TALKTUAH_ENGINE must be process, docker, kubernetes or external")
 # The process engine's command; {model} {served_name} {port} {python} {manage}.
 ENGINE_PROCESS_COMMAND = os.getenv(
     "ENGINE_PROCESS_COMMAND",

@@ -1,6 +1,6 @@
 """The engine controller: starts, stops and inspects vLLM, whatever runs it.
 
-`get_engine()` picks one of three engines by `settings.TALKTUAH_ENGINE`, one module
+`get_engine()` picks one of four engines by `settings.TALKTUAH_ENGINE`, one module
 each (as httpx keeps one module per transport):
 
 * ``process`` (`process.ProcessEngine`): vLLM (by default the in-repo simulator) as a
@@ -8,7 +8,9 @@ each (as httpx keeps one module per transport):
   restarted worker (or any other process) knows what runs;
 * ``docker`` (`docker.DockerEngine`): the vLLM container, recreated with the new model
   and otherwise the same settings (image, entrypoint, GPUs, volumes, ports,
-  networks...; the rewriting is in `docker_args`);
+  networks...; the rewriting is in `vllm_args` and `docker_args`);
+* ``kubernetes`` (`kubernetes.KubernetesEngine`): vLLM is a Deployment whose container
+  arguments are patched, then the rollout followed;
 * ``external`` (`external.ExternalEngine`): vLLM is managed elsewhere; read-only.
 
 `Engine.serve()` returns once vLLM has been *started*, not once it is ready: loading a
@@ -24,6 +26,7 @@ from django.conf import settings
 from modelmgr.engines.base import Engine, EngineState
 from modelmgr.engines.docker import DockerEngine
 from modelmgr.engines.external import ExternalEngine
+from modelmgr.engines.kubernetes import KubernetesEngine
 from modelmgr.engines.process import ProcessEngine
 from plumbing.errors import EngineError
 
@@ -32,19 +35,22 @@ __all__ = [
     "Engine",
     "EngineState",
     "ExternalEngine",
+    "KubernetesEngine",
     "ProcessEngine",
     "get_engine",
 ]
 
-ENGINES: dict[str, type[ProcessEngine] | type[DockerEngine] | type[ExternalEngine]] = {
+ENGINES: dict[str, type[Engine]] = {
     "process": ProcessEngine,
     "docker": DockerEngine,
+    "kubernetes": KubernetesEngine,
     "external": ExternalEngine,
 }
 
 
 def get_engine() -> Engine:
-    """The engine named by settings.TALKTUAH_ENGINE (process, docker or external)."""
+    """The engine named by settings.TALKTUAH_ENGINE (process, docker, kubernetes or
+    external)."""
     name = settings.TALKTUAH_ENGINE
     if name not in ENGINES:
         raise EngineError(

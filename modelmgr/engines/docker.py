@@ -14,7 +14,8 @@ import docker.utils  # type: ignore[import-untyped]
 from django.conf import settings
 
 from modelmgr.engines.base import EngineState
-from modelmgr.engines.docker_args import args_with_model, create_config, endpoints, model_from_args
+from modelmgr.engines.docker_args import create_config, endpoints
+from modelmgr.engines.vllm_args import args_with_model, model_from_args
 from plumbing.errors import EngineError
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,40 @@
+"""The kubernetes engine: vLLM is a Deployment (K8S_NAMESPACE/K8S_DEPLOYMENT, container
+K8S_CONTAINER); a switch patches the container's `--model` and `--served-model-name`
+and follows the rollout until every replica runs the new model. The Deployment is the
+backend's unit: all its replicas serve the same model."""
+
+from django.conf import settings
+
+from modelmgr.engines.base import EngineState
+from modelmgr.engines.vllm_args import args_with_model, model_from_args
+from plumbing import kube
+
+
+class KubernetesEngine:
+    name = "kubernetes"
+    read_only = False
+
+    def serve(self, *, model: str, served_name: str) -> None:
+        """Patch the arguments and wait for the rollout (bounded by
+        SWITCH_TIMEOUT_SECONDS): until then old and new pods would both answer."""
+        current = kube.rollout()
+        args = args_with_model(current.command, current.args, model=model, served_name=served_name)
+        if args != current.args:
+            kube.set_args(args)
+        if current.replicas == 0:
+            kube.scale(1)
+        kube.wait_rollout(settings.SWITCH_TIMEOUT_SECONDS)
+
+    def stop(self) -> None:
+        """Scale the Deployment to zero replicas."""
+        kube.scale(0)
+
+    def state(self) -> EngineState:
+        found = kube.rollout()
+        model, served_name = model_from_args(found.command, found.args)
+        return EngineState(
+            running=found.available > 0,
+            model=model,
+            served_name=served_name,
+            detail=f"Deployment {settings.K8S_DEPLOYMENT}: {found.detail}",
+        )
