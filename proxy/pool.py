@@ -5,8 +5,9 @@ The backends are the enabled `Backend` rows plus, unless a row is named `default
 one VLLM_BASE_URL describes (with BACKEND_DISCOVERY=kubernetes: the ready pods instead);
 a single backend behaves exactly as TalkTuah always did (no polling, every request goes
 to it). With several, a background task polls each one's /health and /v1/models every
-BACKEND_POLL_SECONDS (and re-reads the rows): a backend that fails a poll, or BACKEND_MAX_FAILURES requests in a row, is ejected for
-BACKEND_COOLDOWN_SECONDS, probed again, and put back once healthy.
+BACKEND_POLL_SECONDS (and re-reads the rows): a backend that fails a poll, or
+BACKEND_MAX_FAILURES requests in a row, is ejected for BACKEND_COOLDOWN_SECONDS, probed
+again, and put back once healthy.
 
 A request goes to a backend serving its model: the one its session hashes to (stable
 rendezvous hashing, so a conversation keeps its prefix cache), else the less busy of two
