@@ -78,13 +78,17 @@ def chat(model: str, *, stream: bool) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
 
 
-def test_without_auto_load_an_unserved_model_is_404(slow_engine, gateway, make_key):
-    response = httpx.post(
+def post_chat(gateway, key: str, model: str, *, stream: bool = False) -> httpx.Response:
+    return httpx.post(
         f"{gateway.url}/v1/chat/completions",
-        json=chat("org/model-b", stream=False),
-        headers={"Authorization": f"Bearer {make_key()}"},
+        json=chat(model, stream=stream),
+        headers={"Authorization": f"Bearer {key}"},
         timeout=30,
     )
+
+
+def test_without_auto_load_an_unserved_model_is_404(slow_engine, gateway, make_key):
+    response = post_chat(gateway, make_key(), "org/model-b")
     assert response.status_code == 404
     assert not ModelSwitch.objects.exists()
 
@@ -141,12 +145,7 @@ def test_a_request_loads_its_model_after_the_old_ones_drain(
 def test_auto_load_gives_up_with_503_and_retry_after(slow_engine, gateway, make_key, settings):
     settings.MODEL_AUTO_LOAD = True
     settings.SWITCH_WAIT_SECONDS = 0.5  # no worker runs: the switch never starts
-    response = httpx.post(
-        f"{gateway.url}/v1/chat/completions",
-        json=chat("org/model-b", stream=False),
-        headers={"Authorization": f"Bearer {make_key()}"},
-        timeout=30,
-    )
+    response = post_chat(gateway, make_key(), "org/model-b")
     assert response.status_code == 503
     assert response.headers["retry-after"] == "10"
     assert response.json()["error"]["code"] == "model_switching"
@@ -155,11 +154,6 @@ def test_auto_load_gives_up_with_503_and_retry_after(slow_engine, gateway, make_
 
 def test_a_model_downloaded_nowhere_is_still_404(slow_engine, gateway, make_key, settings):
     settings.MODEL_AUTO_LOAD = True
-    response = httpx.post(
-        f"{gateway.url}/v1/chat/completions",
-        json=chat("org/never-downloaded", stream=True),
-        headers={"Authorization": f"Bearer {make_key()}"},
-        timeout=30,
-    )
+    response = post_chat(gateway, make_key(), "org/never-downloaded", stream=True)
     assert response.status_code == 404
     assert not ModelSwitch.objects.exists()
