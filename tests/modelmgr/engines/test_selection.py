@@ -6,7 +6,13 @@ from typing import Any
 
 import pytest
 
-from modelmgr.engines import DockerEngine, ExternalEngine, ProcessEngine, get_engine
+from modelmgr.engines import (
+    DockerEngine,
+    ExternalEngine,
+    KubernetesEngine,
+    ProcessEngine,
+    get_engine,
+)
 from plumbing.errors import EngineError, EngineReadOnly
 from tests.private_dockerd import (
     docker_daemon_fixture,  # noqa: F401 (the `docker_daemon` fixture)
@@ -25,7 +31,12 @@ def test_the_external_engine_refuses_changes() -> None:
 
 @pytest.mark.parametrize(
     ("name", "engine_class"),
-    [("process", ProcessEngine), ("docker", DockerEngine), ("external", ExternalEngine)],
+    [
+        ("process", ProcessEngine),
+        ("docker", DockerEngine),
+        ("kubernetes", KubernetesEngine),
+        ("external", ExternalEngine),
+    ],
 )
 def test_get_engine_picks_by_setting(settings: Any, name: str, engine_class: type) -> None:
     settings.TALKTUAH_ENGINE = name
@@ -43,6 +54,6 @@ def test_get_engine_defaults_to_process(settings: Any, monkeypatch: pytest.Monke
 
 
 def test_get_engine_rejects_an_unknown_name(settings: Any) -> None:
-    settings.TALKTUAH_ENGINE = "kubernetes"
-    with pytest.raises(EngineError, match="unknown TALKTUAH_ENGINE 'kubernetes'"):
+    settings.TALKTUAH_ENGINE = "podman"
+    with pytest.raises(EngineError, match="unknown TALKTUAH_ENGINE 'podman'"):
         get_engine()
