@@ -12,7 +12,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from modelmgr.services import backend_create
 from tests.e2e.conftest import RealVllm, vllm_python
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Two vLLM starts (about 70 s each on 2 cores) come before the test body.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello!"}]
 
