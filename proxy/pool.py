@@ -190,8 +190,9 @@ class Pool:
 
     def forget(self) -> None:
         """Drop what was learned and re-read the backends on the next request."""
-        if self._poller is not None:
-            self._poller.cancel()
+        if self._poller is not None and self._loop is not None and not self._loop.is_closed():
+            # The caller may be another thread than the loop's (tests, a management command).
+            self._loop.call_soon_threadsafe(self._poller.cancel)
         self.replicas, self._rows = {}, []
         self._default_source, self._poller, self._loaded = None, None, False
         self._watcher, self._pods_version = None, -1
