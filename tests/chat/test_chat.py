@@ -1,0 +1,130 @@
+"""Chatting through the gateway: a streamed reply with its figures, Esc stopping the
+generation upstream, a refused key and a rate limit shown inline, the history kept."""
+
+import time
+
+import pytest
+from talktuah_chat.store import Store
+
+from tests.chat.conftest import (
+    chat_screen,
+    drive,
+    last_reply,
+    reply_error,
+    reply_figures,
+    reply_text,
+    send,
+    text_of,
+    until,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_it_streams_a_reply_with_its_figures(chat_app, simulator, make_key):
+    simulator(tokens=12, token_delay=0.05)
+    app = chat_app(make_key())
+    seen: list[str] = []
+
+    async def scenario(pilot):
+        await send(pilot, "Hello there")
+        await until(pilot, lambda: list(chat_screen(pilot).query("Reply")), what="a reply")
+        reply = last_reply(pilot)
+        # The text grows while the reply streams, then the figures appear under it.
+        await until(pilot, lambda: seen.append(reply_text(reply)) or "vLLM" in seen[-1])
+        await until(pilot, lambda: "tok/s" in reply_figures(reply), what="the figures")
+        assert reply_text(reply).startswith("Hello, this is the vLLM simulator")
+        figures = reply_figures(reply)
+        assert "first token" in figures
+        assert "completion 12 tok" in figures
+        assert "prompt " in figures
+        assert "demo-model" in figures
+
+    drive(app, scenario)
+    partial = [text for text in seen if text and not text.endswith("!")]
+    assert partial, "the reply never showed partly written: it did not stream"
+    # The conversation is kept: both turns are in the local store, titled by the prompt.
+    store = Store(app.data_path / "conversations.sqlite3")
+    conversation = store.conversations()[0]
+    assert conversation.title == "Hello there"
+    assert [m.role for m in store.messages(conversation.id)] == ["user", "assistant"]
+
+
+def test_escape_stops_the_generation(chat_app, simulator, make_key):
+    sim = simulator(tokens=2000, token_delay=0.02)
+    app = chat_app(make_key())
+
+    async def scenario(pilot):
+        await send(pilot, "Tell me everything")
+        await until(pilot, lambda: len(reply_text(last_reply(pilot))) > 20, what="streaming")
+        await pilot.press("escape")
+        await until(pilot, lambda: "Stopped" in text_of(chat_screen(pilot).query_one("#status")))
+        await pilot.pause(0.5)
+        stopped_at = sim.metric("vllm:generation_tokens_total")
+        await pilot.pause(1.0)
+        # vLLM was told: its token counter no longer grows.
+        assert sim.metric("vllm:generation_tokens_total") == stopped_at
+        assert stopped_at < 1000
+        assert sim.metric("vllm:num_requests_running") == 0
+
+    drive(app, scenario)
+
+
+def test_it_shows_a_refused_key_inline(chat_app, simulator):
+    simulator()
+    app = chat_app("tt-nothere.notasecret")
+
+    async def scenario(pilot):
+        await send(pilot, "hi")
+        error = await until(pilot, lambda: reply_error(last_reply(pilot)), what="the error")
+        assert error.startswith("401")
+        assert "refused this key" in error
+
+    drive(app, scenario)
+
+
+def test_it_counts_down_a_rate_limit(chat_app, simulator, make_key):
+    simulator(tokens=3, token_delay=0.01)
+    app = chat_app(make_key(rpm_limit=1))
+
+    async def scenario(pilot):
+        await send(pilot, "one")
+        await until(pilot, lambda: "tok/s" in reply_figures(last_reply(pilot)), what="a reply")
+        await send(pilot, "two")
+        error = await until(pilot, lambda: reply_error(last_reply(pilot)), what="the 429")
+        assert error.startswith("429")
+        first = int(error.split("Send again in ")[1].split()[0])
+        assert 0 < first <= 60
+        start = time.monotonic()
+        # The countdown moves by itself.
+        await until(
+            pilot,
+            lambda: (
+                f"in {first - 1} s" in reply_error(last_reply(pilot))
+                or f"in {first - 2} s" in reply_error(last_reply(pilot))
+            ),
+            within=4,
+            what="the countdown to move",
+        )
+        assert time.monotonic() - start >= 0.5
+
+    drive(app, scenario)
+
+
+def test_input_history_and_newlines(chat_app, simulator, make_key):
+    simulator(tokens=2, token_delay=0.01)
+    app = chat_app(make_key())
+
+    async def scenario(pilot):
+        await send(pilot, "first")
+        await until(pilot, lambda: "tok/s" in reply_figures(last_reply(pilot)), what="a reply")
+        box = chat_screen(pilot).query_one("#input")
+        await pilot.press("a", "ctrl+j", "b")
+        assert box.text == "a\nb"
+        box.text = ""
+        await pilot.press("up")
+        assert box.text == "first"
+        await pilot.press("down")
+        assert box.text == ""
+
+    drive(app, scenario)
