@@ -7,11 +7,13 @@ import threading
 import pytest
 from django.db import close_old_connections, connection
 from talktuah_chat.settings import SettingsScreen
+from textual.widgets import Static
 
 from modelmgr import services
 from modelmgr.models import Scope
 from tests.chat.conftest import drive, text_of, until
 from tests.modelmgr.test_lifecycle import download, tiny_model_files
+from tests.net import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,7 +28,7 @@ async def open_settings(pilot) -> SettingsScreen:
 
 
 def shown(screen: SettingsScreen, selector: str) -> str:
-    return text_of(screen.query_one(selector))
+    return text_of(screen.query_one(selector, Static))
 
 
 def test_an_admin_key_sees_the_served_model_and_health(chat_app, simulator, make_key):
@@ -65,9 +67,7 @@ def test_an_inference_key_is_told_why_not(chat_app, simulator, make_key):
 
 
 @pytest.fixture
-def process_engine(settings, tmp_path):
-    from tests.modelmgr.test_lifecycle import free_port
-
+def process_engine(settings, tmp_path):  # test_lifecycle's, with a shorter load delay
     port = free_port()
     settings.TALKTUAH_ENGINE = "process"
     settings.VAR_DIR = tmp_path / "var"
