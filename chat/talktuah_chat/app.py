@@ -34,9 +34,11 @@ from talktuah_chat import config as configuration
 from talktuah_chat.gateway import Comment, Delta, Figures, Gateway, GatewayError
 from talktuah_chat.store import Conversation, Message, Store
 
-# How long to wait before retrying while the gateway answers 503 (a model switch) and
-# sends no Retry-After.
+# How long to wait before retrying while the gateway answers 503 (a model switch): its
+# Retry-After, else the default, and never more than the maximum, so a finished switch is
+# noticed soon.
 SWITCH_RETRY_SECONDS = 3
+MAX_SWITCH_RETRY_SECONDS = 10
 
 
 def describe(error: GatewayError) -> str:
@@ -416,7 +418,9 @@ class ChatScreen(Screen[None]):
                 except GatewayError as error:
                     if error.status == 503 and not text:
                         # A model switch: the gateway asks to come back later; do so.
-                        wait = error.retry_after or SWITCH_RETRY_SECONDS
+                        wait = min(
+                            error.retry_after or SWITCH_RETRY_SECONDS, MAX_SWITCH_RETRY_SECONDS
+                        )
                         for left in range(wait, 0, -1):
                             reply.show_error(
                                 f"503 — the model is switching ({error.message}); "

@@ -2,15 +2,20 @@
 socket, in a thread) and real simulator processes: no HTTP is mocked."""
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
-from talktuah_chat.app import ChatApp, ChatScreen, Reply
-from talktuah_chat.config import Config
+from django.db import close_old_connections, connection
 from textual.pilot import Pilot
 from textual.widgets import Markdown, Static
+
+from modelmgr import services
+from talktuah_chat.app import ChatApp, ChatScreen, Reply
+from talktuah_chat.config import Config
+from tests.net import free_port
 
 
 @pytest.fixture
@@ -82,3 +87,38 @@ async def send(pilot: Pilot[None], text: str) -> None:
     await pilot.press(*text)
     await pilot.press("enter")
     await pilot.pause()
+
+
+@pytest.fixture
+def process_engine(settings, tmp_path):  # test_lifecycle's, with a shorter load delay
+    port = free_port()
+    settings.TALKTUAH_ENGINE = "process"
+    settings.VAR_DIR = tmp_path / "var"
+    settings.VAR_DIR.mkdir()
+    settings.ENGINE_STATE_FILE = settings.VAR_DIR / "engine.json"
+    settings.ENGINE_LOG_FILE = settings.VAR_DIR / "engine.log"
+    settings.VLLM_BASE_URL = f"http://127.0.0.1:{port}"
+    settings.VLLM_PORT = port
+    settings.ENGINE_PROCESS_COMMAND = (
+        "{python} {manage} vllm_simulator --model {served_name} --port {port} --startup-delay 1.0"
+    )
+    settings.ENGINE_STOP_GRACE_SECONDS = 5
+    settings.SWITCH_TIMEOUT_SECONDS = 30
+    engine = services.engines.get_engine()
+    yield engine
+    engine.stop()
+
+
+def in_thread(work) -> threading.Thread:
+    """Run worker-side work (a switch, a download) as the worker would, off the UI loop."""
+
+    def run():
+        try:
+            work()
+        finally:
+            close_old_connections()
+            connection.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

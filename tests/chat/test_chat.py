@@ -4,11 +4,14 @@ generation upstream, a refused key and a rate limit shown inline, the history ke
 import time
 
 import pytest
-from talktuah_chat.store import Store
 
+from modelmgr import services
+from talktuah_chat import app as app_module
+from talktuah_chat.store import Store
 from tests.chat.conftest import (
     chat_screen,
     drive,
+    in_thread,
     last_reply,
     reply_error,
     reply_figures,
@@ -17,6 +20,8 @@ from tests.chat.conftest import (
     text_of,
     until,
 )
+from tests.modelmgr.test_lifecycle import download
+from tests.net import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -128,3 +133,68 @@ def test_input_history_and_newlines(chat_app, simulator, make_key):
         assert box.text == ""
 
     drive(app, scenario)
+
+
+def test_a_stream_broken_midway_ends_with_its_error_inline(chat_app, simulator, make_key):
+    sim = simulator(tokens=2000, token_delay=0.02)
+    app = chat_app(make_key())
+
+    async def scenario(pilot):
+        await send(pilot, "go on")
+        await until(pilot, lambda: len(reply_text(last_reply(pilot))) > 20, what="streaming")
+        sim.kill()  # vLLM dies mid-stream: the gateway ends it with an error event
+        error = await until(pilot, lambda: reply_error(last_reply(pilot)), what="the error")
+        assert error.startswith("502"), error
+        # What arrived before the break stays on screen.
+        assert reply_text(last_reply(pilot)).startswith("Hello, this is")
+
+    drive(app, scenario)
+
+
+def test_an_unreachable_model_server_is_a_502_inline(chat_app, make_key, settings):
+    settings.VLLM_BASE_URL = f"http://127.0.0.1:{free_port()}"
+    settings.UPSTREAM_RETRY_SECONDS = 0.5
+    app = chat_app(make_key())
+
+    async def scenario(pilot):
+        await send(pilot, "anyone?")
+        error = await until(pilot, lambda: reply_error(last_reply(pilot)), what="the error")
+        assert error.startswith("502 — the model server is unreachable"), error
+
+    drive(app, scenario)
+
+
+def test_it_waits_through_a_model_switch(
+    chat_app, fake_hub, process_engine, make_key, settings, monkeypatch
+):
+    monkeypatch.setattr(app_module, "MAX_SWITCH_RETRY_SECONDS", 2)
+    settings.SWITCH_WAIT_SECONDS = 0.5  # no worker yet: the gateway answers 503 soon
+    download(fake_hub, "org/model-a")
+    download(fake_hub, "org/model-b")
+    process_engine.serve(model="org/model-a", served_name="org/model-a")
+    assert services.wait_until_serving("org/model-a", timeout=20) is None
+    services.model_switch_request(repo_id="org/model-b", requested_by="tester")
+    app = chat_app(make_key())
+    threads = []
+
+    def run_the_switch():
+        services.model_switch_run(switch=services.model_switch_claim(worker="test"))
+
+    async def scenario(pilot):
+        chat_screen(pilot).conversation.model = "org/model-b"
+        await send(pilot, "hello b")
+        error = await until(pilot, lambda: reply_error(last_reply(pilot)), what="the 503")
+        assert error.startswith("503 — the model is switching"), error
+        assert "retrying in" in error
+        threads.append(in_thread(run_the_switch))
+        # The client retries by itself and the reply comes from the new model.
+        reply = last_reply(pilot)
+        await until(pilot, lambda: "tok/s" in reply_figures(reply), within=40, what="a reply")
+        assert "org/model-b" in reply_figures(reply)
+        assert reply_error(reply) == ""
+
+    try:
+        drive(app, scenario)
+    finally:
+        for thread in threads:
+            thread.join(60)

@@ -2,18 +2,14 @@
 health), what an inference key is told, a switch followed through its phases to
 "ready", and a download's progress reaching 100%."""
 
-import threading
-
 import pytest
-from django.db import close_old_connections, connection
-from talktuah_chat.settings import SettingsScreen
 from textual.widgets import Static
 
 from modelmgr import services
 from modelmgr.models import Scope
-from tests.chat.conftest import drive, text_of, until
+from talktuah_chat.settings import SettingsScreen
+from tests.chat.conftest import drive, in_thread, text_of, until
 from tests.modelmgr.test_lifecycle import download, tiny_model_files
-from tests.net import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -66,48 +62,13 @@ def test_an_inference_key_is_told_why_not(chat_app, simulator, make_key):
     drive(app, scenario)
 
 
-@pytest.fixture
-def process_engine(settings, tmp_path):  # test_lifecycle's, with a shorter load delay
-    port = free_port()
-    settings.TALKTUAH_ENGINE = "process"
-    settings.VAR_DIR = tmp_path / "var"
-    settings.VAR_DIR.mkdir()
-    settings.ENGINE_STATE_FILE = settings.VAR_DIR / "engine.json"
-    settings.ENGINE_LOG_FILE = settings.VAR_DIR / "engine.log"
-    settings.VLLM_BASE_URL = f"http://127.0.0.1:{port}"
-    settings.VLLM_PORT = port
-    settings.ENGINE_PROCESS_COMMAND = (
-        "{python} {manage} vllm_simulator --model {served_name} --port {port} --startup-delay 1.0"
-    )
-    settings.ENGINE_STOP_GRACE_SECONDS = 5
-    settings.SWITCH_TIMEOUT_SECONDS = 30
-    engine = services.engines.get_engine()
-    yield engine
-    engine.stop()
-
-
-def in_thread(work) -> threading.Thread:
-    """Run worker-side work (a switch, a download) as the worker would, off the UI loop."""
-
-    def run():
-        try:
-            work()
-        finally:
-            close_old_connections()
-            connection.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_a_switch_is_followed_until_ready(chat_app, fake_hub, process_engine, make_key):
     download(fake_hub, "org/model-a")
     download(fake_hub, "org/model-b")
     process_engine.serve(model="org/model-a", served_name="org/model-a")
     assert services.wait_until_serving("org/model-a", timeout=20) is None
     app = chat_app(make_key(scopes=ADMIN))
-    threads: list[threading.Thread] = []
+    threads: list = []
 
     def run_the_switch():
         claimed = services.model_switch_claim(worker="test")
@@ -147,7 +108,7 @@ def test_a_download_shows_its_progress_to_100_percent(chat_app, fake_hub, make_k
     fake_hub.add_repo("org/new", tiny_model_files(b"\1" * (3 * 1024 * 1024)))
     fake_hub.slow("org/new", "model.safetensors", 0.05, chunk=256 * 1024)
     app = chat_app(make_key(scopes=ADMIN))
-    threads: list[threading.Thread] = []
+    threads: list = []
     percents: list[float] = []
 
     def run_the_download():
