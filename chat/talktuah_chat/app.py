@@ -481,7 +481,8 @@ class ChatScreen(Screen[None]):
             self.generation.cancel()
 
     async def action_new(self) -> None:
-        await self.open(self.chat_app.store.create())
+        store = self.chat_app.store
+        await self.open(store.unused() or store.create())
 
     def action_options(self) -> None:
         assert self.conversation is not None

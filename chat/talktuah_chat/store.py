@@ -69,6 +69,15 @@ class Store:
         ).fetchone()
         return Conversation(*row) if row else None
 
+    def unused(self) -> Conversation | None:
+        """A conversation nothing was said in yet, so "new chat" does not pile them up."""
+        row = self.db.execute(
+            "SELECT id FROM conversation WHERE NOT EXISTS "
+            "(SELECT 1 FROM message WHERE conversation_id = conversation.id) "
+            "ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return self.get(row[0]) if row else None
+
     def create(self, title: str = "New chat") -> Conversation:
         with self.db:
             cursor = self.db.execute(
