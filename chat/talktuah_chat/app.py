@@ -242,7 +242,7 @@ class ChatScreen(Screen[None]):
         Binding("escape", "stop", "Stop"),
         Binding("ctrl+n", "new", "New chat"),
         Binding("f2", "options", "Chat options"),
-        Binding("ctrl+e", "export", "Export"),
+        Binding("f3", "export", "Export"),
         Binding("f8", "delete", "Delete chat"),
         Binding("f9", "settings", "Settings"),
     ]
@@ -267,7 +267,7 @@ class ChatScreen(Screen[None]):
             yield ListView(id="conversations")
             with Vertical(id="main"):
                 with Horizontal(id="topbar"):
-                    yield Select[str]([], prompt="served model", id="model")
+                    yield Select[str]([], prompt="model: the one served now", id="model")
                     yield Label("", id="title")
                 yield VerticalScroll(id="log")
                 yield Static("", id="status")
@@ -555,6 +555,7 @@ class ChatApp(App[None]):
         self.gateway = Gateway(config.url, config.key)
 
     def on_mount(self) -> None:
+        self.sub_title = self.config.url
         if self.config.complete:
             self.push_screen(ChatScreen())
         else:
@@ -568,6 +569,7 @@ class ChatApp(App[None]):
         configuration.save(config, path=self.config_path)
         await self.gateway.aclose()
         self.gateway = Gateway(config.url, config.key)
+        self.sub_title = config.url
         await self.push_screen(ChatScreen())
 
     async def on_unmount(self) -> None:

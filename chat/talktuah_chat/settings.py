@@ -34,13 +34,17 @@ def size(n: float | None) -> str:
     return f"{n:.1f} TB"
 
 
+def count(value: Any) -> str:
+    return "?" if value is None else f"{float(value):.0f}"
+
+
 def health_text(health: dict[str, Any]) -> str:
     model = health.get("model") or {}
     queue = health.get("queue") or {}
     lines = [
         f"Status: {health.get('status')}    Model: {model.get('id') or 'none'}"
         + (f" (max {model['max_model_len']} tokens)" if model.get("max_model_len") else ""),
-        f"Queue: {queue.get('waiting', '?')} waiting, {queue.get('running', '?')} running, "
+        f"Queue: {count(queue.get('waiting'))} waiting, {count(queue.get('running'))} running, "
         f"KV cache {float(queue.get('kv_cache_usage') or 0) * 100:.0f}%",
     ]
     gpus = health.get("gpu")
@@ -120,6 +124,7 @@ class SettingsScreen(Screen[None]):
     #models { height: auto; max-height: 12; }
     #health { margin: 1 0; }
     #admin-note { color: $warning; }
+    #download-bar { display: none; }
     """
 
     async def on_mount(self) -> None:
@@ -225,6 +230,7 @@ class SettingsScreen(Screen[None]):
         except GatewayError as error:
             status.update(f"Download refused: {error}")
             return
+        bar.display = True
         while True:
             bar.update(progress=float(job.get("percent") or 0))
             status.update(progress_text(job))

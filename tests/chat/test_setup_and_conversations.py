@@ -58,9 +58,15 @@ def test_the_first_run_screen_checks_the_key(gateway, simulator, make_key, tmp_p
         await until(pilot, lambda: text_of(result).startswith("401"), what="the 401")
         assert "refused this key" in text_of(result)
         assert not config_path.exists()
-        screen.query_one("#setup-key", Input).value = good
-        await pilot.click("#setup-check")
-        await until(pilot, lambda: isinstance(pilot.app.screen, ChatScreen), what="the chat")
+        key_box = screen.query_one("#setup-key", Input)
+        key_box.value = good
+        key_box.focus()
+        await pilot.press("enter")  # Enter in the form checks too
+        await until(
+            pilot,
+            lambda: isinstance(pilot.app.screen, ChatScreen),
+            what=f"the chat (the check said: {text_of(result)!r})",
+        )
 
     drive(app, scenario)
     assert json.loads(config_path.read_text()) == {"url": gateway.url, "key": good}
@@ -104,8 +110,9 @@ def test_conversations_are_kept_renamed_opened_deleted_and_exported(
         await pilot.press("enter")
         await until(pilot, lambda: screen.conversation.id == first.id, what="the reopened chat")
         assert len(list(screen.query("Reply"))) == 2
-        # Export to Markdown.
-        await pilot.press("ctrl+e")
+        # Export to Markdown, from the input box as one would.
+        screen.query_one("#input").focus()
+        await pilot.press("f3")
         await pilot.pause()
         # Delete the other conversation (confirmed).
         await pilot.press("ctrl+n")
