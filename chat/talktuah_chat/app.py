@@ -438,21 +438,25 @@ class ChatScreen(Screen[None]):
             stopped = True
             raise
         finally:
-            await stream.stop()
-            if stopped:
-                self.set_status("Stopped.")
-                reply.show_error("Stopped.")
-            elif self.countdown is None:
-                self.set_status("")
+            # Keep what arrived first (also when stopped, or when the user has moved to
+            # another conversation and this reply's widgets are gone), then show it.
             content = "".join(text)
-            if figures.line():
-                reply.show_figures(figures.line())
+            line = " · ".join(part for part in (figures.line(), "stopped" * stopped) if part)
             if content:
                 self.chat_app.store.add_message(
-                    conversation_id, Message("assistant", content, figures.line())
+                    conversation_id, Message("assistant", content, line)
                 )
                 if self.conversation and self.conversation.id == conversation_id:
                     self.turns.append(Message("assistant", content))
+            await stream.stop()
+            if reply.is_attached:
+                reply.show_figures(line)
+                if stopped:
+                    reply.show_error("Stopped.")
+            if stopped:
+                self.set_status("Stopped.")
+            elif self.countdown is None:
+                self.set_status("")
 
     def start_countdown(self, reply: Reply, error: GatewayError) -> None:
         """429: show when sending works again, counting down from Retry-After."""

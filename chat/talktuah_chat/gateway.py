@@ -172,7 +172,12 @@ class Gateway:
                     data = line[5:].strip()
                     if data == "[DONE]":
                         break
-                    chunk = json.loads(data)
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError as exc:
+                        raise GatewayError(
+                            f"the gateway sent a malformed event: {data[:80]!r}", status=502
+                        ) from exc
                     if "error" in chunk:
                         # The gateway's closing event: {"error": {"message", "type",
                         # "code": <HTTP status>}} then [DONE].

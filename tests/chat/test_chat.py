@@ -198,3 +198,25 @@ def test_it_waits_through_a_model_switch(
     finally:
         for thread in threads:
             thread.join(60)
+
+
+def test_moving_to_another_chat_mid_stream_keeps_what_arrived(chat_app, simulator, make_key):
+    simulator(tokens=2000, token_delay=0.02)
+    app = chat_app(make_key())
+
+    async def scenario(pilot):
+        await send(pilot, "a long one")
+        await until(pilot, lambda: len(reply_text(last_reply(pilot))) > 20, what="streaming")
+        await pilot.press("ctrl+n")
+        screen = chat_screen(pilot)
+        await until(pilot, lambda: not list(screen.query("Reply")), what="the new chat")
+        assert screen.generation is not None
+        await until(pilot, lambda: screen.generation.is_finished, what="the stream to close")
+
+    drive(app, scenario)
+    store = Store(app.data_path / "conversations.sqlite3")
+    [talked] = [c for c in store.conversations() if c.title == "a long one"]
+    kept = store.messages(talked.id)
+    assert [m.role for m in kept] == ["user", "assistant"]
+    assert kept[1].content.startswith("Hello, this is")
+    assert kept[1].figures.endswith("stopped")
