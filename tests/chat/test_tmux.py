@@ -55,10 +55,10 @@ def test_it_chats_in_a_real_terminal(gateway, simulator, make_key, tmp_path):
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LANG": "C.UTF-8",
     }
+    # A clean environment: the test run's own (COLUMNS=80 under pytest, say) stays out.
+    assignments = [f"{name}={shlex.quote(value)}" for name, value in env.items()]
     command = " ".join(
-        # A clean environment: the test run's own (COLUMNS=80 under pytest, say) stays out.
-        ["env", "-i", *(f"{k}={shlex.quote(v)}" for k, v in env.items())]
-        + [shlex.quote(sys.executable), "-m", "talktuah_chat"]
+        ["env", "-i", *assignments, shlex.quote(sys.executable), "-m", "talktuah_chat"]
     )
     tmux = Tmux(f"talktuah-chat-test-{time.monotonic_ns()}")
     tmux.run("new-session", "-d", "-s", "chat", "-x", "120", "-y", "40", command)
