@@ -4,6 +4,7 @@ generation upstream, a refused key and a rate limit shown inline, the history ke
 import time
 
 import pytest
+from textual.widgets import Select
 
 from modelmgr import services
 from talktuah_chat import app as app_module
@@ -44,6 +45,15 @@ def test_it_streams_a_reply_with_its_figures(chat_app, simulator, make_key):
         assert "completion 12 tok" in figures
         assert "prompt " in figures
         assert "demo-model" in figures
+        # The model picker offers what /v1/models lists (an unknown value would raise),
+        # and the choice goes into the next request and the conversation.
+        screen = chat_screen(pilot)
+        await until(pilot, lambda: screen.models, what="the model list")
+        assert screen.models == ["demo-model"]
+        screen.query_one("#model", Select).value = "demo-model"
+        await pilot.pause()
+        assert screen.request_body()["model"] == "demo-model"
+        assert screen.conversation.model == "demo-model"
 
     drive(app, scenario)
     partial = [text for text in seen if text and not text.endswith("!")]

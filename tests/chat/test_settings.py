@@ -7,7 +7,7 @@ from textual.widgets import Static
 
 from modelmgr import services
 from modelmgr.models import Scope
-from talktuah_chat.settings import SettingsScreen
+from talktuah_chat.settings import SettingsScreen, health_text
 from tests.chat.conftest import drive, in_thread, text_of, until
 from tests.modelmgr.test_lifecycle import download, tiny_model_files
 
@@ -140,3 +140,33 @@ def test_a_download_shows_its_progress_to_100_percent(chat_app, fake_hub, make_k
         for thread in threads:
             thread.join(60)
     assert any(0 < p < 100 for p in percents), percents
+
+
+def test_the_health_panel_lists_every_backend_when_there_are_several():
+    # The panel's text from a /api/healthz answer with two backends (shape as in README).
+    backend = {"status": "ok", "models": ["m"], "in_flight": 1, "ejected": False}
+    text = health_text(
+        {
+            "status": "degraded",
+            "model": {"id": "m", "max_model_len": 512},
+            "queue": {"waiting": 2.0, "running": 1.0, "kv_cache_usage": 0.25},
+            "gpu": [
+                {
+                    "index": 0,
+                    "name": "L4",
+                    "memory_used_bytes": 2 * 1024**3,
+                    "memory_total_bytes": 24 * 1024**3,
+                    "utilization_percent": 40,
+                }
+            ],
+            "backends": [
+                {**backend, "name": "gpu-a"},
+                {**backend, "name": "gpu-b", "status": "down", "models": [], "ejected": True},
+            ],
+        }
+    )
+    assert "Status: degraded" in text
+    assert "Queue: 2 waiting, 1 running, KV cache 25%" in text
+    assert "GPU 0: L4, 2.0 GB / 24.0 GB, 40% busy" in text
+    assert "  gpu-a: ok, models m, 1 in flight" in text
+    assert "  gpu-b: down, models none, 1 in flight, ejected" in text
