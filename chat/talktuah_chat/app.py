@@ -123,8 +123,8 @@ class Reply(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Markdown(self.text, classes="reply-text")
-        yield Static("", classes="reply-error")
-        yield Static(self.figures_text, classes="reply-figures")
+        yield Static("", classes="reply-error", markup=False)
+        yield Static(self.figures_text, classes="reply-figures", markup=False)
 
     @property
     def markdown(self) -> Markdown:
@@ -152,7 +152,7 @@ class SetupScreen(Screen[configuration.Config]):
             yield Input(self.current.url or "http://127.0.0.1:8000", id="setup-url")
             yield Input(self.current.key, placeholder="tt-… key", password=True, id="setup-key")
             yield Button("Check and save", id="setup-check", variant="primary")
-            yield Static("", id="setup-result")
+            yield Static("", id="setup-result", markup=False)
 
     @on(Button.Pressed, "#setup-check")
     @on(Input.Submitted)
@@ -183,7 +183,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question)
+            yield Label(self.question, markup=False)
             with Horizontal():
                 yield Button("Yes", id="yes", variant="warning")
                 yield Button("No", id="no")
@@ -268,9 +268,9 @@ class ChatScreen(Screen[None]):
             with Vertical(id="main"):
                 with Horizontal(id="topbar"):
                     yield Select[str]([], prompt="model: the one served now", id="model")
-                    yield Label("", id="title")
+                    yield Label("", id="title", markup=False)
                 yield VerticalScroll(id="log")
-                yield Static("", id="status")
+                yield Static("", id="status", markup=False)
                 yield ChatInput(id="input")
         yield Footer()
 
@@ -312,7 +312,7 @@ class ChatScreen(Screen[None]):
         await view.clear()
         current = 0
         for i, conversation in enumerate(self.chat_app.store.conversations()):
-            item = ListItem(Label(conversation.title), name=str(conversation.id))
+            item = ListItem(Label(conversation.title, markup=False), name=str(conversation.id))
             await view.append(item)
             if self.conversation and conversation.id == self.conversation.id:
                 current = i
@@ -326,7 +326,9 @@ class ChatScreen(Screen[None]):
         log = self.query_one("#log", VerticalScroll)
         await log.remove_children()
         widgets = [
-            Static(m.content, classes="prompt") if m.role == "user" else Reply(m.content, m.figures)
+            Static(m.content, classes="prompt", markup=False)
+            if m.role == "user"
+            else Reply(m.content, m.figures)
             for m in self.turns
         ]
         await log.mount_all(widgets)
@@ -369,7 +371,7 @@ class ChatScreen(Screen[None]):
             await self.refresh_list()
         reply = Reply()
         log = self.query_one("#log", VerticalScroll)
-        await log.mount_all([Static(event.text, classes="prompt"), reply])
+        await log.mount_all([Static(event.text, classes="prompt", markup=False), reply])
         reply.show_error("")
         log.scroll_end(animate=False)
         self.generation = self.run_worker(
@@ -504,7 +506,7 @@ class ChatScreen(Screen[None]):
         path = self.chat_app.store.export_markdown(
             self.conversation.id, self.chat_app.data_path / "exports"
         )
-        self.notify(f"Exported to {path}")
+        self.notify(f"Exported to {path}", markup=False)
 
     def action_delete(self) -> None:
         assert self.conversation is not None

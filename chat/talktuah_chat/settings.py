@@ -104,18 +104,18 @@ class SettingsScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Header()
         with VerticalScroll(id="settings"):
-            yield Static("Checking the key's scope…", id="admin-note")
-            yield Static("", id="health")
+            yield Static("Checking the key's scope…", id="admin-note", markup=False)
+            yield Static("", id="health", markup=False)
             yield DataTable(id="models", cursor_type="row")
             with Horizontal(classes="row"):
                 yield Input(placeholder="model to serve (org/name)", id="switch-id")
                 yield Button("Switch", id="switch", variant="warning")
-            yield Static("", id="switch-status")
+            yield Static("", id="switch-status", markup=False)
             with Horizontal(classes="row"):
                 yield Input(placeholder="Hub repo to download (org/name)", id="download-id")
                 yield Button("Download", id="download", variant="primary")
             yield ProgressBar(total=100, id="download-bar", show_eta=False)
-            yield Static("", id="download-status")
+            yield Static("", id="download-status", markup=False)
         yield Footer()
 
     DEFAULT_CSS = """

@@ -141,6 +141,12 @@ def test_input_history_and_newlines(chat_app, simulator, make_key):
         assert box.text == "first"
         await pilot.press("down")
         assert box.text == ""
+        # What the user types is shown as typed, never read as Textual markup.
+        box.text = "[/bold] is [red]not[/red] markup"
+        await pilot.press("enter")
+        await until(pilot, lambda: len(list(chat_screen(pilot).query(".prompt"))) == 2)
+        shown = text_of(list(chat_screen(pilot).query(".prompt"))[-1])
+        assert shown == "[/bold] is [red]not[/red] markup"
 
     drive(app, scenario)
 
