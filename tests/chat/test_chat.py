@@ -236,3 +236,16 @@ def test_moving_to_another_chat_mid_stream_keeps_what_arrived(chat_app, simulato
     assert [m.role for m in kept] == ["user", "assistant"]
     assert kept[1].content.startswith("Hello, this is")
     assert kept[1].figures.endswith("stopped")
+
+
+def test_a_silent_model_server_is_a_504_inline(chat_app, simulator, make_key, settings):
+    simulator(tokens=5, token_delay=1.5)
+    settings.UPSTREAM_READ_TIMEOUT = 0.5
+    app = chat_app(make_key())
+
+    async def scenario(pilot):
+        await send(pilot, "slowly")
+        error = await until(pilot, lambda: reply_error(last_reply(pilot)), what="the error")
+        assert error.startswith("504 — the model server stopped answering"), error
+
+    drive(app, scenario)
