@@ -439,6 +439,8 @@ class ChatScreen(Screen[None]):
         except asyncio.CancelledError:
             stopped = True
             raise
+        except Exception as exc:  # a bug of ours: say so in the reply, never a traceback
+            reply.show_error(f"Unexpected error in the client: {exc!r}")
         finally:
             # Keep what arrived first (also when stopped, or when the user has moved to
             # another conversation and this reply's widgets are gone), then show it.
@@ -465,17 +467,19 @@ class ChatScreen(Screen[None]):
         deadline = time.monotonic() + max(1, error.retry_after)
 
         def tick() -> None:
+            # The limit is the key's: the status line counts down in any conversation; the
+            # reply that was refused only while it is on screen.
             left = round(deadline - time.monotonic())
             if left > 0:
                 text = f"429 — rate limited: {error.message} Send again in {left} s."
-                reply.show_error(text)
-                self.set_status(text)
             else:
-                reply.show_error(f"429 — rate limited: {error.message} You can send again now.")
-                self.set_status("")
-                if self.countdown is not None:
-                    self.countdown.stop()
-                    self.countdown = None
+                text = f"429 — rate limited: {error.message} You can send again now."
+            if reply.is_attached:
+                reply.show_error(text)
+            self.set_status(text if left > 0 else "")
+            if left <= 0 and self.countdown is not None:
+                self.countdown.stop()
+                self.countdown = None
 
         if self.countdown is not None:
             self.countdown.stop()
