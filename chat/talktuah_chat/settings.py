@@ -173,6 +173,7 @@ class SettingsScreen(Screen[None]):
         self.query_one("#switch-id", Input).value = str(event.row_key.value)
 
     @on(Button.Pressed, "#switch")
+    @on(Input.Submitted, "#switch-id")
     def ask_switch(self) -> None:
         from talktuah_chat.app import ConfirmScreen
 
@@ -216,6 +217,7 @@ class SettingsScreen(Screen[None]):
         await self.load_models()
 
     @on(Button.Pressed, "#download")
+    @on(Input.Submitted, "#download-id")
     def ask_download(self) -> None:
         model_id = self.query_one("#download-id", Input).value.strip()
         if model_id:
