@@ -21,9 +21,9 @@ PYTHON ?= $(shell \
 	  $$p/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$p/bin/python; exit; }; \
 	done)
 
-.PHONY: venv run test lint typecheck pytest pytest-prod clean
+.PHONY: venv run chat test lint typecheck pytest pytest-prod clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt chat/pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then \
 	  echo "TalkTuah needs Python >= 3.12 (Django 6). None was found on the PATH or under pyenv." >&2; \
 	  echo "Install one (e.g. 'pyenv install 3.12', or your OS's python3.12 package) or pass PYTHON=/path/to/python3.12." >&2; \
@@ -41,6 +41,12 @@ run: venv
 	$(PY) manage.py migrate --no-input -v 0
 	$(PY) manage.py demo_setup
 	$(PY) manage.py run_demo --host $(HOST) --port $(PORT) --sim-port $(SIM_PORT) --model $(SIM_MODEL)
+
+# The terminal chat client (chat/) against the demo that `make run` serves (run that
+# first, in another terminal: it writes the demo's admin key to var/demo-key.txt).
+chat: venv
+	@[ -s var/demo-key.txt ] || { echo "No var/demo-key.txt yet: start 'make run' in another terminal first." >&2; exit 1; }
+	$(VENV)/bin/talktuah-chat --url http://$(HOST):$(PORT) --key "$$(cat var/demo-key.txt)"
 
 lint: venv
 	$(VENV)/bin/ruff format --check .

@@ -69,3 +69,16 @@ def test_it_keeps_the_fakes_and_the_demo_in_devtools():
     assert (REPO / "devtools" / "simulator").is_dir() and (
         REPO / "devtools" / "fakehub.py"
     ).is_file()
+
+
+def test_the_chat_client_stands_alone():
+    # chat/ installs alone on a laptop (`pipx install ./chat`): nothing of the gateway.
+    modules = sorted((REPO / "chat" / "talktuah_chat").rglob("*.py"))
+    assert modules
+    forbidden = {"django", "ninja", "devtools", *PRODUCT}
+    offenders = {
+        str(path.relative_to(REPO)): sorted(imported_packages(path) & forbidden)
+        for path in modules
+        if imported_packages(path) & forbidden
+    }
+    assert not offenders, f"the chat client may not import {sorted(forbidden)}: {offenders}"

@@ -1,0 +1,211 @@
+"""The one module that talks to the gateway (httpx): a few typed calls and one exception,
+GatewayError, carrying the status, the OpenAI-shape error's message and code, and
+Retry-After when the gateway sent one."""
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+TIMEOUT = httpx.Timeout(connect=5.0, read=120.0, write=10.0, pool=5.0)
+
+
+class GatewayError(Exception):
+    """A refused or failed call; status 0 means the gateway could not be reached."""
+
+    def __init__(
+        self, message: str, *, status: int = 0, code: str | None = None, retry_after: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.message}" if self.status else self.message
+
+
+@dataclass
+class Delta:
+    """Text of the reply, as it arrives."""
+
+    text: str
+
+
+@dataclass
+class Comment:
+    """An SSE comment: the gateway says it is loading a model for this request."""
+
+    text: str
+
+
+@dataclass
+class Figures:
+    """What a finished reply cost and how fast it came."""
+
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    first_token_seconds: float | None = None
+    tokens_per_second: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        parts = []
+        if self.model:
+            parts.append(self.model)
+        if self.first_token_seconds is not None:
+            parts.append(f"first token {self.first_token_seconds * 1000:.0f} ms")
+        if self.tokens_per_second is not None:
+            parts.append(f"{self.tokens_per_second:.1f} tok/s")
+        if self.prompt_tokens is not None:
+            parts.append(f"prompt {self.prompt_tokens} tok")
+        if self.completion_tokens is not None:
+            parts.append(f"completion {self.completion_tokens} tok")
+        return " · ".join(parts)
+
+
+def _error_from(response: httpx.Response, body: bytes) -> GatewayError:
+    message, code = response.reason_phrase or "error", None
+    try:
+        detail = json.loads(body)
+    except ValueError:
+        detail = None
+    if isinstance(detail, dict):
+        error = detail.get("error", detail)
+        if isinstance(error, dict):
+            message = str(error.get("message") or error.get("detail") or message)
+            code = error.get("code")
+        elif isinstance(detail.get("detail"), str):
+            message = detail["detail"]
+        elif isinstance(error, str):
+            message = error
+    try:
+        retry_after = int(response.headers.get("Retry-After", "0"))
+    except ValueError:
+        retry_after = 0
+    return GatewayError(
+        message,
+        status=response.status_code,
+        code=str(code) if code else None,
+        retry_after=retry_after,
+    )
+
+
+class Gateway:
+    """One long-lived AsyncClient against one gateway with one key; always aclose()."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url = url.rstrip("/")
+        self.client = httpx.AsyncClient(
+            base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=TIMEOUT
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def _call(self, method: str, path: str, **params: Any) -> Any:
+        try:
+            response = await self.client.request(method, path, params=params or None)
+        except httpx.TransportError as exc:
+            raise GatewayError(f"cannot reach {self.url}: {exc!r}") from exc
+        if response.status_code >= 400:
+            raise _error_from(response, response.content)
+        return response.json()
+
+    async def models(self) -> list[str]:
+        answer = await self._call("GET", "/v1/models")
+        return [str(card["id"]) for card in answer.get("data", [])]
+
+    async def model_status(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/api/model-status")
+        return result
+
+    async def loading_status(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/api/model-loading-status")
+        return result
+
+    async def switch_model(self, model_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("POST", "/api/switch-model", model_id=model_id)
+        return result
+
+    async def download_model(self, model_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("POST", "/api/download-model", model_id=model_id)
+        return result
+
+    async def download_progress(self, job_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/api/download-progress", job_id=job_id)
+        return result
+
+    async def health(self) -> dict[str, Any]:
+        """/api/healthz answers 503 with the same body when not ok: both are answers."""
+        try:
+            response = await self.client.get("/api/healthz")
+        except httpx.TransportError as exc:
+            raise GatewayError(f"cannot reach {self.url}: {exc!r}") from exc
+        if response.status_code not in (200, 503):
+            raise _error_from(response, response.content)
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def chat(self, body: dict[str, Any], figures: Figures) -> AsyncIterator[Delta | Comment]:
+        """Stream a chat completion: yields the reply's text as it arrives and fills
+        `figures` (usage from the usage chunk, time to first token, tokens/s). Closing
+        the iterator closes the stream, so the gateway and vLLM stop generating."""
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        started = time.monotonic()
+        first: float | None = None
+        try:
+            async with self.client.stream("POST", "/v1/chat/completions", json=body) as response:
+                if response.status_code >= 400:
+                    raise _error_from(response, await response.aread())
+                async for line in response.aiter_lines():
+                    if line.startswith(":"):
+                        yield Comment(line[1:].strip())
+                        continue
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError as exc:
+                        raise GatewayError(
+                            f"the gateway sent a malformed event: {data[:80]!r}", status=502
+                        ) from exc
+                    if "error" in chunk:
+                        # The gateway's closing event: {"error": {"message", "type",
+                        # "code": <HTTP status>}} then [DONE].
+                        error = chunk["error"] if isinstance(chunk["error"], dict) else {}
+                        status = error.get("code")
+                        raise GatewayError(
+                            str(error.get("message") or chunk["error"]),
+                            status=status if isinstance(status, int) else 502,
+                            code=str(error.get("type") or "stream_error"),
+                        )
+                    figures.model = chunk.get("model") or figures.model
+                    usage = chunk.get("usage")
+                    if usage:
+                        figures.prompt_tokens = usage.get("prompt_tokens")
+                        figures.completion_tokens = usage.get("completion_tokens")
+                    for choice in chunk.get("choices") or []:
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            if first is None:
+                                first = time.monotonic()
+                                figures.first_token_seconds = first - started
+                            yield Delta(text)
+        except httpx.TimeoutException as exc:
+            raise GatewayError("the gateway stopped answering (timeout)", status=504) from exc
+        except httpx.TransportError as exc:
+            raise GatewayError(f"cannot reach {self.url}: {exc!r}") from exc
+        finally:
+            if first is not None and figures.completion_tokens:
+                elapsed = time.monotonic() - first
+                if elapsed > 0:
+                    figures.tokens_per_second = figures.completion_tokens / elapsed

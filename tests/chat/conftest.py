@@ -1,0 +1,124 @@
+"""The chat client under Textual's headless pilot, against the real gateway (on a real
+socket, in a thread) and real simulator processes: no HTTP is mocked."""
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+from django.db import close_old_connections, connection
+from textual.pilot import Pilot
+from textual.widgets import Markdown, Static
+
+from modelmgr import services
+from talktuah_chat.app import ChatApp, ChatScreen, Reply
+from talktuah_chat.config import Config
+from tests.net import free_port
+
+
+@pytest.fixture
+def chat_app(gateway, tmp_path) -> Callable[..., ChatApp]:
+    """A ChatApp on the test gateway with the given key; its conversations in tmp_path."""
+
+    def make(key: str, url: str | None = None) -> ChatApp:
+        return ChatApp(
+            Config(url=url or gateway.url, key=key),
+            data_path=tmp_path / "data",
+            config_path=tmp_path / "config.json",
+        )
+
+    return make
+
+
+def drive(app: ChatApp, scenario: Callable[[Pilot[None]], Coroutine[Any, Any, None]]) -> None:
+    """Run the app headless (a 120x40 terminal) and play `scenario` against it."""
+
+    async def main() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await scenario(pilot)
+
+    asyncio.run(main())
+
+
+async def until(
+    pilot: Pilot[None], predicate: Callable[[], Any], within: float = 15.0, what: str = "it"
+) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await pilot.pause(0.05)
+
+
+def text_of(widget: Static) -> str:
+    return str(widget.render())
+
+
+def chat_screen(pilot: Pilot[None]) -> ChatScreen:
+    screen = pilot.app.screen
+    assert isinstance(screen, ChatScreen), screen
+    return screen
+
+
+def last_reply(pilot: Pilot[None]) -> Reply:
+    return list(chat_screen(pilot).query(Reply))[-1]
+
+
+def reply_text(reply: Reply) -> str:
+    return reply.query_one(Markdown).source
+
+
+def reply_error(reply: Reply) -> str:
+    return text_of(reply.query_one(".reply-error", Static))
+
+
+def reply_figures(reply: Reply) -> str:
+    return text_of(reply.query_one(".reply-figures", Static))
+
+
+async def send(pilot: Pilot[None], text: str) -> None:
+    screen = chat_screen(pilot)
+    screen.query_one("#input").focus()
+    await pilot.press(*text)
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+@pytest.fixture
+def process_engine(settings, tmp_path):  # test_lifecycle's, with a shorter load delay
+    port = free_port()
+    settings.TALKTUAH_ENGINE = "process"
+    settings.VAR_DIR = tmp_path / "var"
+    settings.VAR_DIR.mkdir()
+    settings.ENGINE_STATE_FILE = settings.VAR_DIR / "engine.json"
+    settings.ENGINE_LOG_FILE = settings.VAR_DIR / "engine.log"
+    settings.VLLM_BASE_URL = f"http://127.0.0.1:{port}"
+    settings.VLLM_PORT = port
+    settings.ENGINE_PROCESS_COMMAND = (
+        "{python} {manage} vllm_simulator --model {served_name} --port {port} --startup-delay 1.0"
+    )
+    settings.ENGINE_STOP_GRACE_SECONDS = 5
+    settings.SWITCH_TIMEOUT_SECONDS = 30
+    engine = services.engines.get_engine()
+    yield engine
+    engine.stop()
+
+
+def in_thread(work) -> threading.Thread:
+    """Run worker-side work (a switch, a download) as the worker would, off the UI loop."""
+
+    def run():
+        try:
+            work()
+        finally:
+            close_old_connections()
+            connection.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,172 @@
+"""The settings screen against the real gateway: what an admin key sees (served model,
+health), what an inference key is told, a switch followed through its phases to
+"ready", and a download's progress reaching 100%."""
+
+import pytest
+from textual.widgets import Static
+
+from modelmgr import services
+from modelmgr.models import Scope
+from talktuah_chat.settings import SettingsScreen, health_text
+from tests.chat.conftest import drive, in_thread, text_of, until
+from tests.modelmgr.test_lifecycle import download, tiny_model_files
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ADMIN = (Scope.ADMIN, Scope.INFERENCE)
+
+
+async def open_settings(pilot) -> SettingsScreen:
+    await pilot.press("f9")
+    return await until(
+        pilot, lambda: isinstance(pilot.app.screen, SettingsScreen) and pilot.app.screen
+    )
+
+
+def shown(screen: SettingsScreen, selector: str) -> str:
+    return text_of(screen.query_one(selector, Static))
+
+
+def test_an_admin_key_sees_the_served_model_and_health(chat_app, simulator, make_key):
+    simulator(model="demo-model")
+    app = chat_app(make_key(scopes=ADMIN))
+
+    async def scenario(pilot):
+        screen = await open_settings(pilot)
+        await until(pilot, lambda: "Served now: demo-model" in shown(screen, "#admin-note"))
+        health = await until(pilot, lambda: "Status:" in shown(screen, "#health"))
+        health = shown(screen, "#health")
+        assert "Status: ok" in health
+        assert "Model: demo-model (max 512 tokens)" in health
+        assert "waiting" in health and "running" in health
+        assert "GPU:" in health
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(pilot.app.screen, SettingsScreen))
+
+    drive(app, scenario)
+
+
+def test_an_inference_key_is_told_why_not(chat_app, simulator, make_key):
+    simulator()
+    app = chat_app(make_key())
+
+    async def scenario(pilot):
+        screen = await open_settings(pilot)
+        note = await until(pilot, lambda: "admin scope" in shown(screen, "#admin-note"))
+        note = shown(screen, "#admin-note")
+        assert "lacks the 'admin' scope" in note
+        assert not screen.query_one("#models").display
+        # Health needs no admin scope: it is still shown.
+        await until(pilot, lambda: "Status:" in shown(screen, "#health"))
+
+    drive(app, scenario)
+
+
+def test_a_switch_is_followed_until_ready(chat_app, fake_hub, process_engine, make_key):
+    download(fake_hub, "org/model-a")
+    download(fake_hub, "org/model-b")
+    process_engine.serve(model="org/model-a", served_name="org/model-a")
+    assert services.wait_until_serving("org/model-a", timeout=20) is None
+    app = chat_app(make_key(scopes=ADMIN))
+    threads: list = []
+
+    def run_the_switch():
+        claimed = services.model_switch_claim(worker="test")
+        assert claimed is not None
+        services.model_switch_run(switch=claimed)
+
+    async def scenario(pilot):
+        screen = await open_settings(pilot)
+        await until(pilot, lambda: "Served now: org/model-a" in shown(screen, "#admin-note"))
+        table = screen.query_one("#models")
+        assert table.row_count == 2
+        screen.query_one("#switch-id").value = "org/model-b"
+        await pilot.click("#switch")
+        await pilot.click("#yes")
+        await until(pilot, lambda: "Switch to org/model-b" in shown(screen, "#switch-status"))
+        threads.append(in_thread(run_the_switch))
+        phases: set[str] = set()
+
+        def finished() -> bool:
+            line = shown(screen, "#switch-status")
+            phases.add(line.split(": ", 1)[1].split(" ")[0])
+            return line.endswith(": ready")
+
+        await until(pilot, finished, within=40, what="the switch to be ready")
+        assert phases & {"starting", "loading"}, phases
+        await until(pilot, lambda: "Served now: org/model-b" in shown(screen, "#admin-note"))
+
+    try:
+        drive(app, scenario)
+    finally:
+        for thread in threads:
+            thread.join(60)
+
+
+def test_a_download_shows_its_progress_to_100_percent(chat_app, fake_hub, make_key, settings):
+    settings.DOWNLOAD_PROGRESS_WRITES_PER_SECOND = 20
+    fake_hub.add_repo("org/new", tiny_model_files(b"\1" * (3 * 1024 * 1024)))
+    fake_hub.slow("org/new", "model.safetensors", 0.05, chunk=256 * 1024)
+    app = chat_app(make_key(scopes=ADMIN))
+    threads: list = []
+    percents: list[float] = []
+
+    def run_the_download():
+        services.download_run(job=services.download_claim(worker="test"))
+
+    async def scenario(pilot):
+        screen = await open_settings(pilot)
+        await until(pilot, lambda: "Served now" in shown(screen, "#admin-note"))
+        screen.query_one("#download-id").value = "org/new"
+        await pilot.click("#download")
+        await until(pilot, lambda: "org/new: queued" in shown(screen, "#download-status"))
+        threads.append(in_thread(run_the_download))
+        bar = screen.query_one("#download-bar")
+
+        def done() -> bool:
+            percents.append(bar.progress)
+            return "succeeded" in shown(screen, "#download-status")
+
+        await until(pilot, done, within=30, what="the download to finish")
+        status = shown(screen, "#download-status")
+        assert "100%" in status
+        assert "model.safetensors: 3.0 MB / 3.0 MB" in status
+        assert bar.progress == 100
+        await until(pilot, lambda: screen.query_one("#models").row_count == 1)
+
+    try:
+        drive(app, scenario)
+    finally:
+        for thread in threads:
+            thread.join(60)
+    assert any(0 < p < 100 for p in percents), percents
+
+
+def test_the_health_panel_lists_every_backend_when_there_are_several():
+    # The panel's text from a /api/healthz answer with two backends (shape as in README).
+    backend = {"status": "ok", "models": ["m"], "in_flight": 1, "ejected": False}
+    text = health_text(
+        {
+            "status": "degraded",
+            "model": {"id": "m", "max_model_len": 512},
+            "queue": {"waiting": 2.0, "running": 1.0, "kv_cache_usage": 0.25},
+            "gpu": [
+                {
+                    "index": 0,
+                    "name": "L4",
+                    "memory_used_bytes": 2 * 1024**3,
+                    "memory_total_bytes": 24 * 1024**3,
+                    "utilization_percent": 40,
+                }
+            ],
+            "backends": [
+                {**backend, "name": "gpu-a"},
+                {**backend, "name": "gpu-b", "status": "down", "models": [], "ejected": True},
+            ],
+        }
+    )
+    assert "Status: degraded" in text
+    assert "Queue: 2 waiting, 1 running, KV cache 25%" in text
+    assert "GPU 0: L4, 2.0 GB / 24.0 GB, 40% busy" in text
+    assert "  gpu-a: ok, models m, 1 in flight" in text
+    assert "  gpu-b: down, models none, 1 in flight, ejected" in text
