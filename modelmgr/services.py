@@ -361,8 +361,11 @@ def download_run(*, job: DownloadJob, should_stop: Callable[[], bool] = lambda: 
         _finish(job, DownloadStatus.FAILED, f"Unexpected error: {exc!r}")
         logger.exception("download %s of %s failed", job.pk, job.repo_id)
         return
+    # The last progress write may predate the last chunks: the finished job says so whole.
     DownloadJob.objects.filter(pk=job.pk).update(
-        bytes_done=plan.total_bytes, files_done=len(plan.files)
+        bytes_done=plan.total_bytes,
+        files_done=len(plan.files),
+        file_progress={f.path: [f.size, f.size] for f in plan.files},
     )
     _finish(job, DownloadStatus.SUCCEEDED)
     ServedModel.objects.update_or_create(

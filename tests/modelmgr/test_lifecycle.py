@@ -314,3 +314,13 @@ def test_a_failed_switch_keeps_its_error(fake_hub, process_engine, settings):
     assert "not ready" in failed.error
     status = selectors.loading_status()
     assert status["last_error"] == failed.error
+
+
+def test_a_finished_download_reports_every_file_whole(fake_hub, settings):
+    # Progress writes so rare that the last one predates most of the bytes.
+    settings.DOWNLOAD_PROGRESS_WRITES_PER_SECOND = 0.1
+    fake_hub.add_repo("org/whole", tiny_model_files(weights=b"\0" * (3 * MB)))
+    job, _ = services.download_start(repo_id="org/whole")
+    services.download_run(job=services.download_claim(worker="w"))
+    files = selectors.download_progress(job_row(job.pk))["files"]
+    assert files and all(f["bytes_completed"] == f["bytes_total"] for f in files), files
