@@ -12,10 +12,9 @@ from django.db import close_old_connections, connection
 from textual.pilot import Pilot
 from textual.widgets import Markdown, Static
 
-from modelmgr import services
 from talktuah_chat.app import ChatApp, ChatScreen, Reply
 from talktuah_chat.config import Config
-from tests.net import free_port
+from tests.process_engine import use_process_engine
 
 
 @pytest.fixture
@@ -90,21 +89,8 @@ async def send(pilot: Pilot[None], text: str) -> None:
 
 
 @pytest.fixture
-def process_engine(settings, tmp_path):  # test_lifecycle's, with a shorter load delay
-    port = free_port()
-    settings.TALKTUAH_ENGINE = "process"
-    settings.VAR_DIR = tmp_path / "var"
-    settings.VAR_DIR.mkdir()
-    settings.ENGINE_STATE_FILE = settings.VAR_DIR / "engine.json"
-    settings.ENGINE_LOG_FILE = settings.VAR_DIR / "engine.log"
-    settings.VLLM_BASE_URL = f"http://127.0.0.1:{port}"
-    settings.VLLM_PORT = port
-    settings.ENGINE_PROCESS_COMMAND = (
-        "{python} {manage} vllm_simulator --model {served_name} --port {port} --startup-delay 1.0"
-    )
-    settings.ENGINE_STOP_GRACE_SECONDS = 5
-    settings.SWITCH_TIMEOUT_SECONDS = 30
-    engine = services.engines.get_engine()
+def process_engine(settings, tmp_path):
+    engine = use_process_engine(settings, tmp_path, startup_delay=1.0)
     yield engine
     engine.stop()
 

@@ -13,7 +13,7 @@ from django.db import close_old_connections, connection
 from modelmgr import services
 from modelmgr.models import ModelSwitch, SwitchPhase
 from tests.modelmgr.test_lifecycle import tiny_model_files
-from tests.net import free_port
+from tests.process_engine import use_process_engine
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -22,25 +22,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def slow_engine(settings, tmp_path, fake_hub):
     """The process engine running the simulator (30 tokens, 50 ms apart) on org/model-a,
     with org/model-a and org/model-b downloaded."""
-    port = free_port()
-    settings.TALKTUAH_ENGINE = "process"
-    settings.VAR_DIR = tmp_path / "var"
-    settings.VAR_DIR.mkdir()
-    settings.VLLM_BASE_URL = f"http://127.0.0.1:{port}"
-    settings.VLLM_PORT = port
-    settings.ENGINE_PROCESS_COMMAND = (
-        "{python} {manage} vllm_simulator --model {served_name} --port {port} "
-        "--startup-delay 0.5 --tokens 30 --token-delay 0.05"
+    engine = use_process_engine(
+        settings, tmp_path, startup_delay=0.5, simulator_args="--tokens 30 --token-delay 0.05"
     )
-    settings.ENGINE_STOP_GRACE_SECONDS = 5
-    settings.SWITCH_TIMEOUT_SECONDS = 30
     settings.SWITCH_KEEPALIVE_SECONDS = 0.5
     settings.UPSTREAM_RETRY_SECONDS = 1.0
     for repo in ("org/model-a", "org/model-b"):
         fake_hub.add_repo(repo, tiny_model_files())
         services.download_start(repo_id=repo)
         services.download_run(job=services.download_claim(worker="w"))
-    engine = services.engines.get_engine()
     engine.serve(model="org/model-a", served_name="org/model-a")
     assert services.wait_until_serving("org/model-a", timeout=20) is None
     yield engine

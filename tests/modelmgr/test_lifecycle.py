@@ -18,7 +18,7 @@ from modelmgr import hub, selectors, services
 from modelmgr.models import DownloadJob, DownloadStatus, ModelSwitch, ServedModel, SwitchPhase
 from plumbing.errors import Conflict, InvalidRepoId, ModelNotDownloaded
 from tests.gateway_process import database_url
-from tests.net import free_port
+from tests.process_engine import use_process_engine
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -215,20 +215,7 @@ def test_the_worker_reports_when_none_is_alive(fake_hub, tmp_path, settings):
 
 @pytest.fixture
 def process_engine(settings, tmp_path):
-    port = free_port()
-    settings.TALKTUAH_ENGINE = "process"
-    settings.VAR_DIR = tmp_path / "var"
-    settings.VAR_DIR.mkdir()
-    settings.ENGINE_STATE_FILE = settings.VAR_DIR / "engine.json"
-    settings.ENGINE_LOG_FILE = settings.VAR_DIR / "engine.log"
-    settings.VLLM_BASE_URL = f"http://127.0.0.1:{port}"
-    settings.VLLM_PORT = port
-    settings.ENGINE_PROCESS_COMMAND = (
-        "{python} {manage} vllm_simulator --model {served_name} --port {port} --startup-delay 1.5"
-    )
-    settings.ENGINE_STOP_GRACE_SECONDS = 5
-    settings.SWITCH_TIMEOUT_SECONDS = 30
-    engine = services.engines.get_engine()
+    engine = use_process_engine(settings, tmp_path, startup_delay=1.5)
     yield engine
     engine.stop()
 
