@@ -23,7 +23,7 @@ import math
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -48,13 +48,9 @@ class Replica:
     draining: bool = False
     models: tuple[str, ...] | None = None  # None: not learned yet
     cards: tuple[dict[str, Any], ...] = ()  # its /v1/models entries
-    healthy: bool = True
     ejected_until: float = 0.0  # monotonic; while ejected it is only a last resort
     failures: int = 0  # requests in a row that found it unreachable
     in_flight: int = 0
-    detail: str = "not polled yet"
-    latency_ms: float | None = None
-    checked_at: float = field(default=0.0)
 
     @property
     def name(self) -> str:
@@ -70,15 +66,12 @@ class Replica:
     def eject(self, reason: str) -> None:
         if not self.ejected:
             log.warning("backend %s ejected: %s", self.name, reason)
-        self.healthy = False
-        self.detail = reason
         self.ejected_until = time.monotonic() + settings.BACKEND_COOLDOWN_SECONDS
         BACKEND_UP.labels(self.name).set(0)
 
     def restore(self) -> None:
         if self.ejected:
             log.warning("backend %s is healthy again", self.name)
-        self.healthy = True
         self.failures = 0
         self.ejected_until = 0.0
         BACKEND_UP.labels(self.name).set(1)
@@ -318,14 +311,11 @@ class Pool:
         found = await vllm.health_check(
             wait=settings.BACKEND_POLL_TIMEOUT, upstream=replica.upstream, with_metrics=False
         )
-        replica.checked_at = time.monotonic()
-        replica.latency_ms = found.latency_ms
         if not found.healthy:
             replica.eject(found.detail)
             return
         replica.cards = tuple(card for card in found.models if "id" in card)
         replica.models = tuple(str(card["id"]) for card in replica.cards)
-        replica.detail = found.detail
         replica.restore()
 
 
