@@ -21,7 +21,7 @@ PYTHON ?= $(shell \
 	  $$p/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$p/bin/python; exit; }; \
 	done)
 
-.PHONY: venv run chat test lint typecheck pytest pytest-prod clean
+.PHONY: venv run chat test test-faults lint typecheck pytest pytest-prod clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt chat/pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then \
@@ -75,6 +75,12 @@ pytest-prod: venv
 	fi
 
 test: lint typecheck pytest pytest-prod
+
+# The fault and fuzz lane (tests/faults, marker `faults`): hostile clients, fuzzing,
+# vLLM/Redis/PostgreSQL going away under load. Runs on PostgreSQL + Redis, like
+# production; prints its figures (-s).
+test-faults: venv
+	DATABASE_URL='$(TEST_DATABASE_URL)' REDIS_URL='$(TEST_REDIS_URL)' $(VENV)/bin/pytest -m faults -s -p no:cacheprovider tests/faults
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

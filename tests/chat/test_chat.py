@@ -112,8 +112,8 @@ def test_it_counts_down_a_rate_limit(chat_app, simulator, make_key):
         assert 0 < first <= 60
         start = time.monotonic()
 
-        # The countdown moves by itself. The limit's window is the clock's minute, so the
-        # gateway may say 1 or 2 s: then the next tick already says sending works again.
+        # The countdown moves by itself. The limit's minute ends at a moment fixed per key, so
+        # the gateway may say 1 or 2 s: then the next tick already says sending works again.
         def moved() -> bool:
             error = reply_error(last_reply(pilot))
             return (
