@@ -5,7 +5,11 @@ listed on each router so the OpenAPI schema shows both schemes.
 A presented key is looked up by its visible prefix and compared in constant time with
 the stored digest. Lookups are cached in-process for API_KEY_CACHE_SECONDS, so the
 request path does not touch the database, and a revocation takes effect within that
-time. `last_used_at` is written at most once per API_KEY_LAST_USED_INTERVAL per key.
+time. A key in use is read again in the background during the last fifth of that time,
+so steady traffic never waits on the database; when an entry has expired, concurrent
+requests for the key share one lookup (64 streams arriving at once after an idle spell
+made 64 queries, one after another on the sync thread, before any stream started).
+`last_used_at` is written at most once per API_KEY_LAST_USED_INTERVAL per key.
 """
 
 import asyncio
@@ -54,13 +58,18 @@ class _CachedKey:
     principal: Principal
 
 
-_cache: dict[str, tuple[float, _CachedKey | None]] = {}
+# A key's entry is read again once this share of API_KEY_CACHE_SECONDS has passed.
+REFRESH_AFTER = 0.8
+
+_cache: dict[str, tuple[float, _CachedKey | None]] = {}  # prefix: (expires, entry)
+_lookups: dict[str, asyncio.Task[_CachedKey | None]] = {}  # prefix: the lookup under way
 _last_used_written: dict[str, float] = {}
 _background: set[asyncio.Task[None]] = set()
 
 
 def forget_cached_keys() -> None:
     _cache.clear()
+    _lookups.clear()
     _last_used_written.clear()
 
 
@@ -85,10 +94,37 @@ async def _lookup(prefix: str) -> _CachedKey | None:
     now = time.monotonic()
     hit = _cache.get(prefix)
     if hit is not None and hit[0] > now:
+        if hit[0] - now < (1 - REFRESH_AFTER) * settings.API_KEY_CACHE_SECONDS:
+            _read(prefix)  # in the background; this request goes on with the entry
         return hit[1]
+    # Shielded: a request whose client left must not cancel the others' lookup.
+    return await asyncio.shield(_read(prefix))
+
+
+def _read(prefix: str) -> asyncio.Task[_CachedKey | None]:
+    """The lookup of `prefix` under way, or a new one: one query per key at a time."""
+    task = _lookups.get(prefix)
+    if task is None:
+        task = _lookups[prefix] = asyncio.get_running_loop().create_task(_read_key(prefix))
+        task.add_done_callback(_lookup_done)
+    return task
+
+
+def _lookup_done(task: asyncio.Task[_CachedKey | None]) -> None:
+    for prefix, running in list(_lookups.items()):
+        if running is task:
+            del _lookups[prefix]
+    # Requests awaiting the lookup get its error; a background refresh's is logged here.
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.warning("could not read an API key from the database: %s", error)
+
+
+async def _read_key(prefix: str) -> _CachedKey | None:
+    started = time.monotonic()
     key = await run_sync(ApiKey.objects.filter(prefix=prefix).first)
     cached = _snapshot(key) if key is not None else None
-    _cache[prefix] = (now + settings.API_KEY_CACHE_SECONDS, cached)
+    # Valid from when the read began: a revocation never outlives API_KEY_CACHE_SECONDS.
+    _cache[prefix] = (started + settings.API_KEY_CACHE_SECONDS, cached)
     return cached
 
 

@@ -1,6 +1,8 @@
 """Keys on the request path: bearer and x-api-key, 401 for missing, unknown, revoked
 and expired keys, 403 for a missing scope or a model the key may not use."""
 
+import asyncio
+import time
 from datetime import timedelta
 
 import httpx
@@ -9,6 +11,7 @@ from django.utils import timezone
 
 from modelmgr import auth
 from modelmgr.models import ApiKey, Scope
+from plumbing.db import run_sync
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -161,3 +164,64 @@ def test_cors_follows_the_settings(gateway, simulator, make_key, settings):
     )
     assert response.headers["access-control-allow-origin"] == "https://chat.example.com"
     assert response.headers["x-content-type-options"] == "nosniff"
+
+
+class CountingLookups:
+    """A spy on the key lookups the auth module sends to the database (plumbing's
+    run_sync), each slowed down by `delay`, as a busy database would be."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.lookups = 0
+
+    async def __call__(self, fn, /, *args, **kwargs):
+        if getattr(fn, "__name__", "") == "first":
+            self.lookups += 1
+            await asyncio.sleep(self.delay)
+        return await run_sync(fn, *args, **kwargs)
+
+
+def test_requests_arriving_together_share_one_key_lookup(gateway, simulator, make_key, monkeypatch):
+    simulator()
+    key = make_key()
+    spy = CountingLookups(delay=0.5)
+    monkeypatch.setattr(auth, "run_sync", spy)
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def together() -> list[int]:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+            answers = await asyncio.gather(
+                *(
+                    client.post("/v1/chat/completions", json=CHAT, headers=headers)
+                    for _ in range(16)
+                )
+            )
+        return [answer.status_code for answer in answers]
+
+    assert asyncio.run(together()) == [200] * 16
+    assert spy.lookups == 1
+
+
+def test_a_key_in_use_is_read_again_before_its_entry_expires(
+    gateway, simulator, make_key, monkeypatch, settings
+):
+    simulator()
+    settings.API_KEY_CACHE_SECONDS = 5.0
+    key = make_key()
+    spy = CountingLookups()
+    monkeypatch.setattr(auth, "run_sync", spy)
+    headers = {"Authorization": f"Bearer {key}"}
+    started = time.monotonic()
+    assert chat(gateway, headers).status_code == 200
+    assert spy.lookups == 1
+    # In the entry's last fifth: the request is answered from it at once, and the key is
+    # read again meanwhile, so a revocation shows before the entry would have expired.
+    time.sleep(max(0.0, started + 4.2 - time.monotonic()))
+    ApiKey.objects.filter(prefix=key.split(".")[0]).delete()
+    assert chat(gateway, headers).status_code == 200
+    deadline = time.monotonic() + 0.5
+    while spy.lookups < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert spy.lookups == 2
+    assert chat(gateway, headers).status_code == 401
+    assert time.monotonic() - started < 5.0, "too slow to tell a refresh from an expiry"
