@@ -3,7 +3,10 @@ much of the machine's CPU other processes took meanwhile (a busy machine gives n
 figures, so the rounds measure again when it was)."""
 
 import contextlib
+import hashlib
+import json
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,3 +52,34 @@ def foreign_share(before: CpuSnapshot, after: CpuSnapshot) -> float:
     elapsed = (after.at - before.at) * (os.cpu_count() or 1)
     other = (after.busy - before.busy) - (after.ours - before.ours)
     return min(max(other / elapsed, 0.0), 1.0) if elapsed > 0 else 0.0
+
+
+def _reference_work() -> None:
+    """A fixed pure-Python workload shaped like a gateway's: JSON in and out, dicts and
+    strings, a digest. Its duration is what one core of this machine does per unit."""
+    body = {"model": "demo-model", "messages": [{"role": "user", "content": "Hello!" * 8}]}
+    for i in range(2_000):
+        text = json.dumps(body | {"n": i}, separators=(",", ":"))
+        parsed = json.loads(text)
+        headers = {f"x-header-{k}": str(k * i) for k in range(8)}
+        line = " ".join(f"{k}={v}" for k, v in sorted(headers.items())) + parsed["model"]
+        hashlib.sha256(line.encode()).hexdigest()
+
+
+def calibrate(core: int | None, repeats: int = 7) -> float:
+    """Milliseconds the reference workload takes on `core` (this process moved there for
+    the measurement, then back): the median of `repeats` runs after one warm-up. Lower is
+    a faster core; figures from two machines compare after dividing by it."""
+    before = os.sched_getaffinity(0)
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+    try:
+        _reference_work()
+        timings = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            _reference_work()
+            timings.append((time.perf_counter() - started) * 1000)
+        return statistics.median(timings)
+    finally:
+        os.sched_setaffinity(0, before)

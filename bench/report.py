@@ -5,6 +5,7 @@ how it was measured, and the per-round figures)."""
 import contextlib
 import datetime
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -18,17 +19,22 @@ from plan import (
     BACKENDS_FACTOR,
     BACKENDS_TARGET,
     CONNECTIONS,
+    GAP64_FACTOR,
     HOLD_GAP_MS,
     HOLD_KIB_PER_STREAM,
     HOLD_STREAMS,
     LITELLM_FACTOR,
     MODEL,
+    NO_WORSE,
     NOISY,
     OTHER_MODEL,
     OVERHEAD_P50_MS,
     OVERHEAD_P99_MS,
     REPEATS_EACH,
     ROOT,
+    TAIL_FACTOR,
+    TTFT64_FACTOR,
+    TTFT64_SLACK_MS,
     TTFT_ADDED_MS,
     UPSTREAM_CHUNKS,
     UPSTREAM_GAP_MS,
@@ -45,6 +51,37 @@ def ms(value: float, digits: int = 2) -> str:
 
 def signed_ms(value: float, digits: int = 2) -> str:
     return "n/a" if math.isnan(value) else f"{value:+.{digits}f} ms"
+
+
+# The figures a report keeps for the next run to compare with, in an HTML comment at its
+# end: (key, what it is, whether higher is better). Latencies are divided by the run's
+# CPU calibration, rates multiplied by it, so runs on different machines compare.
+NO_WORSE_FIGURES = (
+    ("overhead_p50_1", "overhead p50 at 1 connection / calibration", False),
+    ("rps_16", "req/s at 16 connections x calibration", True),
+    ("ttft_p50_64", "TTFT p50 at 64 streams / calibration", False),
+)
+FIGURES_MARK = "<!-- bench figures: {} -->"
+
+
+def read_figures(text: str) -> dict[str, float]:
+    """The figures kept at the end of an earlier report (empty when it has none)."""
+    _, mark, tail = text.rpartition(FIGURES_MARK.split("{}")[0])
+    if not mark:
+        return {}
+    with contextlib.suppress(ValueError):
+        found = json.loads(tail.split(" -->", 1)[0])
+        return {k: float(v) for k, v in found.items()} if isinstance(found, dict) else {}
+    return {}
+
+
+def run_figures(report: "Report", names: list[str], calibration: float) -> dict[str, float]:
+    return {
+        "calibration_ms": calibration,
+        "overhead_p50_1": report.load_diff(1, "TalkTuah", "p50_ms") / calibration,
+        "rps_16": report.load(16, "TalkTuah", "rps") * calibration,
+        "ttft_p50_64": report.stream(64, "TalkTuah", "ttft_p50") / calibration,
+    }
 
 
 class Report:
@@ -177,9 +214,11 @@ def render(
     cores: tuple[int, int] | None,
     wrk_version: str,
     access_lines: int,
+    previous: dict[str, float] | None = None,
 ) -> str:
     """The report's Markdown. `command` is how the run was started, `access_lines` the
-    number of lines the gateway's access log got."""
+    number of lines the gateway's access log got, `previous` the figures of the report
+    this one replaces (read_figures), for the "no worse than before" targets."""
     names = [target.name for target in stack.targets()]
     report = Report(results, names, plan)
     has_litellm = "LiteLLM" in names
@@ -206,11 +245,21 @@ def render(
         )
 
     # -- targets
-    add("## Targets (issue 6, and several vLLM backends)\n")
+    calibration = median(list(report.results.calibration))
+    figures = run_figures(report, names, calibration)
+    add("## Targets\n")
     add(
-        'The verdict is on every round. The "quiet rounds" column takes only the rounds '
-        f"in which other processes used at most {NOISY:.0%} of the CPU during every run "
-        "compared.\n"
+        "Ratios within this run, so they hold on any machine (issue 12, tail latency; "
+        "issue 6's LiteLLM factor; several backends). The verdict is on every round; the "
+        f'"quiet rounds" column takes only the rounds in which other processes used at '
+        f"most {NOISY:.0%} of the CPU during every run compared.\n"
+    )
+    add(
+        f"CPU calibration of this run: **{calibration:.1f} ms** for bench/cpu.py's reference "
+        f"workload on the gateway's core ({report.results.calibration[0]:.1f} ms before the "
+        f"measurements, {report.results.calibration[1]:.1f} ms after; lower is faster). "
+        "Absolute figures below come from this machine; to compare with another run, "
+        "divide latencies by its calibration (multiply rates by it).\n"
     )
     add("| target | measured | verdict | quiet rounds only |")
     add("| --- | --- | --- | --- |")
@@ -221,88 +270,167 @@ def render(
             return "no quiet round"
         return f"{text} in {len(rounds)} of {total}: {'met' if met else 'not met'}"
 
+    def verdict(met: bool, value: float, text: str = "") -> str:
+        if math.isnan(value):
+            return "not measured"
+        return "**met**" if met else f"**not met**{': ' + text if text else ''}"
+
+    # Overhead p99 at 1 connection against 3x the overhead p50, within each round.
+    def tail(rounds: Sequence[int] | None = None) -> tuple[float, float, float]:
+        p50 = report.load_diff(1, "TalkTuah", "p50_ms", rounds=rounds)
+        p99 = report.load_diff(1, "TalkTuah", "p99_ms", rounds=rounds)
+        return p50, p99, p99 / p50 if p50 > 0 else math.nan
+
+    p50, p99, factor = tail()
     quiet = report.quiet_rounds(False, 1, "TalkTuah", "direct")
-    for attr, limit, what in (
-        ("p50_ms", OVERHEAD_P50_MS, "overhead p50"),
-        ("p99_ms", OVERHEAD_P99_MS, "overhead p99"),
-    ):
-        value = report.load_diff(1, "TalkTuah", attr)
-        calm = report.load_diff(1, "TalkTuah", attr, rounds=quiet)
+    calm = tail(quiet)[2]
+    add(
+        f"| overhead p99 <= {TAIL_FACTOR:.0f}x overhead p50, 1 connection | {factor:.2f}x "
+        f"({signed_ms(p99, 3)} vs {signed_ms(p50, 3)}){report.invalid(1, 'TalkTuah')}"
+        f"{report.invalid(1, 'direct')} | {verdict(factor <= TAIL_FACTOR, factor)} "
+        f"| {quiet_cell(quiet, calm <= TAIL_FACTOR, f'{calm:.2f}x')} |"
+    )
+    if has_litellm:
+        theirs = report.load_diff(1, "LiteLLM", "p99_ms")
+        quiet = report.quiet_rounds(False, 1, "TalkTuah", "LiteLLM", "direct")
+        calm_ours = report.load_diff(1, "TalkTuah", "p99_ms", rounds=quiet)
+        calm_theirs = report.load_diff(1, "LiteLLM", "p99_ms", rounds=quiet)
         add(
-            f"| {what} <= {limit} ms at 1 connection | {signed_ms(value, 3)}"
-            f"{report.invalid(1, 'TalkTuah')}{report.invalid(1, 'direct')} "
-            f"| {verdict_at_most(value, limit)} "
-            f"| {quiet_cell(quiet, calm <= limit, signed_ms(calm, 3))} |"
+            f"| overhead p99 below LiteLLM's, 1 connection | {signed_ms(p99, 3)} vs "
+            f"{signed_ms(theirs, 3)} | {verdict(p99 < theirs, theirs)} "
+            f"| {quiet_cell(quiet, calm_ours < calm_theirs, signed_ms(calm_ours, 3))} |"
         )
+    else:
+        add(
+            "| overhead p99 below LiteLLM's, 1 connection | LiteLLM not measured in this run "
+            "| not measured | |"
+        )
+
+    # TTFT p99 at 64 streams against 5x direct's + 10 ms, within each round.
+    def ttft64(rounds: Sequence[int] | None = None) -> tuple[float, float]:
+        rounds = report.rounds if rounds is None else rounds
+        ours = median([report.results.streams[r, 64, "TalkTuah"].ttft_p99 for r in rounds])
+        limits = [
+            TTFT64_FACTOR * report.results.streams[r, 64, "direct"].ttft_p99 + TTFT64_SLACK_MS
+            for r in rounds
+        ]
+        return ours, median(limits)
+
+    ours, limit = ttft64()
+    quiet = report.quiet_rounds(True, 64, "TalkTuah", "direct")
+    calm_ours, calm_limit = ttft64(quiet)
+    add(
+        f"| TTFT p99 at 64 streams <= {TTFT64_FACTOR:.0f}x direct's + {TTFT64_SLACK_MS:.0f} ms "
+        f"| {ms(ours)} (limit {ms(limit)}){report.stream_invalid(64, 'TalkTuah')} "
+        f"| {verdict(ours <= limit, ours, f'{ours - limit:.1f} ms over')} "
+        f"| {quiet_cell(quiet, calm_ours <= calm_limit, ms(calm_ours))} |"
+    )
+
+    def gaps64(rounds: Sequence[int] | None = None) -> float:
+        rounds = report.rounds if rounds is None else rounds
+        return median(
+            [
+                report.results.streams[r, 64, "TalkTuah"].gap_p99
+                / report.results.streams[r, 64, "direct"].gap_p99
+                for r in rounds
+            ]
+        )
+
+    gap = gaps64()
+    calm = gaps64(quiet)
+    add(
+        f"| gaps between chunks p99 at 64 streams within {GAP64_FACTOR - 1:.0%} of direct's "
+        f"| {gap:.2f}x ({ms(report.stream(64, 'TalkTuah', 'gap_p99'), 1)} vs "
+        f"{ms(report.stream(64, 'direct', 'gap_p99'), 1)}) | {verdict(gap <= GAP64_FACTOR, gap)} "
+        f"| {quiet_cell(quiet, calm <= GAP64_FACTOR, f'{calm:.2f}x')} |"
+    )
     ours16 = report.load(16, "TalkTuah", "rps")
     if has_litellm:
         factor = report.load_ratio(16, "TalkTuah", "LiteLLM")
         theirs16 = report.load(16, "LiteLLM", "rps")
-        if factor >= LITELLM_FACTOR:
-            verdict = "**met**"
-        else:
-            verdict = (
-                f"**not met**: {LITELLM_FACTOR - factor:.1f}x short "
-                f"(~{LITELLM_FACTOR * theirs16 - ours16:,.0f} req/s more needed)"
-            )
+        short = (
+            f"{LITELLM_FACTOR - factor:.1f}x short (~{LITELLM_FACTOR * theirs16 - ours16:,.0f} "
+            "req/s more needed)"
+        )
         quiet = report.quiet_rounds(False, 16, "TalkTuah", "LiteLLM")
         calm = report.load_ratio(16, "TalkTuah", "LiteLLM", rounds=quiet)
         add(
             f"| >= {LITELLM_FACTOR:.0f}x LiteLLM's req/s at 16 connections | {factor:.1f}x "
             f"({ours16:,.0f} vs {theirs16:,.0f} req/s)"
-            f"{report.invalid(16, 'TalkTuah')}{report.invalid(16, 'LiteLLM')} | {verdict} "
+            f"{report.invalid(16, 'TalkTuah')}{report.invalid(16, 'LiteLLM')} "
+            f"| {verdict(factor >= LITELLM_FACTOR, factor, short)} "
             f"| {quiet_cell(quiet, calm >= LITELLM_FACTOR, f'{calm:.1f}x')} |"
         )
     else:
         add(
             f"| >= {LITELLM_FACTOR:.0f}x LiteLLM's req/s at 16 connections | TalkTuah "
-            f"{ours16:,.0f} req/s; LiteLLM not measured in this run | not measured (LiteLLM "
-            f"skipped; issue 6 measured it at 130 req/s on its machine) | |"
+            f"{ours16:,.0f} req/s; LiteLLM not measured in this run | not measured | |"
         )
-    ttft = report.stream_diff(1, "TalkTuah", "ttft_p50")
-    quiet = report.quiet_rounds(True, 1, "TalkTuah", "direct")
-    calm = report.stream_diff(1, "TalkTuah", "ttft_p50", rounds=quiet)
-    add(
-        f"| time to first token added <= {TTFT_ADDED_MS} ms (p50, 1 stream) | "
-        f"{signed_ms(ttft, 3)}{report.stream_invalid(1, 'TalkTuah')} "
-        f"| {verdict_at_most(ttft, TTFT_ADDED_MS)} "
-        f"| {quiet_cell(quiet, calm <= TTFT_ADDED_MS, signed_ms(calm, 3))} |"
-    )
     if BACKENDS_TARGET in names:
         # Overheads over direct, divided within each round: the two gateways ran minutes
         # apart at most, so the machine's drift between rounds cancels out.
         ratio = report.overhead_ratio(1, BACKENDS_TARGET, "TalkTuah", "p50_ms")
         one = report.load_diff(1, "TalkTuah", "p50_ms")
         three = report.load_diff(1, BACKENDS_TARGET, "p50_ms")
-        if math.isnan(ratio):
-            verdict = "not measured"
-        elif ratio <= BACKENDS_FACTOR:
-            verdict = f"**met** (at most {BACKENDS_FACTOR:.2f}x)"
-        else:
-            verdict = f"**not met**: above {BACKENDS_FACTOR:.2f}x"
         quiet = report.quiet_rounds(False, 1, BACKENDS_TARGET, "TalkTuah", "direct")
         calm = report.overhead_ratio(1, BACKENDS_TARGET, "TalkTuah", "p50_ms", rounds=quiet)
         add(
             f"| overhead with 3 backends within {BACKENDS_FACTOR - 1:.0%} of 1 backend (p50 at "
             f"1 connection) | {ratio:.3f}x ({signed_ms(three, 3)} vs {signed_ms(one, 3)})"
-            f"{report.invalid(1, BACKENDS_TARGET)}{report.invalid(1, 'TalkTuah')} | {verdict} "
+            f"{report.invalid(1, BACKENDS_TARGET)}{report.invalid(1, 'TalkTuah')} "
+            f"| {verdict(ratio <= BACKENDS_FACTOR, ratio)} "
             f"| {quiet_cell(quiet, calm <= BACKENDS_FACTOR, f'{calm:.3f}x')} |"
+        )
+    # The p50 figures and req/s against the previous run, both divided by their calibration.
+    for key, what, higher_is_better in NO_WORSE_FIGURES:
+        now = figures.get(key, math.nan)
+        before = previous.get(key, math.nan) if previous else math.nan
+        if math.isnan(before) or math.isnan(now):
+            add(f"| {what} no worse than the previous run | {now:.3f} | no earlier run | |")
+            continue
+        change = now / before if higher_is_better else before / now
+        add(
+            f"| {what} no worse than the previous run (calibrated) | {now:.3f} "
+            f"(before {before:.3f}: {change:.2f}x) "
+            f"| {verdict(change >= 1 / NO_WORSE, change, 'worse by more than noise')} | |"
         )
     hold = report.results.hold
     if hold is not None:
         per = hold.per_stream_kib
         held = hold.opened >= HOLD_STREAMS and not hold.first_error
         if held and per <= HOLD_KIB_PER_STREAM:
-            verdict = f"**met** ({HOLD_KIB_PER_STREAM - per:.1f} KiB a stream to spare)"
+            text = f"**met** ({HOLD_KIB_PER_STREAM - per:.1f} KiB a stream to spare)"
         elif not held:
-            verdict = f"**not met**: {hold.failed} of {hold.wanted} streams did not open"
+            text = f"**not met**: {hold.failed} of {hold.wanted} streams did not open"
         else:
-            verdict = f"**not met**: {per - HOLD_KIB_PER_STREAM:.1f} KiB a stream over"
+            text = f"**not met**: {per - HOLD_KIB_PER_STREAM:.1f} KiB a stream over"
         add(
             f"| {HOLD_STREAMS:,} concurrent open streams on one worker, <= "
             f"{HOLD_KIB_PER_STREAM:.0f} KiB each | {hold.opened:,} held, {per:.1f} KiB a "
-            f"stream | {verdict} | (measured once) |"
+            f"stream | {text} | (measured once) |"
         )
+    add("")
+    add(
+        f"Issue 6's absolute targets, which depend on the machine (this one: {cpu_model()}, "
+        f"calibration {calibration:.1f} ms):\n"
+    )
+    add("| target | measured | verdict |")
+    add("| --- | --- | --- |")
+    for attr, limit, what in (
+        ("p50_ms", OVERHEAD_P50_MS, "overhead p50"),
+        ("p99_ms", OVERHEAD_P99_MS, "overhead p99"),
+    ):
+        value = report.load_diff(1, "TalkTuah", attr)
+        add(
+            f"| {what} <= {limit} ms at 1 connection | {signed_ms(value, 3)} "
+            f"| {verdict_at_most(value, limit)} |"
+        )
+    ttft = report.stream_diff(1, "TalkTuah", "ttft_p50")
+    add(
+        f"| time to first token added <= {TTFT_ADDED_MS} ms (p50, 1 stream) | "
+        f"{signed_ms(ttft, 3)}{report.stream_invalid(1, 'TalkTuah')} "
+        f"| {verdict_at_most(ttft, TTFT_ADDED_MS)} |"
+    )
     add("")
 
     # -- non-streaming
@@ -521,6 +649,7 @@ def render(
             f"| {stats.errors} |"
         )
     add("\n</details>\n")
+    add(FIGURES_MARK.format(json.dumps(figures, sort_keys=True)))
     return "\n".join(out)
 
 

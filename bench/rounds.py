@@ -21,6 +21,9 @@ class Results:
     hold: Hold | None = None
     foreign: float = 0.0  # over the whole measurement
     repeats: int = 0  # measurements taken again because the machine was busy
+    # The CPU calibration (bench/cpu.py calibrate) on the gateway's core, ms, before and
+    # after the measurements.
+    calibration: tuple[float, float] = (float("nan"), float("nan"))
 
 
 def in_turn(targets: list[Target], index: int) -> list[Target]:

@@ -39,12 +39,12 @@ from pathlib import Path
 
 # Sibling imports: run as a script (`python bench/run.py`, as `make bench` does), this
 # file's folder is first on sys.path, so the modules beside it import by their own names.
-from cpu import pick_cores
+from cpu import calibrate, pick_cores
 from litellm_proxy import litellm_binary
 from plan import FULL, HOLD_STREAMS, QUICK, ROOT
 from processes import BenchError, Service
 from profiling import profile
-from report import render
+from report import read_figures, render
 from rounds import measure
 from stack import start_stack
 from wrk import ensure_wrk, wrk_version
@@ -117,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{stack.backends.pid})"
                 + (f", LiteLLM :{stack.litellm.port}" if stack.litellm else "")
             )
+            gateway_core = cores[0] if cores else None
+            before = calibrate(gateway_core)
+            print(f"CPU calibration: {before:.1f} ms for the reference workload")
             results = measure(stack, plan, wrk_binary, logs)
+            results.calibration = (before, calibrate(gateway_core))
             profile_text = ""
             if args.py_spy:
                 target = stack.targets()[1]
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             cores=cores,
             wrk_version=wrk_printed,
             access_lines=access_lines,
+            previous=read_figures(args.output.read_text()) if args.output.exists() else None,
         )
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
