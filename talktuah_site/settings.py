@@ -251,13 +251,23 @@ METRICS_TOKEN = os.getenv("METRICS_TOKEN", "")
 ACCESS_LOG = envbool("ACCESS_LOG", True)
 
 LOG_LEVEL = os.getenv("LOG_LEVEL", "INFO")
+# Records go through a queue to a thread that writes them (talktuah_site/logs.py), so a
+# slow stderr never blocks the event loop.
+LOGGING_CONFIG = "talktuah_site.logs.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "filters": {"expected_responses": {"()": "proxy.logfilters.ExpectedResponses"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "queued": {
+            "class": "logging.handlers.QueueHandler",
+            "handlers": ["console"],
+            "respect_handler_level": True,
+        },
+    },
+    "root": {"handlers": ["queued"], "level": LOG_LEVEL},
     # httpx logs every request at INFO: far too chatty for the probes and the proxy.
     "loggers": {
         "django": {"level": "WARNING"},

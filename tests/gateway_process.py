@@ -29,10 +29,13 @@ def database_url() -> str:
 class GatewayProcess:
     """`manage.py serve --workers N` on a free port, with the test database."""
 
-    def __init__(self, *, workers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *, workers: int = 1, env: dict[str, str] | None = None, stderr: int | None = None
+    ) -> None:
         self.port = free_port()
         self.workers = workers
         self.env = {**os.environ, "DATABASE_URL": database_url(), **(env or {})}
+        self.stderr = stderr  # a file descriptor for the process's stderr; None: inherited
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,7 +44,9 @@ class GatewayProcess:
 
     def start(self, timeout: float = 30.0) -> Self:
         command = ["manage.py", "serve", "--port", str(self.port), "--workers", str(self.workers)]
-        self.process = subprocess.Popen([sys.executable, *command], cwd=REPO, env=self.env)
+        self.process = subprocess.Popen(
+            [sys.executable, *command], cwd=REPO, env=self.env, stderr=self.stderr
+        )
         deadline = time.monotonic() + timeout
         while True:
             try:
