@@ -234,6 +234,12 @@ SHUTDOWN_DRAIN_SECONDS = envfloat("SHUTDOWN_DRAIN_SECONDS", 5.0)
 # ...then streams in flight get this long before they are ended with an SSE error event.
 SHUTDOWN_GRACE_SECONDS = envfloat("SHUTDOWN_GRACE_SECONDS", 30.0)
 
+# After start-up, everything loaded so far (Django, the apps, the libraries: ~140,000
+# objects) moves out of the garbage collector's sight (gc.freeze): a full collection
+# then looks only at what requests created, instead of pausing every request in the
+# process for ~60-90 ms on this project's reference machine.
+GC_FREEZE = envbool("GC_FREEZE", True)
+
 # --- keys, limits, usage --------------------------------------------------------
 # The single key of TalkTuah's original API: this value is accepted as an admin key.
 PROXY_API_KEY = os.getenv("PROXY_API_KEY", "")
