@@ -6,6 +6,8 @@ A presented key is looked up by its visible prefix and compared in constant time
 the stored digest. Lookups are cached in-process for API_KEY_CACHE_SECONDS, so the
 request path does not touch the database, and a revocation takes effect within that
 time. `last_used_at` is written at most once per API_KEY_LAST_USED_INTERVAL per key.
+While the database is away, a key this process has looked up keeps working from the
+cache (a warning a minute says so); an unknown key gets 503 with Retry-After.
 """
 
 import asyncio
@@ -22,8 +24,8 @@ from django.utils import timezone
 from ninja.security import APIKeyHeader, HttpBearer
 
 from modelmgr.models import ApiKey, Scope, hash_key, split_prefix
-from plumbing.db import run_sync
-from plumbing.errors import Forbidden, Unauthenticated
+from plumbing.db import DATABASE_AWAY, run_sync
+from plumbing.errors import DatabaseUnavailable, Forbidden, Unauthenticated
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ class _CachedKey:
 _cache: dict[str, tuple[float, _CachedKey | None]] = {}
 _last_used_written: dict[str, float] = {}
 _background: set[asyncio.Task[None]] = set()
+_STALE_WARNING_INTERVAL = 60.0  # seconds between two "serving cached keys" warnings
+_stale_warned_at = -1e9
 
 
 def forget_cached_keys() -> None:
@@ -86,10 +90,30 @@ async def _lookup(prefix: str) -> _CachedKey | None:
     hit = _cache.get(prefix)
     if hit is not None and hit[0] > now:
         return hit[1]
-    key = await run_sync(ApiKey.objects.filter(prefix=prefix).first)
+    try:
+        key = await run_sync(ApiKey.objects.filter(prefix=prefix).first)
+    except DATABASE_AWAY as exc:
+        if hit is None:
+            raise DatabaseUnavailable(
+                "The key store is unavailable; retry shortly.", headers={"Retry-After": "5"}
+            ) from exc
+        # The database is away: a key this process knew keeps working as it was (no
+        # change to it can be made meanwhile anyway). Ask again one interval later, so
+        # requests do not each wait on the dead database.
+        _warn_stale(exc)
+        _cache[prefix] = (now + settings.API_KEY_CACHE_SECONDS, hit[1])
+        return hit[1]
     cached = _snapshot(key) if key is not None else None
     _cache[prefix] = (now + settings.API_KEY_CACHE_SECONDS, cached)
     return cached
+
+
+def _warn_stale(exc: Exception) -> None:
+    global _stale_warned_at
+    now = time.monotonic()
+    if now - _stale_warned_at >= _STALE_WARNING_INTERVAL:
+        _stale_warned_at = now
+        logger.warning("the database is unreachable (%r): serving keys from the cache", exc)
 
 
 def _env_principal() -> Principal:
@@ -107,8 +131,10 @@ def _env_principal() -> Principal:
 async def _write_last_used(key_id: int) -> None:
     try:
         await run_sync(ApiKey.objects.filter(pk=key_id).update, last_used_at=timezone.now())
-    except Exception:
+    except DATABASE_AWAY as exc:
         # Bookkeeping must never fail a request; the next interval tries again.
+        logger.warning("could not record last use of key %s: %r", key_id, exc)
+    except Exception:
         logger.warning("could not record last use of key %s", key_id, exc_info=True)
 
 
