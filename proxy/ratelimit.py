@@ -144,6 +144,7 @@ async def check_token_rate(principal: Principal) -> None:
     except CACHE_ERRORS as exc:
         _cache_away("tokens", "tokens per minute", exc)
         return
+    outage.succeeded()
     if used >= limit:
         raise RateLimited(
             f"Token limit reached: {limit} tokens per minute for this key. "
