@@ -10,6 +10,8 @@ so steady traffic never waits on the database; when an entry has expired, concur
 requests for the key share one lookup (64 streams arriving at once after an idle spell
 made 64 queries, one after another on the sync thread, before any stream started).
 `last_used_at` is written at most once per API_KEY_LAST_USED_INTERVAL per key.
+While the database is away, a key this process has looked up keeps working from the
+cache (a warning a minute says so); an unknown key gets 503 with Retry-After.
 """
 
 import asyncio
@@ -26,8 +28,8 @@ from django.utils import timezone
 from ninja.security import APIKeyHeader, HttpBearer
 
 from modelmgr.models import ApiKey, Scope, hash_key, split_prefix
-from plumbing.db import run_sync
-from plumbing.errors import Forbidden, Unauthenticated
+from plumbing.db import DATABASE_AWAY, run_sync
+from plumbing.errors import DatabaseUnavailable, Forbidden, Unauthenticated
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ _cache: dict[str, tuple[float, _CachedKey | None]] = {}  # prefix: (expires, ent
 _lookups: dict[str, asyncio.Task[_CachedKey | None]] = {}  # prefix: the lookup under way
 _last_used_written: dict[str, float] = {}
 _background: set[asyncio.Task[None]] = set()
+_STALE_WARNING_INTERVAL = 60.0  # seconds between two "serving cached keys" warnings
+_stale_warned_at = -1e9
 
 
 def forget_cached_keys() -> None:
@@ -114,18 +118,41 @@ def _lookup_done(task: asyncio.Task[_CachedKey | None]) -> None:
     for prefix, running in list(_lookups.items()):
         if running is task:
             del _lookups[prefix]
-    # Requests awaiting the lookup get its error; a background refresh's is logged here.
-    if not task.cancelled() and (error := task.exception()) is not None:
+    # Requests awaiting the lookup get its error; a background refresh's is logged here
+    # (an unreachable database is logged by _warn_stale, at most once a minute).
+    error = None if task.cancelled() else task.exception()
+    if error is not None and not isinstance(error, DatabaseUnavailable):
         logger.warning("could not read an API key from the database: %s", error)
 
 
 async def _read_key(prefix: str) -> _CachedKey | None:
     started = time.monotonic()
-    key = await run_sync(ApiKey.objects.filter(prefix=prefix).first)
+    try:
+        key = await run_sync(ApiKey.objects.filter(prefix=prefix).first)
+    except DATABASE_AWAY as exc:
+        known = _cache.get(prefix)
+        if known is None:
+            raise DatabaseUnavailable(
+                "The key store is unavailable; retry shortly.", headers={"Retry-After": "5"}
+            ) from exc
+        # The database is away: a key this process knew keeps working as it was (no
+        # change to it can be made meanwhile anyway). Ask again one interval later, so
+        # requests do not each wait on the dead database.
+        _warn_stale(exc)
+        _cache[prefix] = (time.monotonic() + settings.API_KEY_CACHE_SECONDS, known[1])
+        return known[1]
     cached = _snapshot(key) if key is not None else None
     # Valid from when the read began: a revocation never outlives API_KEY_CACHE_SECONDS.
     _cache[prefix] = (started + settings.API_KEY_CACHE_SECONDS, cached)
     return cached
+
+
+def _warn_stale(exc: Exception) -> None:
+    global _stale_warned_at
+    now = time.monotonic()
+    if now - _stale_warned_at >= _STALE_WARNING_INTERVAL:
+        _stale_warned_at = now
+        logger.warning("the database is unreachable (%r): serving keys from the cache", exc)
 
 
 def _env_principal() -> Principal:
@@ -143,8 +170,10 @@ def _env_principal() -> Principal:
 async def _write_last_used(key_id: int) -> None:
     try:
         await run_sync(ApiKey.objects.filter(pk=key_id).update, last_used_at=timezone.now())
-    except Exception:
+    except DATABASE_AWAY as exc:
         # Bookkeeping must never fail a request; the next interval tries again.
+        logger.warning("could not record last use of key %s: %r", key_id, exc)
+    except Exception:
         logger.warning("could not record last use of key %s", key_id, exc_info=True)
 
 

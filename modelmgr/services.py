@@ -152,8 +152,11 @@ class UsageDelta:
     completion_tokens: int = 0
 
 
+@transaction.atomic
 def usage_add(*, deltas: Iterable[UsageDelta]) -> None:
-    """Add counts to the daily usage rows, creating them as needed (race-safe)."""
+    """Add counts to the daily usage rows, creating them as needed (race-safe). All or
+    nothing: the caller keeps a failed batch to send again, so a batch half written
+    before the database went away would count its first rows twice."""
     for delta in deltas:
         where = {"key_prefix": delta.key_prefix, "model": delta.model, "day": delta.day}
         increments = {

@@ -8,7 +8,11 @@ connections themselves, as Django's request signals would."""
 from collections.abc import Callable
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
+
+# What a query raises when the database is away (refused, restarting, connection ended
+# under it): worth a 503 and a retry. Other database errors are bugs and stay 500s.
+DATABASE_AWAY = (OperationalError, InterfaceError)
 
 
 async def run_sync[**P, R](fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:

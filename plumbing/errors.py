@@ -17,6 +17,8 @@ SDKs can parse it.
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)
     ├── RateLimited (429)
+    ├── ServiceUnavailable (503): a store of the gateway's own is away
+    │   └── RateLimiterUnavailable (the shared cache), DatabaseUnavailable
     ├── UpstreamError: vLLM failed us
     │   ├── UpstreamUnreachable (502) ─ UpstreamDisconnected, UpstreamInvalidResponse
     │   ├── UpstreamUnavailable (503)
@@ -126,6 +128,22 @@ class UnsupportedMediaType(TalkTuahError):
 class RateLimited(TalkTuahError):
     status = 429
     type = "rate_limit_error"
+
+
+class ServiceUnavailable(TalkTuahError):
+    """A store the gateway itself needs (its database, its shared cache) is away: not the
+    client's fault, and worth retrying shortly (Retry-After)."""
+
+    status = 503
+    type = "service_unavailable"
+
+
+class RateLimiterUnavailable(ServiceUnavailable):
+    code = "rate_limiter_unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
 
 
 # --- vLLM failed us -------------------------------------------------------------------

@@ -54,6 +54,12 @@ RETRIES = Counter(
 RATE_LIMITED = Counter(
     "talktuah_rate_limited", "Requests refused by a rate limit.", ["key", "limit"]
 )
+RATE_LIMIT_BYPASSED = Counter(
+    "talktuah_rate_limit_bypassed",
+    "Requests let through without a limit check because the shared cache (Redis) was"
+    " away (RATELIMIT_FAIL_OPEN), by limit (requests, tokens).",
+    ["limit"],
+)
 UPSTREAM_UP = Gauge(
     "talktuah_upstream_up",
     "1 when vLLM answered the last probe or request, else 0.",

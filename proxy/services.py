@@ -23,7 +23,7 @@ from modelmgr.models import ModelSwitch, SwitchPhase
 from modelmgr.selectors import active_switch, switch_get, usage_rows
 from modelmgr.services import model_auto_load
 from plumbing import vllm
-from plumbing.db import run_sync
+from plumbing.db import DATABASE_AWAY, run_sync
 from plumbing.errors import (
     Forbidden,
     ModelNotServed,
@@ -235,7 +235,10 @@ async def _open_through_switch(send: Sender, *, stream: bool) -> vllm.UpstreamRe
         if switch is None:
             raise
     except UpstreamError:
-        switch = await run_sync(active_switch)
+        try:
+            switch = await run_sync(active_switch)
+        except DATABASE_AWAY:
+            switch = None  # no database, no switch to wait for: vLLM's error stands
         if switch is None:
             raise
     else:

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from modelmgr.auth import Principal
 from modelmgr.services import UsageDelta, usage_add
-from plumbing.db import run_sync
+from plumbing.db import DATABASE_AWAY, run_sync
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,12 @@ async def flush() -> bool:
         return True
     try:
         await run_sync(usage_add, deltas=batch)
+    except DATABASE_AWAY as exc:
+        # Expected while the database restarts: one line per try (every second at
+        # most), no traceback; the counts wait in memory.
+        logger.warning("database unavailable, %d usage rows kept for later: %r", len(batch), exc)
+        _restore(batch)
+        return False
     except Exception:
         logger.exception("could not write %d usage rows; will retry", len(batch))
         _restore(batch)

@@ -4,6 +4,7 @@ index, and the one handler that answers every error in OpenAI's shape."""
 import logging
 from typing import Any
 
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI, Router, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -11,6 +12,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from modelmgr.api import router as management_router
 from plumbing.errors import (
     BadRequest,
+    DatabaseUnavailable,
     TalkTuahError,
     Unauthenticated,
     error_body,
@@ -108,6 +110,20 @@ def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
         request,
         error_body(str(exc), "invalid_request_error", code=exc.status_code),
         status=exc.status_code,
+    )
+
+
+@api.exception_handler(InterfaceError)
+@api.exception_handler(OperationalError)
+def on_database_away(request: HttpRequest, exc: DatabaseError) -> HttpResponse:
+    # The database is down or restarting (plumbing.db.DATABASE_AWAY): a clear 503 to
+    # retry, not a 500 (and no traceback per request in the log).
+    logger.warning("database unavailable on %s %s: %r", request.method, request.path, exc)
+    return error_response(
+        DatabaseUnavailable(
+            "The gateway's database is unavailable; retry shortly.",
+            headers={"Retry-After": "5"},
+        )
     )
 
 

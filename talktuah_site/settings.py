@@ -86,6 +86,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # The admin's answer while the database is away: 503, not a 500 or a traceback.
+    "talktuah_site.middleware.DatabaseUnavailableMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -142,12 +144,20 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 # Local memory by default; Redis (REDIS_URL) when several workers or instances run,
 # so rate limits are shared.
 REDIS_URL = os.getenv("REDIS_URL", "")
+# Seconds a Redis call may take (connecting, then each reply) before it counts as
+# Redis being away: an unreachable Redis must not hold requests up.
+REDIS_TIMEOUT_SECONDS = envfloat("REDIS_TIMEOUT_SECONDS", 0.5)
 if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": os.getenv("CACHE_KEY_PREFIX", "talktuah"),
+            # Passed to redis-py's connection pool.
+            "OPTIONS": {
+                "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+                "socket_timeout": REDIS_TIMEOUT_SECONDS,
+            },
         }
     }
 else:
@@ -248,6 +258,10 @@ API_KEY_LAST_USED_INTERVAL = envfloat("API_KEY_LAST_USED_INTERVAL", 60.0)
 DEFAULT_RPM_LIMIT = envint("DEFAULT_RPM_LIMIT", 600)
 DEFAULT_TPM_LIMIT = envint("DEFAULT_TPM_LIMIT", 0)  # 0 = no token limit
 RATELIMIT_ENABLE = envbool("RATELIMIT_ENABLE", True)
+# While the shared cache (Redis) is away: true lets requests through unlimited (counted
+# by talktuah_rate_limit_bypassed_total), false refuses them with 503 + Retry-After.
+# django-ratelimit reads the same name for a cache that answers nothing.
+RATELIMIT_FAIL_OPEN = envbool("RATELIMIT_FAIL_OPEN", True)
 USAGE_FLUSH_SECONDS = envfloat("USAGE_FLUSH_SECONDS", 2.0)
 
 # When set, GET /metrics needs "Authorization: Bearer <METRICS_TOKEN>".

@@ -30,12 +30,18 @@ class GatewayProcess:
     """`manage.py serve --workers N` on a free port, with the test database."""
 
     def __init__(
-        self, *, workers: int = 1, env: dict[str, str] | None = None, stderr: int | None = None
+        self,
+        *,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        stderr: int | None = None,
     ) -> None:
         self.port = free_port()
         self.workers = workers
         self.env = {**os.environ, "DATABASE_URL": database_url(), **(env or {})}
-        self.stderr = stderr  # a file descriptor for the process's stderr; None: inherited
+        self.log = log  # its stdout and stderr go there (else to the test's)
+        self.stderr = stderr  # else a file descriptor for its stderr alone
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -44,9 +50,18 @@ class GatewayProcess:
 
     def start(self, timeout: float = 30.0) -> Self:
         command = ["manage.py", "serve", "--port", str(self.port), "--workers", str(self.workers)]
-        self.process = subprocess.Popen(
-            [sys.executable, *command], cwd=REPO, env=self.env, stderr=self.stderr
-        )
+        output = self.log.open("ab") if self.log is not None else None
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, *command],
+                cwd=REPO,
+                env=self.env,
+                stdout=output,
+                stderr=subprocess.STDOUT if output else self.stderr,
+            )
+        finally:
+            if output is not None:
+                output.close()  # the child has its own copy
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -55,6 +70,7 @@ class GatewayProcess:
             except httpx.TransportError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"the gateway did not start (exit {self.process.poll()})")
             time.sleep(0.1)
 
@@ -68,6 +84,9 @@ class GatewayProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log is not None else ""
 
     def __enter__(self) -> Self:
         return self.start()

@@ -43,6 +43,7 @@ class SimulatorProcess:
         token_delay: float = 0.02,
         startup_delay: float = 0.0,
         max_model_len: int = 512,
+        answer_log: Path | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         self.model = model
@@ -52,6 +53,7 @@ class SimulatorProcess:
         self.token_delay = token_delay
         self.startup_delay = startup_delay
         self.max_model_len = max_model_len
+        self.answer_log = answer_log
         self.extra_env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -81,6 +83,7 @@ class SimulatorProcess:
             str(self.startup_delay),
             "--max-model-len",
             str(self.max_model_len),
+            *(["--answer-log", str(self.answer_log)] if self.answer_log else []),
         ]
 
     @property

@@ -16,3 +16,7 @@ class SimulatorConfig:
     token_delay: float = 0.02  # seconds before each generated token
     startup_delay: float = 0.0  # seconds of "loading" before the socket is bound
     root: str | None = None  # what vLLM "loaded" (its --model), shown as the card's root
+    # Tests only: a file that gets one line "<X-Request-Id>" per generation the simulator
+    # started to answer (first response byte sent), written unbuffered so it survives a
+    # SIGKILL: across restarts it shows whether a request was ever answered twice.
+    answer_log: str | None = None

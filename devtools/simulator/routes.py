@@ -6,6 +6,7 @@ disconnects, streamed or not, like vLLM aborting a request.
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping, Sequence
 from typing import Any
@@ -203,6 +204,7 @@ class Simulator:
 
         metrics.counters.requests += 1
         metrics.running += 1
+        request_id = (_header(scope, b"x-request-id") or b"-").decode("latin-1")
         metrics.prompt_tokens.inc(gen.prompt_tokens)
         started = time.monotonic()
         delay = self.config.token_delay
@@ -215,6 +217,7 @@ class Simulator:
                         "headers": [(b"content-type", _SSE), _VARY],
                     }
                 )
+                self._log_answer(request_id)
 
                 async def write(chunk: bytes) -> None:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -236,3 +239,16 @@ class Simulator:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         else:
             await _send_response(send, 200, generation.full_response(gen))
+            self._log_answer(request_id)
+
+    def _log_answer(self, request_id: str) -> None:
+        """One line in config.answer_log: this request got (the start of) an answer."""
+        if self.config.answer_log is None:
+            return
+        # O_APPEND and one write() per line: whole lines even from several processes,
+        # and in the file at once (no buffer for a SIGKILL to lose).
+        fd = os.open(self.config.answer_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{request_id}\n".encode())
+        finally:
+            os.close(fd)

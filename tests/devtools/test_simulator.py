@@ -547,3 +547,24 @@ def test_kill_mid_stream_breaks_the_stream() -> None:
         assert not sim.alive
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{sim.url}/health")
+
+
+def test_the_answer_log_lists_each_answered_request_once_and_survives_a_sigkill(
+    tmp_path: Any,
+) -> None:
+    # The fault lane counts "answered twice" across simulator restarts from this log.
+    log = tmp_path / "answers.log"
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with SimulatorProcess(token_delay=0.001, answer_log=log) as sim:
+        for rid, stream in (("rid-whole", False), ("rid-stream", True)):
+            response = httpx.post(
+                f"{sim.url}/v1/chat/completions",
+                json={**body, "stream": stream},
+                headers={"X-Request-Id": rid},
+                timeout=10,
+            )
+            assert response.status_code == 200
+        refused = httpx.post(f"{sim.url}/v1/chat/completions", json=["a list"], timeout=10)
+        assert refused.status_code == 400  # refused: not an answer
+        sim.kill()
+    assert log.read_text().splitlines() == ["rid-whole", "rid-stream"]

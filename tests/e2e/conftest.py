@@ -11,8 +11,10 @@ very vLLM to `tiny/b`; a test that needs `tiny/a` after that starts it again.
 """
 
 import hashlib
+import json
 import os
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -250,6 +252,15 @@ class RealVllm:
     def stop(self) -> None:
         with override_settings(**self.engine_settings):
             engines.get_engine().stop()
+
+    def kill(self) -> None:
+        """SIGKILL vLLM's whole process group (the API server and its engine core), as
+        the OOM killer or a crashed host would: nothing is flushed, sockets are reset."""
+        pid = int(json.loads((self.var_dir / "engine.json").read_text())["pid"])
+        os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while self.served() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def metrics(self) -> dict[str, float]:
         return metrics_of(self.url, self.http)

@@ -7,8 +7,11 @@ import time
 import httpx
 import pytest
 from django_ratelimit.core import _get_window
+from prometheus_client import REGISTRY
 
+from proxy.ratelimit import outage
 from tests.gateway_process import GatewayProcess
+from tests.net import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -96,3 +99,57 @@ def test_two_workers_sharing_redis_admit_exactly_the_limit(simulator, make_key, 
                 )
     assert statuses.count(200) == 5, statuses
     assert statuses.count(429) == 7
+
+
+@pytest.fixture
+def redis_away(settings):
+    """The cache is a Redis on a port where nothing listens (connection refused)."""
+    working = settings.CACHES
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
+    outage.since = None  # a fresh outage for this test's log lines
+    yield
+    outage.since = None
+    settings.CACHES = working  # before the autouse teardown clears the cache
+
+
+def bypassed(limit: str) -> float:
+    return REGISTRY.get_sample_value("talktuah_rate_limit_bypassed_total", {"limit": limit}) or 0.0
+
+
+def test_it_lets_requests_through_unlimited_while_redis_is_away_and_warns_once(
+    gateway, simulator, make_key, redis_away, settings, caplog
+):
+    # Before: every request was a 500 (redis-py's ConnectionError reached the handler).
+    simulator()
+    settings.RATELIMIT_FAIL_OPEN = True
+    headers = {"Authorization": f"Bearer {make_key(rpm_limit=2, tpm_limit=1)}"}
+    before = bypassed("requests"), bypassed("tokens")
+    with caplog.at_level("WARNING", logger="proxy.ratelimit"):
+        statuses = [
+            httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, headers=headers).status_code
+            for _ in range(5)
+        ]
+    assert statuses == [200] * 5  # past both limits, but nothing can count them
+    assert bypassed("requests") - before[0] == 5
+    assert bypassed("tokens") - before[1] == 5
+    warnings = [r for r in caplog.records if r.name == "proxy.ratelimit"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "let through without limits" in warnings[0].getMessage()
+
+
+def test_it_refuses_with_503_while_redis_is_away_when_told_to_fail_closed(
+    gateway, simulator, make_key, redis_away, settings
+):
+    simulator()
+    settings.RATELIMIT_FAIL_OPEN = False
+    headers = {"Authorization": f"Bearer {make_key()}"}
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, headers=headers)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["error"]["code"] == "rate_limiter_unavailable"

@@ -50,6 +50,10 @@ class Command(BaseCommand):
             help="Seconds of simulated model loading before the port is bound.",
         )
         parser.add_argument("--max-model-len", type=int, default=defaults.max_model_len)
+        parser.add_argument(
+            "--answer-log",
+            help="Tests: append each answered request's X-Request-Id to this file.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         served_name = options["served_model_name"]
@@ -60,6 +64,7 @@ class Command(BaseCommand):
             tokens=options["tokens"],
             token_delay=options["token_delay"],
             startup_delay=options["startup_delay"],
+            answer_log=options["answer_log"],
         )
         host, port = options["host"], options["port"]
 
