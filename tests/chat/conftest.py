@@ -2,12 +2,14 @@
 socket, in a thread) and real simulator processes: no HTTP is mocked."""
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+import pytest_textual_snapshot
 from django.db import close_old_connections, connection
 from textual.pilot import Pilot
 from textual.widgets import Markdown, Static
@@ -15,6 +17,17 @@ from textual.widgets import Markdown, Static
 from talktuah_chat.app import ChatApp, ChatScreen, Reply
 from talktuah_chat.config import Config
 from tests.process_engine import use_process_engine
+
+# pytest-textual-snapshot 1.0.0 names its extension's suffix `_file_extension`, which
+# syrupy 5 renamed `file_extension`: without this its snapshots are stored as .raw.
+pytest_textual_snapshot.SVGImageExtension.file_extension = "svg"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Snapshots are written only when asked: syrupy's --snapshot-update, or this
+    # variable. A missing one fails (a fresh checkout must not pass by writing them).
+    if os.environ.get("TALKTUAH_UPDATE_SNAPSHOTS") == "1":
+        config.option.update_snapshots = True
 
 
 @pytest.fixture
