@@ -44,6 +44,7 @@ class SimulatorProcess:
         startup_delay: float = 0.0,
         max_model_len: int = 512,
         env: dict[str, str] | None = None,
+        reply: str | None = None,
     ) -> None:
         self.model = model
         self.host = host
@@ -53,6 +54,7 @@ class SimulatorProcess:
         self.startup_delay = startup_delay
         self.max_model_len = max_model_len
         self.extra_env = env or {}
+        self.reply = reply
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -81,6 +83,7 @@ class SimulatorProcess:
             str(self.startup_delay),
             "--max-model-len",
             str(self.max_model_len),
+            *(["--reply", self.reply] if self.reply else []),
         ]
 
     @property

@@ -16,3 +16,6 @@ class SimulatorConfig:
     token_delay: float = 0.02  # seconds before each generated token
     startup_delay: float = 0.0  # seconds of "loading" before the socket is bound
     root: str | None = None  # what vLLM "loaded" (its --model), shown as the card's root
+    # A fixed reply instead of the token cycle (one token per word with the whitespace
+    # after it), so a client can be shown Markdown; `tokens` should be its length.
+    reply: str | None = None

@@ -8,6 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from devtools.simulator import SimulatorConfig, serve
+from devtools.simulator.generation import reply_tokens
 
 
 class Command(BaseCommand):
@@ -50,6 +51,11 @@ class Command(BaseCommand):
             help="Seconds of simulated model loading before the port is bound.",
         )
         parser.add_argument("--max-model-len", type=int, default=defaults.max_model_len)
+        parser.add_argument(
+            "--reply",
+            help="A fixed reply (e.g. Markdown), streamed a word at a time; --tokens is "
+            "then its length.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         served_name = options["served_model_name"]
@@ -57,9 +63,10 @@ class Command(BaseCommand):
             model=served_name or options["model"],
             root=options["model"] if served_name else None,
             max_model_len=options["max_model_len"],
-            tokens=options["tokens"],
+            tokens=len(reply_tokens(options["reply"])) if options["reply"] else options["tokens"],
             token_delay=options["token_delay"],
             startup_delay=options["startup_delay"],
+            reply=options["reply"],
         )
         host, port = options["host"], options["port"]
 
