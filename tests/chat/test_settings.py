@@ -41,6 +41,15 @@ def test_an_admin_key_sees_the_served_model_and_health(chat_app, simulator, make
         assert "Model: demo-model (max 512 tokens)" in health
         assert "waiting" in health and "running" in health
         assert "GPU:" in health
+        assert "Backends:" not in health
+        # One backend: no picker, and no `backend` column in the table.
+        assert not screen.query_one("#backend-row").display
+        assert screen.backend is None
+        assert [str(c.label) for c in screen.query_one("#models").columns.values()] == [
+            "model",
+            "size",
+            "served",
+        ]
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(pilot.app.screen, SettingsScreen))
 
