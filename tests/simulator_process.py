@@ -45,6 +45,7 @@ class SimulatorProcess:
         max_model_len: int = 512,
         answer_log: Path | None = None,
         env: dict[str, str] | None = None,
+        reply: str | None = None,
     ) -> None:
         self.model = model
         self.host = host
@@ -55,6 +56,7 @@ class SimulatorProcess:
         self.max_model_len = max_model_len
         self.answer_log = answer_log
         self.extra_env = env or {}
+        self.reply = reply
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -84,6 +86,7 @@ class SimulatorProcess:
             "--max-model-len",
             str(self.max_model_len),
             *(["--answer-log", str(self.answer_log)] if self.answer_log else []),
+            *(["--reply", self.reply] if self.reply else []),
         ]
 
     @property

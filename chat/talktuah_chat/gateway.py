@@ -109,8 +109,10 @@ class Gateway:
         await self.client.aclose()
 
     async def _call(self, method: str, path: str, **params: Any) -> Any:
+        # Parameters left as None are not sent (e.g. `backend`, optional with one).
+        sent = {name: value for name, value in params.items() if value is not None}
         try:
-            response = await self.client.request(method, path, params=params or None)
+            response = await self.client.request(method, path, params=sent or None)
         except httpx.TransportError as exc:
             raise GatewayError(f"cannot reach {self.url}: {exc!r}") from exc
         if response.status_code >= 400:
@@ -121,20 +123,31 @@ class Gateway:
         answer = await self._call("GET", "/v1/models")
         return [str(card["id"]) for card in answer.get("data", [])]
 
-    async def model_status(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("GET", "/api/model-status")
+    # The management calls take `backend` (a Backend's name): needed by the gateway when
+    # it has several, optional when it has one; None sends none.
+
+    async def model_status(self, backend: str | None = None) -> dict[str, Any]:
+        """With several backends and none named: the first's, every one's under
+        `backends`."""
+        result: dict[str, Any] = await self._call("GET", "/api/model-status", backend=backend)
         return result
 
-    async def loading_status(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("GET", "/api/model-loading-status")
+    async def loading_status(self, backend: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "GET", "/api/model-loading-status", backend=backend
+        )
         return result
 
-    async def switch_model(self, model_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("POST", "/api/switch-model", model_id=model_id)
+    async def switch_model(self, model_id: str, backend: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "POST", "/api/switch-model", model_id=model_id, backend=backend
+        )
         return result
 
-    async def download_model(self, model_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("POST", "/api/download-model", model_id=model_id)
+    async def download_model(self, model_id: str, backend: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "POST", "/api/download-model", model_id=model_id, backend=backend
+        )
         return result
 
     async def download_progress(self, job_id: int) -> dict[str, Any]:

@@ -2,7 +2,11 @@
 served (/api/model-status), switching (/api/switch-model, then its phases from
 /api/model-loading-status), downloads with live progress (/api/download-model,
 /api/download-progress) and the health panel (/api/healthz). A key without the admin
-scope gets the gateway's own reason instead."""
+scope gets the gateway's own reason instead.
+
+With several backends (vLLM servers) every one is shown (health, served model, queue,
+its downloaded models) and a switch or a download goes to the backend chosen in the
+picker (`?backend=`); with one, nothing is named and the gateway takes that one."""
 
 import asyncio
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -12,7 +16,17 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, DataTable, Footer, Header, Input, ProgressBar, Static
+from textual.widgets import (
+    Button,
+    DataTable,
+    Footer,
+    Header,
+    Input,
+    Label,
+    ProgressBar,
+    Select,
+    Static,
+)
 
 from talktuah_chat.gateway import GatewayError
 
@@ -61,19 +75,25 @@ def health_text(health: dict[str, Any]) -> str:
     if len(backends) > 1:
         lines.append("Backends:")
         for backend in backends:
+            queue = backend.get("queue") or {}
             lines.append(
                 f"  {backend.get('name')}: {backend.get('status')}, "
-                f"models {', '.join(backend.get('models') or []) or 'none'}, "
+                f"serving {', '.join(backend.get('models') or []) or 'nothing'}, "
+                f"queue {count(queue.get('waiting'))} waiting / "
+                f"{count(queue.get('running'))} running, "
                 f"{backend.get('in_flight', 0)} in flight"
                 + (", ejected" if backend.get("ejected") else "")
+                + (", draining" if backend.get("draining") else "")
             )
     return "\n".join(lines)
 
 
-def progress_text(job: dict[str, Any]) -> str:
+def progress_text(job: dict[str, Any], *, with_backend: bool = False) -> str:
     eta = job.get("eta_seconds")
+    where = f" on {job.get('backend')}" if with_backend else ""
     lines = [
-        f"{job.get('model_id')}: {job.get('status')} {float(job.get('percent') or 0):.0f}% — "
+        f"{job.get('model_id')}{where}: {job.get('status')} "
+        f"{float(job.get('percent') or 0):.0f}% — "
         f"{size(job.get('bytes_completed'))} of {size(job.get('bytes_total'))}, "
         f"{size(job.get('speed_bytes_per_second'))}/s"
         + (f", ETA {eta:.0f} s" if eta is not None else "")
@@ -93,6 +113,11 @@ def progress_text(job: dict[str, Any]) -> str:
 class SettingsScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", "Back")]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.backends: list[str] = []  # filled only when the gateway has several
+        self.rows: dict[str, tuple[str | None, str]] = {}  # row key: (backend, model)
+
     @property
     def chat_app(self) -> "ChatApp":
         from talktuah_chat.app import ChatApp
@@ -107,6 +132,9 @@ class SettingsScreen(Screen[None]):
             yield Static("Checking the key's scope…", id="admin-note", markup=False)
             yield Static("", id="health", markup=False)
             yield DataTable(id="models", cursor_type="row")
+            with Horizontal(classes="row", id="backend-row"):
+                yield Label("Switch or download on backend ", id="backend-label")
+                yield Select[str]([], prompt="backend", id="backend")
             with Horizontal(classes="row"):
                 yield Input(placeholder="model to serve (org/name)", id="switch-id")
                 yield Button("Switch", id="switch", variant="warning")
@@ -125,11 +153,12 @@ class SettingsScreen(Screen[None]):
     #health { margin: 1 0; }
     #admin-note { color: $warning; }
     #download-bar { display: none; }
+    #backend-row { display: none; }
+    #backend-label { padding: 1 0; }
+    #backend { width: 30; }
     """
 
     async def on_mount(self) -> None:
-        table = self.query_one("#models", DataTable)
-        table.add_columns("model", "size", "served")
         self.run_worker(self.watch_health(), group="health")
         await self.load_models()
 
@@ -145,19 +174,58 @@ class SettingsScreen(Screen[None]):
                 )
             else:
                 note.update(f"Cannot read the models: {error}")
-            for widget_id in ("#models", ".row", "#download-bar"):
+            for widget_id in ("#models", ".row", "#download-bar", "#backend-row"):
                 for widget in self.query(widget_id):
                     widget.display = False
             return
-        current = status.get("current_model")
-        note.update(f"Served now: {current or 'nothing'}  (engine {status.get('engine')})")
+        each = status.get("backends") or []
+        several = len(each) > 1
+        self.show_backends([str(entry["backend"]) for entry in each] if several else [])
         table = self.query_one("#models", DataTable)
-        table.clear()
-        for model in status.get("models") or []:
-            served = "● served" if model["model_id"] == current else ""
-            table.add_row(
-                model["model_id"], size(model["size_bytes"]), served, key=model["model_id"]
+        table.clear(columns=True)
+        self.rows = {}
+        if several:
+            table.add_columns("backend", "model", "size", "served")
+            note.update(
+                "Served now: "
+                + "; ".join(
+                    f"{entry['backend']}: {entry.get('current_model') or 'nothing'}"
+                    f" (engine {entry.get('engine')})"
+                    for entry in each
+                )
             )
+        else:
+            table.add_columns("model", "size", "served")
+            current = status.get("current_model")
+            note.update(f"Served now: {current or 'nothing'}  (engine {status.get('engine')})")
+        for entry in each if several else [status]:
+            backend = str(entry["backend"]) if several else None
+            for model in entry.get("models") or []:
+                model_id = str(model["model_id"])
+                served = "● served" if model_id == entry.get("current_model") else ""
+                cells = [model_id, size(model["size_bytes"]), served]
+                key = f"{backend}\n{model_id}" if backend else model_id
+                self.rows[key] = (backend, model_id)
+                table.add_row(*([backend, *cells] if backend else cells), key=key)
+
+    def show_backends(self, names: list[str]) -> None:
+        """The backend picker, shown with several backends; it keeps its choice."""
+        self.backends = names
+        self.query_one("#backend-row").display = bool(names)
+        select = self.query_one("#backend", Select)
+        if not names:
+            return
+        chosen = self.backend
+        select.set_options([(name, name) for name in names])
+        select.value = chosen if chosen in names else names[0]
+
+    @property
+    def backend(self) -> str | None:
+        """The backend a switch or a download goes to; None with one backend."""
+        if not self.backends:
+            return None
+        value = self.query_one("#backend", Select).value
+        return value if isinstance(value, str) else None
 
     async def watch_health(self) -> None:
         panel = self.query_one("#health", Static)
@@ -170,7 +238,10 @@ class SettingsScreen(Screen[None]):
 
     @on(DataTable.RowSelected, "#models")
     def pick(self, event: DataTable.RowSelected) -> None:
-        self.query_one("#switch-id", Input).value = str(event.row_key.value)
+        backend, model_id = self.rows[str(event.row_key.value)]
+        self.query_one("#switch-id", Input).value = model_id
+        if backend is not None:
+            self.query_one("#backend", Select).value = backend
 
     @on(Button.Pressed, "#switch")
     @on(Input.Submitted, "#switch-id")
@@ -182,33 +253,38 @@ class SettingsScreen(Screen[None]):
             self.query_one("#switch-status", Static).update("Pick or type a model first.")
             return
 
+        backend = self.backend
+        where = f" on {backend}" if backend else ""
+
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self.run_worker(self.switch(model_id), group="switch", exclusive=True)
+                self.run_worker(self.switch(model_id, backend), group="switch", exclusive=True)
 
-        self.app.push_screen(ConfirmScreen(f"Serve {model_id}? vLLM restarts on it."), confirmed)
+        question = f"Serve {model_id}{where}? Its vLLM restarts on it."
+        self.app.push_screen(ConfirmScreen(question), confirmed)
 
-    async def switch(self, model_id: str) -> None:
+    async def switch(self, model_id: str, backend: str | None) -> None:
         status = self.query_one("#switch-status", Static)
         gateway = self.chat_app.gateway
+        what = f"Switch to {model_id}" + (f" on {backend}" if backend else "")
         try:
-            switch = await gateway.switch_model(model_id)
+            switch = await gateway.switch_model(model_id, backend)
         except GatewayError as error:
             status.update(f"Switch refused: {error}")
             return
-        status.update(f"Switch to {model_id}: {switch.get('phase')}")
+        status.update(f"{what}: {switch.get('phase')}")
         while True:
             await asyncio.sleep(POLL_SECONDS)
             try:
-                loading = await gateway.loading_status()
+                loading = await gateway.loading_status(backend)
             except GatewayError as error:
-                status.update(f"Switch to {model_id}: cannot read its status ({error})")
+                status.update(f"{what}: cannot read its status ({error})")
                 continue
             current = loading.get("switch") or {}
             if current.get("id") != switch.get("id"):
                 continue
             phase = current.get("phase")
-            line = f"Switch to {model_id}: {phase}"
+            line = f"{what}: {phase}"
             if current.get("error"):
                 line += f" — {current['error']}"
             status.update(line)
@@ -221,21 +297,22 @@ class SettingsScreen(Screen[None]):
     def ask_download(self) -> None:
         model_id = self.query_one("#download-id", Input).value.strip()
         if model_id:
-            self.run_worker(self.download(model_id), group="download", exclusive=True)
+            work = self.download(model_id, self.backend)
+            self.run_worker(work, group="download", exclusive=True)
 
-    async def download(self, model_id: str) -> None:
+    async def download(self, model_id: str, backend: str | None) -> None:
         status = self.query_one("#download-status", Static)
         bar = self.query_one("#download-bar", ProgressBar)
         gateway = self.chat_app.gateway
         try:
-            job = await gateway.download_model(model_id)
+            job = await gateway.download_model(model_id, backend)
         except GatewayError as error:
             status.update(f"Download refused: {error}")
             return
         bar.display = True
         while True:
             bar.update(progress=float(job.get("percent") or 0))
-            status.update(progress_text(job))
+            status.update(progress_text(job, with_backend=backend is not None))
             if job.get("status") in FINISHED_DOWNLOAD:
                 break
             await asyncio.sleep(POLL_SECONDS)

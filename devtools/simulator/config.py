@@ -20,3 +20,6 @@ class SimulatorConfig:
     # started to answer (first response byte sent), written unbuffered so it survives a
     # SIGKILL: across restarts it shows whether a request was ever answered twice.
     answer_log: str | None = None
+    # A fixed reply instead of the token cycle (one token per word with the whitespace
+    # after it), so a client can be shown Markdown; `tokens` should be its length.
+    reply: str | None = None

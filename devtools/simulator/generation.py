@@ -5,6 +5,7 @@ Generated text is a cycle of short tokens, so tests can predict it (`generated_t
 """
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -60,6 +61,11 @@ def generated_text(n: int) -> str:
     return "".join(token_text(i) for i in range(n))
 
 
+def reply_tokens(reply: str) -> tuple[str, ...]:
+    """A fixed reply as tokens: each word with the whitespace after it."""
+    return tuple(re.findall(r"\S+\s*|\s+", reply)) if reply else ()
+
+
 @dataclass
 class Generation:
     """One validated generation request, and how far it got."""
@@ -75,6 +81,12 @@ class Generation:
     include_usage: bool
     continuous_usage: bool
     produced: int = 0
+    reply: tuple[str, ...] = ()  # a fixed reply's tokens (reply_tokens), else the cycle
+
+    def text_of(self, index: int) -> str:
+        if self.reply:
+            return self.reply[index % len(self.reply)]
+        return token_text(index)
 
 
 async def produce(
@@ -172,7 +184,7 @@ async def stream(
     async def on_token(i: int) -> None:
         if chat and i == 0:
             await role()  # vLLM sends the role once the first token is out
-        token = _token_json(i)
+        token = orjson.dumps(gen.text_of(i)) if gen.reply else _token_json(i)
         if i == last:
             await write(final(token))
         else:
@@ -190,7 +202,7 @@ async def stream(
 
 def full_response(gen: Generation) -> bytes:
     """The JSON body of a non-streamed generation, once gen has produced its tokens."""
-    text = generated_text(gen.produced)
+    text = "".join(gen.text_of(i) for i in range(gen.produced))
     usage = {
         "prompt_tokens": gen.prompt_tokens,
         "total_tokens": gen.prompt_tokens + gen.produced,

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from devtools.simulator.config import SimulatorConfig
-from devtools.simulator.generation import Generation
+from devtools.simulator.generation import Generation, reply_tokens
 
 # Per chat message overhead and per conversation overhead when counting prompt tokens
 # (roughly what a chat template adds around each message).
@@ -278,4 +278,5 @@ def plan(
         stream=stream,
         include_usage=include_usage,
         continuous_usage=continuous,
+        reply=reply_tokens(config.reply) if config.reply else (),
     )

@@ -2,19 +2,36 @@
 socket, in a thread) and real simulator processes: no HTTP is mocked."""
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+import pytest_textual_snapshot
 from django.db import close_old_connections, connection
+from django.utils import timezone
 from textual.pilot import Pilot
 from textual.widgets import Markdown, Static
 
+from modelmgr import services
 from talktuah_chat.app import ChatApp, ChatScreen, Reply
 from talktuah_chat.config import Config
+from tests.modelmgr.test_lifecycle import download
 from tests.process_engine import use_process_engine
+from tests.simulator_process import SimulatorProcess
+
+# pytest-textual-snapshot 1.0.0 names its extension's suffix `_file_extension`, which
+# syrupy 5 renamed `file_extension`: without this its snapshots are stored as .raw.
+pytest_textual_snapshot.SVGImageExtension.file_extension = "svg"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Snapshots are written only when asked: syrupy's --snapshot-update, or this
+    # variable. A missing one fails (a fresh checkout must not pass by writing them).
+    if os.environ.get("TALKTUAH_UPDATE_SNAPSHOTS") == "1":
+        config.option.update_snapshots = True
 
 
 @pytest.fixture
@@ -108,3 +125,25 @@ def in_thread(work) -> threading.Thread:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+
+
+@pytest.fixture
+def two_backends(simulator, fake_hub):
+    """`default` (VLLM_BASE_URL) serving org/old, downloaded here, and `gpu-2` (another
+    host: its own simulator, its worker's heartbeat listing that host's cache) serving
+    org/other, with org/new downloaded there too."""
+    simulator(model="org/old")
+    download(fake_hub, "org/old")
+    second = SimulatorProcess(model="org/other").start()
+    services.backend_create(name="gpu-2", base_url=second.url, engine="process")
+    services.worker_beat(
+        name="gpu-2-host:7",
+        started_at=timezone.now(),
+        backend="gpu-2",
+        inventory=[
+            {"repo_id": "org/other", "commit": "abc", "size_bytes": 3 * 1024**3, "path": "/x"},
+            {"repo_id": "org/new", "commit": "def", "size_bytes": 512 * 1024**2, "path": "/y"},
+        ],
+    )
+    yield second
+    second.stop()

@@ -1,12 +1,13 @@
 """The settings screen against the real gateway: what an admin key sees (served model,
 health), what an inference key is told, a switch followed through its phases to
-"ready", and a download's progress reaching 100%."""
+"ready", a download's progress reaching 100%, and with two backends (two simulators)
+every backend shown and a switch or a download sent to the one picked."""
 
 import pytest
-from textual.widgets import Static
+from textual.widgets import DataTable, Select, Static
 
 from modelmgr import services
-from modelmgr.models import Scope
+from modelmgr.models import DownloadJob, ModelSwitch, Scope
 from talktuah_chat.settings import SettingsScreen, health_text
 from tests.chat.conftest import drive, in_thread, text_of, until
 from tests.modelmgr.test_lifecycle import download, tiny_model_files
@@ -40,6 +41,15 @@ def test_an_admin_key_sees_the_served_model_and_health(chat_app, simulator, make
         assert "Model: demo-model (max 512 tokens)" in health
         assert "waiting" in health and "running" in health
         assert "GPU:" in health
+        assert "Backends:" not in health
+        # One backend: no picker, and no `backend` column in the table.
+        assert not screen.query_one("#backend-row").display
+        assert screen.backend is None
+        assert [str(c.label) for c in screen.query_one("#models").columns.values()] == [
+            "model",
+            "size",
+            "served",
+        ]
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(pilot.app.screen, SettingsScreen))
 
@@ -168,5 +178,90 @@ def test_the_health_panel_lists_every_backend_when_there_are_several():
     assert "Status: degraded" in text
     assert "Queue: 2 waiting, 1 running, KV cache 25%" in text
     assert "GPU 0: L4, 2.0 GB / 24.0 GB, 40% busy" in text
-    assert "  gpu-a: ok, models m, 1 in flight" in text
-    assert "  gpu-b: down, models none, 1 in flight, ejected" in text
+    assert "  gpu-a: ok, serving m, queue ? waiting / ? running, 1 in flight" in text
+    assert "  gpu-b: down, serving nothing, queue ? waiting / ? running, 1 in flight, ejected" in (
+        text
+    )
+
+
+def test_with_two_backends_each_is_shown_and_the_picked_one_gets_the_work(
+    chat_app, two_backends, make_key
+):
+    app = chat_app(make_key(scopes=ADMIN))
+    seen: dict[str, object] = {}
+
+    async def scenario(pilot):
+        screen = await open_settings(pilot)
+        note = await until(
+            pilot, lambda: "gpu-2: org/other" in shown(screen, "#admin-note"), what="the note"
+        )
+        note = shown(screen, "#admin-note")
+        assert "default: org/old (engine" in note and "gpu-2: org/other (engine process)" in note
+        table = screen.query_one("#models", DataTable)
+        rows = [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
+        assert rows == [
+            ["default", "org/old", "1.0 KB", "● served"],
+            ["gpu-2", "org/other", "3.0 GB", "● served"],
+            ["gpu-2", "org/new", "512.0 MB", ""],
+        ]
+        health = await until(
+            pilot,
+            lambda: shown(screen, "#health").count(": ok, serving") == 2,
+            what="both backends healthy in the panel",
+        )
+        health = shown(screen, "#health")
+        assert "  default: ok, serving org/old, queue 0 waiting / 0 running, 0 in flight" in health
+        assert "  gpu-2: ok, serving org/other, queue 0 waiting / 0 running, 0 in flight" in health
+        picker = screen.query_one("#backend", Select)
+        assert screen.query_one("#backend-row").display and picker.value == "default"
+
+        # Picking gpu-2's org/new in the table picks its backend too; the switch names it.
+        table.focus()
+        table.move_cursor(row=2)
+        await pilot.press("enter")
+        assert screen.query_one("#switch-id").value == "org/new"
+        assert picker.value == "gpu-2"
+        await pilot.click("#switch")
+        await pilot.click("#yes")
+        seen["switch"] = await until(
+            pilot,
+            lambda: (
+                "Switch to org/new on gpu-2: " in shown(screen, "#switch-status")
+                and shown(screen, "#switch-status")
+            ),
+            what="the switch's status",
+        )
+
+        # A download goes to the backend in the picker: gpu-2, then default.
+        screen.query_one("#download-id").value = "org/fresh"
+        await pilot.click("#download")
+        seen["gpu-2 download"] = await until(
+            pilot,
+            lambda: (
+                "org/fresh on gpu-2: queued" in shown(screen, "#download-status")
+                and shown(screen, "#download-status")
+            ),
+            what="the download on gpu-2",
+        )
+        picker.value = "default"
+        # Enter in the field: a button ignores a second click within its press effect.
+        screen.query_one("#download-id").focus()
+        await pilot.press("enter")
+        seen["default download"] = await until(
+            pilot,
+            lambda: (
+                "org/fresh on default: queued" in shown(screen, "#download-status")
+                and shown(screen, "#download-status")
+            ),
+            what="the download on default",
+        )
+
+    drive(app, scenario)
+    assert "refused" not in str(seen["switch"]), seen
+    switch = ModelSwitch.objects.get(to_model="org/new")
+    assert (switch.backend, switch.from_model) == ("gpu-2", "org/other")
+    jobs = DownloadJob.objects.filter(repo_id="org/fresh")
+    assert sorted(job.backend for job in jobs) == ["default", "gpu-2"]
+    # gpu-2's worker is alive (its heartbeat), default's is not: the gateway says so.
+    assert "run_worker" not in str(seen["gpu-2 download"])
+    assert "worker" in str(seen["default download"]).lower()

@@ -8,6 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from devtools.simulator import SimulatorConfig, serve
+from devtools.simulator.generation import reply_tokens
 
 
 class Command(BaseCommand):
@@ -54,6 +55,11 @@ class Command(BaseCommand):
             "--answer-log",
             help="Tests: append each answered request's X-Request-Id to this file.",
         )
+        parser.add_argument(
+            "--reply",
+            help="A fixed reply (e.g. Markdown), streamed a word at a time; --tokens is "
+            "then its length.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         served_name = options["served_model_name"]
@@ -61,10 +67,11 @@ class Command(BaseCommand):
             model=served_name or options["model"],
             root=options["model"] if served_name else None,
             max_model_len=options["max_model_len"],
-            tokens=options["tokens"],
+            tokens=len(reply_tokens(options["reply"])) if options["reply"] else options["tokens"],
             token_delay=options["token_delay"],
             startup_delay=options["startup_delay"],
             answer_log=options["answer_log"],
+            reply=options["reply"],
         )
         host, port = options["host"], options["port"]
 
