@@ -27,6 +27,38 @@ COMPLETIONS = Endpoint("completions", "/v1/completions", "prompt")
 EMBEDDINGS = Endpoint("embeddings", "/v1/embeddings", "input")
 
 
+def openapi_body(endpoint: Endpoint) -> dict[str, Any]:
+    """The OpenAPI requestBody of an endpoint: what `parse_body` checks, documented (so
+    clients and schema-driven tools know the required field); other fields pass through."""
+    required: dict[str, Any] = (
+        {"type": "array", "minItems": 1, "items": {"type": "object"}}
+        if endpoint.required == "messages"
+        else {"anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1}]}
+    )
+    stream_doc = "Stream the answer as SSE" + (
+        " (the default here)." if endpoint.stream_default else "."
+    )
+    schema = {
+        "type": "object",
+        "required": [endpoint.required],
+        "properties": {
+            endpoint.required: required,
+            "model": {"type": "string", "description": "Default: the model vLLM serves now."},
+            "stream": {
+                "type": "boolean",
+                "default": endpoint.stream_default,
+                "description": stream_doc,
+            },
+            "stream_options": {
+                "type": "object",
+                "properties": {"include_usage": {"type": "boolean"}},
+            },
+        },
+        "additionalProperties": True,
+    }
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def parse_body(
     *, content_type: str, raw: Callable[[], bytes], endpoint: Endpoint
 ) -> dict[str, Any]:
