@@ -455,11 +455,15 @@ async def relay_stream(
 
 async def finish(call: Call) -> None:
     """Record a finished request: usage, token budget, metrics, one access-log line."""
-    model_label = vllm.model_label(call.model, accepted=call.accepted) if call.model else "none"
+    known = call.accepted or call.model in pool.served_models()
+    model_label = vllm.model_label(call.model, accepted=known) if call.model else "none"
     if call.model:
+        # Usage rows are labelled like the metrics: a model name a client made up (any
+        # length, NUL bytes, ...) would be an unbounded row key, and a row the database
+        # refuses fails the whole batch of every key's usage, write after write.
         usage.record(
             call.principal,
-            call.model,
+            model_label,
             prompt_tokens=call.prompt_tokens,
             completion_tokens=call.completion_tokens,
             error=call.error,

@@ -129,3 +129,23 @@ def test_it_passes_unknown_fields_through_unchanged(gateway, simulator, make_key
         timeout=10,
     )
     assert response.json()["usage"]["completion_tokens"] == 30
+
+
+def test_it_records_usage_of_a_model_nobody_serves_under_other(gateway, simulator, make_key):
+    simulator(model="demo-model")
+    key = make_key()
+    headers = {"Authorization": f"Bearer {key}"}
+    # Longer than the usage table's column and with a NUL byte, which PostgreSQL refuses:
+    # written as is, it failed every later usage write of the process (found by fuzzing).
+    made_up = "x" * 300 + "\x00"
+    url = f"{gateway.url}/v1/chat/completions"
+    refused = httpx.post(url, json={"model": made_up, "messages": MESSAGES}, headers=headers)
+    assert refused.status_code == 404
+    served = httpx.post(url, json={"model": "demo-model", "messages": MESSAGES}, headers=headers)
+    assert served.status_code == 200
+
+    rows = wait_for_usage(key.split(".")[0], 2)
+    assert sorted((r.model, r.requests, r.errors) for r in rows) == [
+        ("demo-model", 1, 0),
+        ("other", 1, 1),
+    ]
