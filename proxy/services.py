@@ -53,6 +53,7 @@ from proxy.metrics import (
 from proxy.pool import pool
 from proxy.ratelimit import add_tokens, check_request_rate, check_token_rate
 from proxy.shutdown import register_stream, unregister_stream
+from proxy.sse import EventRelay, usage_of
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -358,28 +359,13 @@ async def _whole_response(upstream: vllm.UpstreamResponse, call: Call) -> HttpRe
             content_type="application/json",
         )
     else:
-        call.prompt_tokens, call.completion_tokens = _usage_of(content)
+        call.prompt_tokens, call.completion_tokens = usage_of(content)
         response = HttpResponse(content, status=upstream.status, content_type=upstream.content_type)
     call.overhead_seconds = (done - call.started) - call.upstream_seconds
     await finish(call)
     response[OVERHEAD_HEADER] = _ms(time.perf_counter() - call.started - call.upstream_seconds)
     response[BACKEND_HEADER] = call.backend
     return response
-
-
-def _usage_of(content: bytes) -> tuple[int, int]:
-    try:
-        data = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return 0, 0
-    found = data.get("usage") if isinstance(data, dict) else None
-    if not isinstance(found, dict):
-        return 0, 0
-    return int(found.get("prompt_tokens") or 0), int(found.get("completion_tokens") or 0)
-
-
-def _is_usage_chunk(event: bytes) -> bool:
-    return event.startswith(b"data: {") and b'"choices":[]' in event and b'"usage":' in event
 
 
 async def relay_stream(
@@ -391,8 +377,7 @@ async def relay_stream(
     usage chunk is read, and dropped when the client did not ask for it. A client that
     disconnects cancels this generator: the finally closes vLLM's connection at once.
     """
-    pending = b""
-    finished = False
+    relay = EventRelay(strip_usage=strip_usage)
     shutting_down = False
 
     async def end_for_shutdown() -> None:
@@ -407,22 +392,9 @@ async def relay_stream(
     try:
         try:
             async for chunk in upstream.iter_raw():
-                pending += chunk
-                end = pending.rfind(b"\n\n")
-                if end < 0:
-                    continue
-                events, pending = pending[: end + 2], pending[end + 2 :]
-                if b'"usage":' in events:
-                    kept = []
-                    for event in events.split(b"\n\n")[:-1]:
-                        if _is_usage_chunk(event):
-                            call.prompt_tokens, call.completion_tokens = _usage_of(event[6:])
-                            if strip_usage:
-                                continue
-                        kept.append(event + b"\n\n")
-                    events = b"".join(kept)
-                if events.endswith(b"data: [DONE]\n\n"):
-                    finished = True
+                events = relay.feed(chunk)
+                if relay.usage is not None:
+                    call.prompt_tokens, call.completion_tokens = relay.usage
                 if events:
                     if call.ttft_seconds is None:
                         call.ttft_seconds = time.perf_counter() - call.started
@@ -433,14 +405,14 @@ async def relay_stream(
                 kind = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
                 yield sse_error_event(str(exc), kind, exc.status)
                 return
-        if shutting_down and not finished:
+        if shutting_down and not relay.finished:
             call.error = True
             yield sse_error_event(
                 "The gateway is shutting down; send the request again.", "gateway_shutdown", 503
             )
-        elif not finished:
-            if pending:
-                yield pending
+        elif not relay.finished:
+            if relay.pending:
+                yield relay.pending
             call.error = True
             yield sse_error_event(
                 "vLLM closed the stream before it finished.", "upstream_error", 502
