@@ -27,6 +27,13 @@ COMPLETIONS = Endpoint("completions", "/v1/completions", "prompt")
 EMBEDDINGS = Endpoint("embeddings", "/v1/embeddings", "input")
 
 
+def wants_stream(body: dict[str, Any], endpoint: Endpoint) -> bool:
+    """Whether the answer streams: `stream`, where null means the endpoint's default (as
+    OpenAI's API documents it: `boolean or null`)."""
+    stream = body.get("stream")
+    return endpoint.stream_default if stream is None else bool(stream)
+
+
 def openapi_body(endpoint: Endpoint) -> dict[str, Any]:
     """The OpenAPI requestBody of an endpoint: what `parse_body` checks, documented (so
     clients and schema-driven tools know the required field); other fields pass through."""
@@ -45,7 +52,7 @@ def openapi_body(endpoint: Endpoint) -> dict[str, Any]:
             endpoint.required: required,
             "model": {"type": "string", "description": "Default: the model vLLM serves now."},
             "stream": {
-                "type": "boolean",
+                "type": ["boolean", "null"],  # null: the default
                 "default": endpoint.stream_default,
                 "description": stream_doc,
             },
@@ -90,8 +97,8 @@ def parse_body(
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequest("'model' must be a string.", param="model", code="invalid_field")
-    stream = body.get("stream", endpoint.stream_default)
-    if not isinstance(stream, bool):
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false.", param="stream", code="invalid_field")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):

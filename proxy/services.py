@@ -36,7 +36,7 @@ from plumbing.errors import (
     sse_error_event,
 )
 from proxy import usage
-from proxy.bodies import Endpoint, parse_body
+from proxy.bodies import Endpoint, parse_body, wants_stream
 from proxy.metrics import (
     ACTIVE_STREAMS,
     BACKEND_REQUESTS,
@@ -134,14 +134,14 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
     await check_request_rate(request, principal)
     await check_token_rate(principal)
 
-    stream = call.stream = bool(body.get("stream", endpoint.stream_default))
+    stream = call.stream = wants_stream(body, endpoint)
     client_wants_usage = True
     if stream:
         # Ask vLLM for the usage chunk so usage can be recorded; strip it again below
         # when the client did not ask for it.
         options = body.setdefault("stream_options", {})
         client_wants_usage = bool(options.get("include_usage"))
-        if not client_wants_usage or "stream" not in body:
+        if not client_wants_usage or body.get("stream") is not True:
             options["include_usage"] = True
             body["stream"] = True
             changed = True

@@ -149,3 +149,21 @@ def test_it_records_usage_of_a_model_nobody_serves_under_other(gateway, simulato
         ("demo-model", 1, 0),
         ("other", 1, 1),
     ]
+
+
+def test_it_takes_a_null_stream_as_the_routes_default(gateway, simulator, make_key):
+    # OpenAI documents `stream` as "boolean or null"; null was refused with a 400 (found
+    # by the body property tests).
+    simulator(model="demo-model", tokens=3)
+    headers = {"Authorization": f"Bearer {make_key()}"}
+    body = {"model": "demo-model", "messages": MESSAGES, "stream": None}
+    whole = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers)
+    assert whole.status_code == 200
+    assert whole.headers["content-type"].startswith("application/json")
+    assert whole.json()["usage"]["completion_tokens"] == 3
+    streamed = httpx.post(f"{gateway.url}/api/chat", json=body, headers=headers)  # streams
+    assert streamed.status_code == 200
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    chunks = sse_json(streamed.content)
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert all(c.get("usage") is None for c in chunks)  # not asked for: stripped

@@ -69,5 +69,5 @@ def test_it_documents_the_body_the_proxy_checks(schema, path, field, stream_defa
     assert shape["additionalProperties"] is True  # unknown fields pass through to vLLM
     assert shape["properties"]["model"]["type"] == "string"
     stream = shape["properties"]["stream"]
-    assert (stream["type"], stream["default"]) == ("boolean", stream_default)
+    assert (stream["type"], stream["default"]) == (["boolean", "null"], stream_default)
     assert shape["properties"]["stream_options"]["type"] == "object"
