@@ -50,14 +50,17 @@ def openapi_body(endpoint: Endpoint) -> dict[str, Any]:
         "required": [endpoint.required],
         "properties": {
             endpoint.required: required,
-            "model": {"type": "string", "description": "Default: the model vLLM serves now."},
+            "model": {
+                "type": ["string", "null"],
+                "description": "Default: the model vLLM serves now.",
+            },
             "stream": {
                 "type": ["boolean", "null"],  # null: the default
                 "default": endpoint.stream_default,
                 "description": stream_doc,
             },
             "stream_options": {
-                "type": "object",
+                "type": ["object", "null"],
                 "properties": {"include_usage": {"type": "boolean"}},
             },
         },

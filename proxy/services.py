@@ -139,7 +139,9 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
     if stream:
         # Ask vLLM for the usage chunk so usage can be recorded; strip it again below
         # when the client did not ask for it.
-        options = body.setdefault("stream_options", {})
+        options = body.get("stream_options")
+        if options is None:  # absent or null (parse_body let only an object through else)
+            options = body["stream_options"] = {}
         client_wants_usage = bool(options.get("include_usage"))
         if not client_wants_usage or body.get("stream") is not True:
             options["include_usage"] = True

@@ -167,3 +167,15 @@ def test_it_takes_a_null_stream_as_the_routes_default(gateway, simulator, make_k
     chunks = sse_json(streamed.content)
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert all(c.get("usage") is None for c in chunks)  # not asked for: stripped
+
+
+def test_it_takes_a_null_stream_options_on_a_stream(gateway, simulator, make_key):
+    # The gateway adds include_usage to the client's stream_options: a null one was a 500
+    # (found by the body property tests through the gateway).
+    simulator(model="demo-model", tokens=3)
+    headers = {"Authorization": f"Bearer {make_key()}"}
+    body = {"model": "demo-model", "messages": MESSAGES, "stream": True, "stream_options": None}
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 200
+    chunks = sse_json(response.content)
+    assert chunks and all(c["choices"] and c.get("usage") is None for c in chunks)

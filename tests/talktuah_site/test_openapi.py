@@ -67,7 +67,7 @@ def test_it_documents_the_body_the_proxy_checks(schema, path, field, stream_defa
     assert body["required"] is True
     assert shape["required"] == [field]
     assert shape["additionalProperties"] is True  # unknown fields pass through to vLLM
-    assert shape["properties"]["model"]["type"] == "string"
+    assert shape["properties"]["model"]["type"] == ["string", "null"]
     stream = shape["properties"]["stream"]
     assert (stream["type"], stream["default"]) == (["boolean", "null"], stream_default)
-    assert shape["properties"]["stream_options"]["type"] == "object"
+    assert shape["properties"]["stream_options"]["type"] == ["object", "null"]
