@@ -171,7 +171,7 @@ def test_it_takes_a_null_stream_as_the_routes_default(gateway, simulator, make_k
 
 def test_it_takes_a_null_stream_options_on_a_stream(gateway, simulator, make_key):
     # The gateway adds include_usage to the client's stream_options: a null one was a 500
-    # (found by the body property tests through the gateway).
+    # (seen while fixing a null `stream`; tests/faults/test_proxy_properties.py finds it).
     simulator(model="demo-model", tokens=3)
     headers = {"Authorization": f"Bearer {make_key()}"}
     body = {"model": "demo-model", "messages": MESSAGES, "stream": True, "stream_options": None}
