@@ -27,6 +27,48 @@ COMPLETIONS = Endpoint("completions", "/v1/completions", "prompt")
 EMBEDDINGS = Endpoint("embeddings", "/v1/embeddings", "input")
 
 
+def wants_stream(body: dict[str, Any], endpoint: Endpoint) -> bool:
+    """Whether the answer streams: `stream`, where null means the endpoint's default (as
+    OpenAI's API documents it: `boolean or null`)."""
+    stream = body.get("stream")
+    return endpoint.stream_default if stream is None else bool(stream)
+
+
+def openapi_body(endpoint: Endpoint) -> dict[str, Any]:
+    """The OpenAPI requestBody of an endpoint: what `parse_body` checks, documented (so
+    clients and schema-driven tools know the required field); other fields pass through."""
+    required: dict[str, Any] = (
+        {"type": "array", "minItems": 1, "items": {"type": "object"}}
+        if endpoint.required == "messages"
+        else {"anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1}]}
+    )
+    stream_doc = "Stream the answer as SSE" + (
+        " (the default here)." if endpoint.stream_default else "."
+    )
+    schema = {
+        "type": "object",
+        "required": [endpoint.required],
+        "properties": {
+            endpoint.required: required,
+            "model": {
+                "type": ["string", "null"],
+                "description": "Default: the model vLLM serves now.",
+            },
+            "stream": {
+                "type": ["boolean", "null"],  # null: the default
+                "default": endpoint.stream_default,
+                "description": stream_doc,
+            },
+            "stream_options": {
+                "type": ["object", "null"],
+                "properties": {"include_usage": {"type": "boolean"}},
+            },
+        },
+        "additionalProperties": True,
+    }
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def parse_body(
     *, content_type: str, raw: Callable[[], bytes], endpoint: Endpoint
 ) -> dict[str, Any]:
@@ -58,8 +100,8 @@ def parse_body(
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequest("'model' must be a string.", param="model", code="invalid_field")
-    stream = body.get("stream", endpoint.stream_default)
-    if not isinstance(stream, bool):
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false.", param="stream", code="invalid_field")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):

@@ -12,19 +12,12 @@ from pydantic import BaseModel, ConfigDict
 from modelmgr.auth import inference_auth, principal_of
 from proxy import bodies, services
 
-# The body is relayed as-is (unknown fields kept), so it is documented, not parsed.
-_JSON_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"type": "object"}}},
-    }
-}
-
 openai_router = Router(tags=["OpenAI-compatible"], auth=inference_auth)
 api_router = Router(tags=["Chat (TalkTuah's original API)"], auth=inference_auth)
 
 
-@openai_router.post("/chat/completions", openapi_extra=_JSON_BODY)
+# The bodies are relayed as-is (unknown fields kept), so they are documented, not parsed.
+@openai_router.post("/chat/completions", openapi_extra=bodies.openapi_body(bodies.CHAT))
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     """OpenAI chat completions, streamed (SSE) when `stream` is true."""
     return await services.forward(
@@ -32,7 +25,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     )
 
 
-@openai_router.post("/completions", openapi_extra=_JSON_BODY)
+@openai_router.post("/completions", openapi_extra=bodies.openapi_body(bodies.COMPLETIONS))
 async def completions(request: HttpRequest) -> HttpResponseBase:
     """OpenAI text completions, streamed (SSE) when `stream` is true."""
     return await services.forward(
@@ -40,7 +33,7 @@ async def completions(request: HttpRequest) -> HttpResponseBase:
     )
 
 
-@openai_router.post("/embeddings", openapi_extra=_JSON_BODY)
+@openai_router.post("/embeddings", openapi_extra=bodies.openapi_body(bodies.EMBEDDINGS))
 async def embeddings(request: HttpRequest) -> HttpResponseBase:
     """OpenAI embeddings, when the served model supports them."""
     return await services.forward(
@@ -69,7 +62,7 @@ async def models(request: HttpRequest) -> dict[str, Any]:
     return await services.list_models(principal_of(request))
 
 
-@api_router.post("/chat", openapi_extra=_JSON_BODY)
+@api_router.post("/chat", openapi_extra=bodies.openapi_body(bodies.API_CHAT))
 async def api_chat(request: HttpRequest) -> HttpResponseBase:
     """Chat completion as TalkTuah's original API had it: streamed (SSE) unless `stream`
     is false."""

@@ -36,7 +36,7 @@ from plumbing.errors import (
     sse_error_event,
 )
 from proxy import usage
-from proxy.bodies import Endpoint, parse_body
+from proxy.bodies import Endpoint, parse_body, wants_stream
 from proxy.metrics import (
     ACTIVE_STREAMS,
     BACKEND_REQUESTS,
@@ -53,6 +53,7 @@ from proxy.metrics import (
 from proxy.pool import pool
 from proxy.ratelimit import add_tokens, check_request_rate, check_token_rate
 from proxy.shutdown import register_stream, unregister_stream
+from proxy.sse import EventRelay, usage_of
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -133,14 +134,16 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
     await check_request_rate(request, principal)
     await check_token_rate(principal)
 
-    stream = call.stream = bool(body.get("stream", endpoint.stream_default))
+    stream = call.stream = wants_stream(body, endpoint)
     client_wants_usage = True
     if stream:
         # Ask vLLM for the usage chunk so usage can be recorded; strip it again below
         # when the client did not ask for it.
-        options = body.setdefault("stream_options", {})
+        options = body.get("stream_options")
+        if options is None:  # absent or null (parse_body let only an object through else)
+            options = body["stream_options"] = {}
         client_wants_usage = bool(options.get("include_usage"))
-        if not client_wants_usage or "stream" not in body:
+        if not client_wants_usage or body.get("stream") is not True:
             options["include_usage"] = True
             body["stream"] = True
             changed = True
@@ -361,28 +364,13 @@ async def _whole_response(upstream: vllm.UpstreamResponse, call: Call) -> HttpRe
             content_type="application/json",
         )
     else:
-        call.prompt_tokens, call.completion_tokens = _usage_of(content)
+        call.prompt_tokens, call.completion_tokens = usage_of(content)
         response = HttpResponse(content, status=upstream.status, content_type=upstream.content_type)
     call.overhead_seconds = (done - call.started) - call.upstream_seconds
     await finish(call)
     response[OVERHEAD_HEADER] = _ms(time.perf_counter() - call.started - call.upstream_seconds)
     response[BACKEND_HEADER] = call.backend
     return response
-
-
-def _usage_of(content: bytes) -> tuple[int, int]:
-    try:
-        data = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return 0, 0
-    found = data.get("usage") if isinstance(data, dict) else None
-    if not isinstance(found, dict):
-        return 0, 0
-    return int(found.get("prompt_tokens") or 0), int(found.get("completion_tokens") or 0)
-
-
-def _is_usage_chunk(event: bytes) -> bool:
-    return event.startswith(b"data: {") and b'"choices":[]' in event and b'"usage":' in event
 
 
 async def relay_stream(
@@ -394,8 +382,7 @@ async def relay_stream(
     usage chunk is read, and dropped when the client did not ask for it. A client that
     disconnects cancels this generator: the finally closes vLLM's connection at once.
     """
-    pending = b""
-    finished = False
+    relay = EventRelay(strip_usage=strip_usage)
     shutting_down = False
 
     async def end_for_shutdown() -> None:
@@ -410,22 +397,9 @@ async def relay_stream(
     try:
         try:
             async for chunk in upstream.iter_raw():
-                pending += chunk
-                end = pending.rfind(b"\n\n")
-                if end < 0:
-                    continue
-                events, pending = pending[: end + 2], pending[end + 2 :]
-                if b'"usage":' in events:
-                    kept = []
-                    for event in events.split(b"\n\n")[:-1]:
-                        if _is_usage_chunk(event):
-                            call.prompt_tokens, call.completion_tokens = _usage_of(event[6:])
-                            if strip_usage:
-                                continue
-                        kept.append(event + b"\n\n")
-                    events = b"".join(kept)
-                if events.endswith(b"data: [DONE]\n\n"):
-                    finished = True
+                events = relay.feed(chunk)
+                if relay.usage is not None:
+                    call.prompt_tokens, call.completion_tokens = relay.usage
                 if events:
                     if call.ttft_seconds is None:
                         call.ttft_seconds = time.perf_counter() - call.started
@@ -436,14 +410,14 @@ async def relay_stream(
                 kind = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
                 yield sse_error_event(str(exc), kind, exc.status)
                 return
-        if shutting_down and not finished:
+        if shutting_down and not relay.finished:
             call.error = True
             yield sse_error_event(
                 "The gateway is shutting down; send the request again.", "gateway_shutdown", 503
             )
-        elif not finished:
-            if pending:
-                yield pending
+        elif not relay.finished:
+            if relay.pending:
+                yield relay.pending
             call.error = True
             yield sse_error_event(
                 "vLLM closed the stream before it finished.", "upstream_error", 502
@@ -458,11 +432,15 @@ async def relay_stream(
 
 async def finish(call: Call) -> None:
     """Record a finished request: usage, token budget, metrics, one access-log line."""
-    model_label = vllm.model_label(call.model, accepted=call.accepted) if call.model else "none"
+    known = call.accepted or call.model in pool.served_models()
+    model_label = vllm.model_label(call.model, accepted=known) if call.model else "none"
     if call.model:
+        # Usage rows are labelled like the metrics: a model name a client made up (any
+        # length, NUL bytes, ...) would be an unbounded row key, and a row the database
+        # refuses fails the whole batch of every key's usage, write after write.
         usage.record(
             call.principal,
-            call.model,
+            model_label,
             prompt_tokens=call.prompt_tokens,
             completion_tokens=call.completion_tokens,
             error=call.error,

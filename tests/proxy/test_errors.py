@@ -144,3 +144,20 @@ def test_the_index_lists_the_endpoints(gateway):
     assert body["endpoints"]["chat"] == "POST /api/chat"
     assert body["docs"].endswith("/api/docs")
     assert httpx.get(f"{gateway.url}/api/docs").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/api/healthz", "/api/model-status", "/metrics", "/"])
+@pytest.mark.parametrize("host", ["evil.example.com", "bad host!"])
+def test_it_refuses_a_host_it_does_not_serve_in_openai_shape(gateway, key, path, host):
+    # Django checks the Host on every full-stack route; its 400 was an HTML page (found
+    # by fuzzing the OpenAPI schema).
+    headers = {"Host": host, "Authorization": f"Bearer {key}"}
+    response = httpx.get(f"{gateway.url}{path}", headers=headers)
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_host"
+
+
+def test_the_admin_keeps_its_html_400_for_a_host_it_does_not_serve(gateway):
+    response = httpx.get(f"{gateway.url}/admin/", headers={"Host": "evil.example.com"})
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("text/html")

@@ -129,3 +129,53 @@ def test_it_passes_unknown_fields_through_unchanged(gateway, simulator, make_key
         timeout=10,
     )
     assert response.json()["usage"]["completion_tokens"] == 30
+
+
+def test_it_records_usage_of_a_model_nobody_serves_under_other(gateway, simulator, make_key):
+    simulator(model="demo-model")
+    key = make_key()
+    headers = {"Authorization": f"Bearer {key}"}
+    # Longer than the usage table's column and with a NUL byte, which PostgreSQL refuses:
+    # written as is, it failed every later usage write of the process (found by fuzzing).
+    made_up = "x" * 300 + "\x00"
+    url = f"{gateway.url}/v1/chat/completions"
+    refused = httpx.post(url, json={"model": made_up, "messages": MESSAGES}, headers=headers)
+    assert refused.status_code == 404
+    served = httpx.post(url, json={"model": "demo-model", "messages": MESSAGES}, headers=headers)
+    assert served.status_code == 200
+
+    rows = wait_for_usage(key.split(".")[0], 2)
+    assert sorted((r.model, r.requests, r.errors) for r in rows) == [
+        ("demo-model", 1, 0),
+        ("other", 1, 1),
+    ]
+
+
+def test_it_takes_a_null_stream_as_the_routes_default(gateway, simulator, make_key):
+    # OpenAI documents `stream` as "boolean or null"; null was refused with a 400 (found
+    # by the body property tests).
+    simulator(model="demo-model", tokens=3)
+    headers = {"Authorization": f"Bearer {make_key()}"}
+    body = {"model": "demo-model", "messages": MESSAGES, "stream": None}
+    whole = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers)
+    assert whole.status_code == 200
+    assert whole.headers["content-type"].startswith("application/json")
+    assert whole.json()["usage"]["completion_tokens"] == 3
+    streamed = httpx.post(f"{gateway.url}/api/chat", json=body, headers=headers)  # streams
+    assert streamed.status_code == 200
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    chunks = sse_json(streamed.content)
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert all(c.get("usage") is None for c in chunks)  # not asked for: stripped
+
+
+def test_it_takes_a_null_stream_options_on_a_stream(gateway, simulator, make_key):
+    # The gateway adds include_usage to the client's stream_options: a null one was a 500
+    # (seen while fixing a null `stream`; tests/faults/test_proxy_properties.py finds it).
+    simulator(model="demo-model", tokens=3)
+    headers = {"Authorization": f"Bearer {make_key()}"}
+    body = {"model": "demo-model", "messages": MESSAGES, "stream": True, "stream_options": None}
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 200
+    chunks = sse_json(response.content)
+    assert chunks and all(c["choices"] and c.get("usage") is None for c in chunks)

@@ -50,3 +50,24 @@ def test_it_documents_the_health_answer_for_ok_and_not_ok(schema):
     for status in ("200", "503"):
         shape = resolve(schema, responses[status]["content"]["application/json"]["schema"])
         assert {"status", "upstream", "model", "switch", "queue", "gpu"} <= set(shape["properties"])
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "stream_default"),
+    [
+        ("/v1/chat/completions", "messages", False),
+        ("/v1/completions", "prompt", False),
+        ("/v1/embeddings", "input", False),
+        ("/api/chat", "messages", True),
+    ],
+)
+def test_it_documents_the_body_the_proxy_checks(schema, path, field, stream_default):
+    body = schema["paths"][path]["post"]["requestBody"]
+    shape = body["content"]["application/json"]["schema"]
+    assert body["required"] is True
+    assert shape["required"] == [field]
+    assert shape["additionalProperties"] is True  # unknown fields pass through to vLLM
+    assert shape["properties"]["model"]["type"] == ["string", "null"]
+    stream = shape["properties"]["stream"]
+    assert (stream["type"], stream["default"]) == (["boolean", "null"], stream_default)
+    assert shape["properties"]["stream_options"]["type"] == ["object", "null"]
