@@ -183,6 +183,13 @@ CORS_EXPOSE_HEADERS = ["retry-after", "x-request-id", "x-talktuah-backend"]
 # Request bodies above this size get 413 (Django refuses to read them at all).
 MAX_REQUEST_BYTES = envint("MAX_REQUEST_BYTES", 10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
+# Guards of the HTTP server (proxy/http.py): a request line and headers over this size get
+# 431; a head (or a new connection's first request) that has not arrived whole within
+# REQUEST_HEADER_TIMEOUT gets 408 and the connection closed; so does a body not received
+# whole within REQUEST_BODY_TIMEOUT of its head (slow clients, slowloris).
+MAX_REQUEST_HEAD_BYTES = envint("MAX_REQUEST_HEAD_BYTES", 64 * 1024)
+REQUEST_HEADER_TIMEOUT = envfloat("REQUEST_HEADER_TIMEOUT", 10.0)
+REQUEST_BODY_TIMEOUT = envfloat("REQUEST_BODY_TIMEOUT", 60.0)
 
 # --- the upstream (vLLM) --------------------------------------------------------
 VLLM_BASE_URL = os.getenv("VLLM_BASE_URL", "http://127.0.0.1:8001").rstrip("/")
