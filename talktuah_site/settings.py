@@ -253,6 +253,10 @@ USAGE_FLUSH_SECONDS = envfloat("USAGE_FLUSH_SECONDS", 2.0)
 
 # When set, GET /metrics needs "Authorization: Bearer <METRICS_TOKEN>".
 METRICS_TOKEN = os.getenv("METRICS_TOKEN", "")
+# Without METRICS_TOKEN, /metrics is open only when this is true: by default in DEBUG, as
+# its labels name keys (their names) and models. With DEBUG off set a token, or set this
+# when the network already keeps /metrics private.
+METRICS_PUBLIC = envbool("METRICS_PUBLIC", DEBUG)
 # One JSON line per proxied request on the "talktuah.access" logger (key prefix, never keys
 # or text); set false to silence it.
 ACCESS_LOG = envbool("ACCESS_LOG", True)
