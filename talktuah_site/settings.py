@@ -49,12 +49,32 @@ def envlist(name: str, default: str = "") -> list[str]:
 
 
 DEBUG = envbool("DEBUG", True)
+# Development only: a fixed key so sessions survive a restart of `make run`.
+DEVELOPMENT_SECRET_KEY = "talktuah-insecure-development-key-do-not-use-in-production"
+_MAKE_A_KEY = "; generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+
+
+def weak_secret_key(key: str) -> bool:
+    """Django's own measure (check --deploy, W009), plus the development key: it signs
+    sessions and seals backend API keys, so a guessable one opens the admin."""
+    return (
+        len(key) < 50
+        or len(set(key)) < 5
+        or key == DEVELOPMENT_SECRET_KEY
+        or key.startswith("django-insecure-")
+    )
+
+
 SECRET_KEY = os.getenv("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
-    # Development only: a fixed key so sessions survive a restart of `make run`.
-    SECRET_KEY = "talktuah-insecure-development-key-do-not-use-in-production"
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off" + _MAKE_A_KEY)
+    SECRET_KEY = DEVELOPMENT_SECRET_KEY
+elif not DEBUG and weak_secret_key(SECRET_KEY):
+    raise ImproperlyConfigured(
+        "SECRET_KEY is too weak for DEBUG off (it needs 50 or more characters, 5 or more "
+        "of them different, and not a development default)" + _MAKE_A_KEY
+    )
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
