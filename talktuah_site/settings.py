@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.getenv("TALKTUAH_VAR_DIR", BASE_DIR / "var"))
@@ -100,6 +101,7 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -114,6 +116,16 @@ LEAN_MIDDLEWARE = [
     "corsheaders.middleware.CorsMiddleware",
     "proxy.middleware.security_headers",
 ]
+
+# Security headers. Django's defaults give nosniff, Referrer-Policy same-origin and
+# X-Frame-Options DENY (proxy/middleware.py sends the same on the lean path); the admin and
+# every other full-stack page may not be framed by any page (CSP frame-ancestors) either.
+# HSTS once set (only send it when the site is HTTPS-only for good): it goes on HTTPS
+# responses, which uvicorn recognises by X-Forwarded-Proto from a proxy in
+# FORWARDED_ALLOW_IPS (uvicorn's variable, 127.0.0.1 by default).
+SECURE_CSP = {"frame-ancestors": [CSP.NONE]}
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
 
 ROOT_URLCONF = "talktuah_site.urls"
 ASGI_APPLICATION = "talktuah_site.asgi.application"
