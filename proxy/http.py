@@ -8,7 +8,10 @@ hostile client in tests/faults/test_hostile_clients.py:
 - a head over MAX_REQUEST_HEAD_BYTES is a 431: httptools buffers a header of any size
   (a 1 MB Authorization header reached the key check; an endless one grows the memory);
 - a request body must arrive whole within REQUEST_BODY_TIMEOUT of its head: one body byte
-  a second otherwise pinned a request (and its task) forever.
+  a second otherwise pinned a request (and its task) forever;
+- a body over MAX_REQUEST_BYTES (announced by Content-Length, or as it arrives) is a 413
+  at once: Django reads a whole body before any view, so before the key check, and a
+  client without a key had 200 MB read (and spooled to disk) before its 401.
 
 The refusals are written here, before any ASGI task runs for them, in OpenAI's error shape
 with `Connection: close`. The settings are read from Django's once per process, when the
@@ -33,13 +36,14 @@ PROTOCOL = "proxy.http:GuardedHttpToolsProtocol"
 
 
 @functools.cache
-def _limits() -> tuple[float, float, int]:
+def _limits() -> tuple[float, float, int, int]:
     from django.conf import settings
 
     return (
         settings.REQUEST_HEADER_TIMEOUT,
         settings.REQUEST_BODY_TIMEOUT,
         settings.MAX_REQUEST_HEAD_BYTES,
+        settings.MAX_REQUEST_BYTES,
     )
 
 
@@ -66,6 +70,7 @@ def _refusal(status: int, message: str, code: str) -> bytes:
 
 
 REQUEST_TIMEOUT = _refusal(408, "The request did not arrive in time.", "request_timeout")
+BODY_TOO_LARGE = _refusal(413, "Request body too large.", "request_too_large")
 HEAD_TOO_LARGE = _refusal(
     431, "The request line and headers are too large.", "request_header_fields_too_large"
 )
@@ -74,9 +79,11 @@ HEAD_TOO_LARGE = _refusal(
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._head_timeout, self._body_timeout, self._max_head = _limits()
+        self._head_timeout, self._body_timeout, self._max_head, self._max_body = _limits()
         # Bytes of the request head received so far; None once the head is complete.
         self._head_bytes: int | None = 0
+        self._body_bytes = 0
+        self._body_too_large = False
         self._guard: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -108,6 +115,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self.transport.is_closing():
             return
+        if self._body_too_large:
+            self._refuse(BODY_TOO_LARGE)
+            return
         if self._head_bytes is not None:
             # The head is incomplete after this chunk. If it was already before, the whole
             # chunk was head bytes (a head that began in this chunk counts from the next).
@@ -127,15 +137,31 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
+        self._body_bytes = 0
 
     def on_headers_complete(self) -> None:
         self._head_bytes = None
         self._disarm()
+        for name, value in self.headers:
+            if name == b"content-length" and value.isdigit() and int(value) > self._max_body:
+                # Refused before the app runs: no task, nothing of the body read.
+                self._body_too_large = True
+                return
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self._body_too_large:
+            return
+        self._body_bytes += len(body)
+        if self._body_bytes > self._max_body:
+            self._body_too_large = True
+            return
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._disarm()
-        super().on_message_complete()
+        if not self._body_too_large:
+            super().on_message_complete()
 
     def _arm(self, delay: float, callback: Any) -> None:
         self._disarm()
@@ -169,6 +195,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         if self.cycle is not None:
             self.cycle.keep_alive = False
+            if self.cycle.response_started and not self.cycle.response_complete:
+                # Too late for an answer: just close.
+                self.transport.close()
+                return
         self.transport.write(answer)
         self.transport.close()
 

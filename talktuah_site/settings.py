@@ -216,7 +216,8 @@ CORS_ALLOW_HEADERS = [
 ]
 CORS_EXPOSE_HEADERS = ["retry-after", "x-request-id", "x-talktuah-backend"]
 
-# Request bodies above this size get 413 (Django refuses to read them at all).
+# Request bodies above this size get 413, from the HTTP server (proxy/http.py) as soon as
+# Content-Length or the bytes received pass it, and from Django's body check.
 MAX_REQUEST_BYTES = envint("MAX_REQUEST_BYTES", 10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 # Guards of the HTTP server (proxy/http.py): a request line and headers over this size get

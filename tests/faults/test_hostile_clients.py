@@ -239,6 +239,46 @@ def test_a_body_just_over_the_limit_is_a_413(hostile):
     assert after.status_code == 200
 
 
+def test_an_endless_body_without_a_key_is_cut_off_at_the_limit(hostile):
+    """Django reads a whole body before any view (and so before the key check) runs: a
+    body of any size, chunked or announced, was read to the end (spooled to disk) first."""
+    server, _key = hostile
+    sent = 0
+
+    def endless() -> Iterator[bytes]:
+        nonlocal sent
+        chunk = b" " * 1024 * 1024
+        for _ in range(200):  # 200 MB, or until the gateway stops reading
+            sent += len(chunk)
+            yield chunk
+
+    headers = {"Content-Type": "application/json"}
+    started = time.perf_counter()
+    try:
+        status: object = httpx.post(
+            f"{server.url}/v1/chat/completions", content=endless(), headers=headers, timeout=60
+        ).status_code
+    except httpx.HTTPError as exc:  # the gateway answered and closed while we were sending
+        status = type(exc).__name__
+    seconds = time.perf_counter() - started
+    sock = connect(server)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 209715200\r\n\r\n{"
+    )
+    announced_status = status_of(read_answer(sock, timeout=5))
+    sock.close()
+    report(
+        "200 MB body without a key",
+        chunked=status,
+        mb_sent_before_the_answer=sent // 2**20,
+        seconds=round(seconds, 2),
+        content_length_200_mb=announced_status,
+    )
+    assert sent <= 32 * 2**20  # cut off near MAX_REQUEST_BYTES (10 MB), not read to the end
+    assert announced_status == 413
+
+
 def test_deeply_nested_json_is_a_400(hostile):
     server, key = hostile
     depth = 100_000

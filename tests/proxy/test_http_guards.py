@@ -23,6 +23,7 @@ def server(tmp_path) -> Iterator[GatewayProcess]:
         "REQUEST_HEADER_TIMEOUT": "0.5",
         "REQUEST_BODY_TIMEOUT": "0.5",
         "MAX_REQUEST_HEAD_BYTES": "8192",
+        "MAX_REQUEST_BYTES": "1000000",
         "SHUTDOWN_DRAIN_SECONDS": "0",
     }
     with GatewayProcess(env=env) as gateway:
@@ -99,3 +100,27 @@ def test_the_serve_command_raises_its_file_descriptor_limit(server):
     with open(f"/proc/{server.process.pid}/limits") as limits:
         line = next(line for line in limits if line.startswith("Max open files"))
     assert int(line.split()[3]) == hard
+
+
+def test_it_answers_413_to_a_content_length_over_the_limit_before_reading_it(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000001\r\n\r\n{"
+        )
+        status, error = refusal(answer_of(sock))
+    assert (status, error["code"]) == (413, "request_too_large")
+
+
+def test_it_answers_413_to_a_chunked_body_once_it_passes_the_limit(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"%x\r\n%s\r\n" % (100_000, b" " * 100_000)
+        with contextlib.suppress(OSError):  # it closes once past the limit
+            for _ in range(11):  # 1.1 MB
+                sock.sendall(chunk)
+        status, error = refusal(answer_of(sock))
+    assert (status, error["code"]) == (413, "request_too_large")
