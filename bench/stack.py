@@ -76,7 +76,8 @@ def start_gateway(
     var.mkdir()
     env = env | {
         "DEBUG": "false",
-        "SECRET_KEY": "bench-" + os.urandom(8).hex(),
+        "SECRET_KEY": "bench-" + os.urandom(32).hex(),
+        "METRICS_PUBLIC": "true",  # the run reads /metrics; only 127.0.0.1 reaches it
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "TALKTUAH_VAR_DIR": str(var),
         "VLLM_BASE_URL": upstream.base,

@@ -17,6 +17,7 @@ from django.urls import URLPattern, path
 from django.utils.safestring import SafeString
 
 from modelmgr import admin_views, selectors, services
+from modelmgr.login_throttle import ThrottledAdminLoginForm
 from modelmgr.models import (
     ApiKey,
     Backend,
@@ -31,6 +32,9 @@ from modelmgr.models import (
 from modelmgr.selectors import usage_summary
 from modelmgr.services import api_key_create, api_key_revoke, backend_save
 from plumbing.errors import TalkTuahError
+
+# Failed logins are counted and, past a few a minute, refused (modelmgr/login_throttle.py).
+admin.site.login_form = ThrottledAdminLoginForm
 
 
 class ApiKeyForm(forms.ModelForm):

@@ -26,6 +26,7 @@ from django.conf import settings
 from django.http import HttpRequest
 from django.utils import timezone
 from ninja.security import APIKeyHeader, HttpBearer
+from prometheus_client import Counter
 
 from modelmgr.models import ApiKey, Scope, hash_key, split_prefix
 from plumbing.db import DATABASE_AWAY, run_sync
@@ -34,6 +35,15 @@ from plumbing.errors import DatabaseUnavailable, Forbidden, Unauthenticated
 logger = logging.getLogger(__name__)
 
 ENV_KEY_PREFIX = "env"
+# Past this many cached prefixes, misses are dropped first: random prefixes (a brute
+# force) would otherwise grow the cache without bound.
+CACHE_MAX_ENTRIES = 10_000
+
+AUTH_FAILURES = Counter(
+    "talktuah_auth_failures",
+    "Requests refused for their API key, by reason (never the key or its prefix).",
+    ["reason"],
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +153,21 @@ async def _read_key(prefix: str) -> _CachedKey | None:
         return known[1]
     cached = _snapshot(key) if key is not None else None
     # Valid from when the read began: a revocation never outlives API_KEY_CACHE_SECONDS.
+    if len(_cache) >= CACHE_MAX_ENTRIES:
+        _evict(time.monotonic())
     _cache[prefix] = (started + settings.API_KEY_CACHE_SECONDS, cached)
     return cached
+
+
+def _evict(now: float) -> None:
+    """Expired entries go, then every miss if that was not enough (real keys stay)."""
+    for prefix, (expiry, _cached) in list(_cache.items()):
+        if expiry <= now:
+            del _cache[prefix]
+    if len(_cache) >= CACHE_MAX_ENTRIES:
+        for prefix, (_expiry, cached) in list(_cache.items()):
+            if cached is None:
+                del _cache[prefix]
 
 
 def _warn_stale(exc: Exception) -> None:
@@ -202,10 +225,13 @@ async def authenticate_key(plaintext: str) -> Principal:
     # costs the same as a wrong one.
     expected = cached.key_hash if cached else "0" * 64
     if not hmac.compare_digest(expected, hash_key(plaintext)) or cached is None:
+        AUTH_FAILURES.labels("invalid_api_key").inc()
         raise Unauthenticated("Invalid API key.", code="invalid_api_key")
     if not cached.is_active:
+        AUTH_FAILURES.labels("key_revoked").inc()
         raise Unauthenticated("This API key has been revoked.", code="key_revoked")
     if cached.expires_at is not None and cached.expires_at <= timezone.now():
+        AUTH_FAILURES.labels("key_expired").inc()
         raise Unauthenticated("This API key has expired.", code="key_expired")
     _touch(cached.principal)
     return cached.principal
@@ -219,6 +245,7 @@ async def _authorise(plaintext: str | None, scope: str) -> Principal | None:
         return None
     principal = await authenticate_key(plaintext)
     if scope not in principal.scopes:
+        AUTH_FAILURES.labels("insufficient_scope").inc()
         raise Forbidden(f"This API key lacks the '{scope}' scope.", code="insufficient_scope")
     return principal
 

@@ -21,7 +21,7 @@ from modelmgr.schemas import SwitchOut
 from modelmgr.selectors import active_switch, switch_summary
 from plumbing import gpu, vllm
 from plumbing.db import run_sync
-from plumbing.errors import Unauthenticated
+from plumbing.errors import Forbidden, Unauthenticated
 from proxy.metrics import UPSTREAM_UP
 from proxy.pool import Replica, pool
 from proxy.shutdown import is_draining
@@ -212,11 +212,18 @@ def gateway_exposition() -> bytes:
 
 
 class MetricsToken(HttpBearer):
-    """`Authorization: Bearer <METRICS_TOKEN>` when METRICS_TOKEN is set; else open."""
+    """`Authorization: Bearer <METRICS_TOKEN>` when METRICS_TOKEN is set; else open if
+    METRICS_PUBLIC (the default only in DEBUG), closed otherwise."""
 
     def __call__(self, request: HttpRequest) -> Any:
         if not settings.METRICS_TOKEN:
-            return True
+            if settings.METRICS_PUBLIC:
+                return True
+            raise Forbidden(
+                "GET /metrics is closed: set METRICS_TOKEN and scrape with it, or set "
+                "METRICS_PUBLIC=true if only your network can reach it.",
+                code="metrics_closed",
+            )
         # Not HttpBearer's __call__: the answer to a missing or malformed header is this
         # message, not the API-key one, and a header is never logged.
         scheme, _, token = request.headers.get(self.header, "").partition(" ")

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.getenv("TALKTUAH_VAR_DIR", BASE_DIR / "var"))
@@ -49,12 +50,32 @@ def envlist(name: str, default: str = "") -> list[str]:
 
 
 DEBUG = envbool("DEBUG", True)
+# Development only: a fixed key so sessions survive a restart of `make run`.
+DEVELOPMENT_SECRET_KEY = "talktuah-insecure-development-key-do-not-use-in-production"
+_MAKE_A_KEY = "; generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+
+
+def weak_secret_key(key: str) -> bool:
+    """Django's own measure (check --deploy, W009), plus the development key: it signs
+    sessions and seals backend API keys, so a guessable one opens the admin."""
+    return (
+        len(key) < 50
+        or len(set(key)) < 5
+        or key == DEVELOPMENT_SECRET_KEY
+        or key.startswith("django-insecure-")
+    )
+
+
 SECRET_KEY = os.getenv("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
-    # Development only: a fixed key so sessions survive a restart of `make run`.
-    SECRET_KEY = "talktuah-insecure-development-key-do-not-use-in-production"
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off" + _MAKE_A_KEY)
+    SECRET_KEY = DEVELOPMENT_SECRET_KEY
+elif not DEBUG and weak_secret_key(SECRET_KEY):
+    raise ImproperlyConfigured(
+        "SECRET_KEY is too weak for DEBUG off (it needs 50 or more characters, 5 or more "
+        "of them different, and not a development default)" + _MAKE_A_KEY
+    )
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
@@ -80,6 +101,7 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -96,6 +118,16 @@ LEAN_MIDDLEWARE = [
     "corsheaders.middleware.CorsMiddleware",
     "proxy.middleware.security_headers",
 ]
+
+# Security headers. Django's defaults give nosniff, Referrer-Policy same-origin and
+# X-Frame-Options DENY (proxy/middleware.py sends the same on the lean path); the admin and
+# every other full-stack page may not be framed by any page (CSP frame-ancestors) either.
+# HSTS once set (only send it when the site is HTTPS-only for good): it goes on HTTPS
+# responses, which uvicorn recognises by X-Forwarded-Proto from a proxy in
+# FORWARDED_ALLOW_IPS (uvicorn's variable, 127.0.0.1 by default).
+SECURE_CSP = {"frame-ancestors": [CSP.NONE]}
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
 
 ROOT_URLCONF = "talktuah_site.urls"
 ASGI_APPLICATION = "talktuah_site.asgi.application"
@@ -163,6 +195,10 @@ if REDIS_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+# The admin login refuses attempts from an address, or for a username, that failed this
+# many times within the current minute (counted in the cache).
+ADMIN_LOGIN_FAILURES_PER_MINUTE = envint("ADMIN_LOGIN_FAILURES_PER_MINUTE", 5)
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -190,9 +226,17 @@ CORS_ALLOW_HEADERS = [
 ]
 CORS_EXPOSE_HEADERS = ["retry-after", "x-request-id", "x-talktuah-backend"]
 
-# Request bodies above this size get 413 (Django refuses to read them at all).
+# Request bodies above this size get 413, from the HTTP server (proxy/http.py) as soon as
+# Content-Length or the bytes received pass it, and from Django's body check.
 MAX_REQUEST_BYTES = envint("MAX_REQUEST_BYTES", 10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
+# Guards of the HTTP server (proxy/http.py): a request line and headers over this size get
+# 431; a head (or a new connection's first request) that has not arrived whole within
+# REQUEST_HEADER_TIMEOUT gets 408 and the connection closed; so does a body not received
+# whole within REQUEST_BODY_TIMEOUT of its head (slow clients, slowloris).
+MAX_REQUEST_HEAD_BYTES = envint("MAX_REQUEST_HEAD_BYTES", 64 * 1024)
+REQUEST_HEADER_TIMEOUT = envfloat("REQUEST_HEADER_TIMEOUT", 10.0)
+REQUEST_BODY_TIMEOUT = envfloat("REQUEST_BODY_TIMEOUT", 60.0)
 
 # --- the upstream (vLLM) --------------------------------------------------------
 VLLM_BASE_URL = os.getenv("VLLM_BASE_URL", "http://127.0.0.1:8001").rstrip("/")
@@ -266,6 +310,10 @@ USAGE_FLUSH_SECONDS = envfloat("USAGE_FLUSH_SECONDS", 2.0)
 
 # When set, GET /metrics needs "Authorization: Bearer <METRICS_TOKEN>".
 METRICS_TOKEN = os.getenv("METRICS_TOKEN", "")
+# Without METRICS_TOKEN, /metrics is open only when this is true: by default in DEBUG, as
+# its labels name keys (their names) and models. With DEBUG off set a token, or set this
+# when the network already keeps /metrics private.
+METRICS_PUBLIC = envbool("METRICS_PUBLIC", DEBUG)
 # One JSON line per proxied request on the "talktuah.access" logger (key prefix, never keys
 # or text); set false to silence it.
 ACCESS_LOG = envbool("ACCESS_LOG", True)

@@ -100,7 +100,8 @@ def test_production_settings_refuse_to_start_without_a_secret_key():
     )
     assert result.returncode != 0
     assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
-    env["SECRET_KEY"] = "a-long-random-production-secret-for-the-test-only"
+    assert "secrets.token_urlsafe(50)" in result.stderr
+    env["SECRET_KEY"] = "a-long-random-production-secret-for-the-test-only-" + "x7Qp" * 4
     env["ALLOWED_HOSTS"] = "gw.example.com"
     ok = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "CRITICAL"],
@@ -110,6 +111,34 @@ def test_production_settings_refuse_to_start_without_a_secret_key():
         text=True,
     )
     assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.parametrize(
+    "weak",
+    [
+        "x",
+        "short-but-random-Zq8Vb1",
+        "a" * 80,
+        "talktuah-insecure-development-key-do-not-use-in-production",
+        "django-insecure-" + "k3Y9" * 12,
+    ],
+)
+def test_production_settings_refuse_a_weak_secret_key(weak):
+    env = {**os.environ, "DEBUG": "false", "SECRET_KEY": weak, "ALLOWED_HOSTS": "gw.example.com"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "SECRET_KEY is too weak for DEBUG off" in result.stderr
+    assert "secrets.token_urlsafe(50)" in result.stderr
+
+
+def test_a_weak_secret_key_is_fine_in_debug():
+    env = {**os.environ, "DEBUG": "true", "SECRET_KEY": "dev"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_malformed_settings_are_refused_with_their_name():

@@ -225,3 +225,41 @@ def test_a_key_in_use_is_read_again_before_its_entry_expires(
     assert spy.lookups == 2
     assert chat(gateway, headers).status_code == 401
     assert time.monotonic() - started < 5.0, "too slow to tell a refresh from an expiry"
+
+
+def auth_failures(gateway) -> dict[str, float]:
+    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("talktuah_auth_failures_total{"):
+            labels, _, value = line.rpartition(" ")
+            counts[labels.split('reason="')[1].split('"')[0]] = float(value)
+    return counts
+
+
+def test_it_counts_refused_keys_by_reason_never_by_key(gateway, simulator, make_key):
+    simulator()
+    key = make_key(name="counted")
+    revoked = make_key(name="revoked")
+    ApiKey.objects.filter(prefix=revoked.split(".")[0]).update(is_active=False)
+    admin_only = make_key(name="ops", scopes=(Scope.ADMIN,))
+    before = auth_failures(gateway)
+    for attempt in range(3):
+        chat(gateway, {"Authorization": f"Bearer {key[:-1]}{attempt}"})
+    chat(gateway, {"Authorization": f"Bearer {revoked}"})
+    chat(gateway, {"x-api-key": admin_only})
+    after = auth_failures(gateway)
+    grown = {reason: after[reason] - before.get(reason, 0) for reason in after}
+    assert grown["invalid_api_key"] == 3
+    assert grown["key_revoked"] == 1
+    assert grown["insufficient_scope"] == 1
+    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    assert key.split(".")[0] not in text and revoked.split(".")[0] not in text
+
+
+def test_random_prefixes_do_not_grow_the_key_cache_without_bound(gateway, simulator, monkeypatch):
+    simulator()
+    monkeypatch.setattr(auth, "CACHE_MAX_ENTRIES", 20)
+    for n in range(60):
+        chat(gateway, {"Authorization": f"Bearer tt-{n:08x}.guess"})
+    assert len(auth._cache) <= 20

@@ -2,6 +2,10 @@
 
 import json
 import logging
+import os
+import secrets
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelmgr.models import ModelSwitch, SwitchPhase
 from talktuah_site import monitoring
-from tests.gateway_process import GatewayProcess
+from tests.gateway_process import REPO, GatewayProcess
 from tests.net import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -166,6 +170,34 @@ def test_metrics_can_need_a_token(gateway, settings):
     assert httpx.get(f"{gateway.url}/metrics").status_code == 401
     ok = httpx.get(f"{gateway.url}/metrics", headers={"Authorization": "Bearer scrape-me"})
     assert ok.status_code == 200
+
+
+def test_metrics_are_closed_without_a_token_unless_made_public(gateway, settings):
+    # What DEBUG=false gives by default: the labels name keys, so nobody may read them.
+    settings.METRICS_TOKEN = ""
+    settings.METRICS_PUBLIC = False
+    closed = httpx.get(f"{gateway.url}/metrics")
+    assert closed.status_code == 403
+    assert closed.json()["error"]["code"] == "metrics_closed"
+    assert "talktuah_" not in closed.text
+    settings.METRICS_PUBLIC = True
+    assert httpx.get(f"{gateway.url}/metrics").status_code == 200
+
+
+def test_metrics_are_public_by_default_only_in_debug():
+    for debug, public in (("true", "True"), ("false", "False")):
+        env = {
+            **os.environ,
+            "DEBUG": debug,
+            "SECRET_KEY": "k" + secrets.token_urlsafe(60),
+            "METRICS_PUBLIC": "",
+        }
+        show = "from talktuah_site import settings; print(settings.METRICS_PUBLIC)"
+        shown = subprocess.run(
+            [sys.executable, "-c", show],
+            env=env, cwd=REPO, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert shown.stdout.strip() == public
 
 
 def test_unknown_models_do_not_become_label_values(gateway, simulator, make_key):

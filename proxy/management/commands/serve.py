@@ -3,7 +3,9 @@ N worker processes; with more than one, Prometheus metrics go through a multipro
 folder (PROMETHEUS_MULTIPROC_DIR, default var/prometheus) that is emptied first, so a
 scrape sums every worker and never counts a previous run."""
 
+import json
 import os
+import resource
 import shutil
 import sys
 from pathlib import Path
@@ -37,13 +39,23 @@ class Command(BaseCommand):
             shutil.rmtree(multiproc, ignore_errors=True)
             Path(multiproc).mkdir(parents=True)
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc
-        command = [
-            sys.executable, "-m", "uvicorn", "talktuah_site.asgi:application",
-            "--host", options["host"], "--port", str(options["port"]),
-            "--workers", str(workers), "--no-access-log", "--lifespan", "on",
+        # Each client connection is a file descriptor: a soft limit of 1,024 (a common
+        # default) would refuse connections long before memory runs out.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard and hard != resource.RLIM_INFINITY:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        uvicorn_options = {
+            "app": "talktuah_site.asgi:application",
+            "host": options["host"],
+            "port": options["port"],
+            "workers": workers,
+            "access_log": False,
+            "lifespan": "on",
             # What the shutdown grace (proxy/shutdown.py) did not end by then is cancelled.
-            "--timeout-graceful-shutdown", str(int(settings.SHUTDOWN_GRACE_SECONDS) + 5),
-        ]  # fmt: skip
+            "timeout_graceful_shutdown": int(settings.SHUTDOWN_GRACE_SECONDS) + 5,
+        }
+        # Not uvicorn's CLI: it cannot take a protocol class (proxy/http.py's guards).
+        command = [sys.executable, "-m", "proxy.http", json.dumps(uvicorn_options)]
         self.stdout.write(
             f"serving on http://{options['host']}:{options['port']} with {workers} worker(s)"
         )
