@@ -68,10 +68,12 @@ def start_gateway(
     core: int | None,
     logs: Path,
     env: dict[str, str],
+    root: Path = ROOT,
 ) -> tuple[Service, str]:
     """A TalkTuah worker with its own database in its own folder, VLLM_BASE_URL pointing
     at `upstream` (the backend `default`) and `more_backends` added with `manage.py
-    backend add` before it starts; returns it and its API key."""
+    backend add` before it starts; returns it and its API key. `root` is the checkout
+    it runs from (another one for bench/ab.py's baseline)."""
     var = logs / f"var-{name.lower()}"
     var.mkdir()
     env = env | {
@@ -82,23 +84,23 @@ def start_gateway(
         "TALKTUAH_VAR_DIR": str(var),
         "VLLM_BASE_URL": upstream.base,
     }
-    manage = [sys.executable, str(ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], env=env, cwd=ROOT, check=True)
+    manage = [sys.executable, str(root / "manage.py")]
+    subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], env=env, cwd=root, check=True)
     created = subprocess.run(
         [*manage, "create_api_key", "--name", "bench", "--rpm", "100000000"],
-        env=env, cwd=ROOT, check=True, capture_output=True, text=True,
+        env=env, cwd=root, check=True, capture_output=True, text=True,
     )  # fmt: skip
     key = created.stdout.strip().splitlines()[-1].strip()
     for backend, service in more_backends:
         subprocess.run(
             [*manage, "backend", "add", backend, service.base],
-            env=env, cwd=ROOT, check=True, capture_output=True,
+            env=env, cwd=root, check=True, capture_output=True,
         )  # fmt: skip
     port = free_port()
     gateway = start_service(
         name,
         [*manage, "serve", "--port", str(port), "--workers", "1"],
-        port=port, health="/livez", core=core, logs=logs, env=env, cwd=ROOT, timeout=60,
+        port=port, health="/livez", core=core, logs=logs, env=env, cwd=root, timeout=60,
     )  # fmt: skip
     return gateway, key
 
