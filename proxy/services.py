@@ -131,7 +131,7 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
             param="model",
             code="model_not_allowed",
         )
-    await check_request_rate(request, principal)
+    await check_request_rate(principal)
     await check_token_rate(principal)
 
     stream = call.stream = wants_stream(body, endpoint)

@@ -174,8 +174,10 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 # Local memory by default; Redis (REDIS_URL) when several workers or instances run,
-# so rate limits are shared.
+# so rate limits (plumbing/counters.py) and the cache are shared.
 REDIS_URL = os.getenv("REDIS_URL", "")
+# Prepended to every key TalkTuah writes to Redis, so instances can share one.
+CACHE_KEY_PREFIX = os.getenv("CACHE_KEY_PREFIX", "talktuah")
 # Seconds a Redis call may take (connecting, then each reply) before it counts as
 # Redis being away: an unreachable Redis must not hold requests up.
 REDIS_TIMEOUT_SECONDS = envfloat("REDIS_TIMEOUT_SECONDS", 0.5)
@@ -184,7 +186,7 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
-            "KEY_PREFIX": os.getenv("CACHE_KEY_PREFIX", "talktuah"),
+            "KEY_PREFIX": CACHE_KEY_PREFIX,
             # Passed to redis-py's connection pool.
             "OPTIONS": {
                 "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
@@ -304,7 +306,6 @@ DEFAULT_TPM_LIMIT = envint("DEFAULT_TPM_LIMIT", 0)  # 0 = no token limit
 RATELIMIT_ENABLE = envbool("RATELIMIT_ENABLE", True)
 # While the shared cache (Redis) is away: true lets requests through unlimited (counted
 # by talktuah_rate_limit_bypassed_total), false refuses them with 503 + Retry-After.
-# django-ratelimit reads the same name for a cache that answers nothing.
 RATELIMIT_FAIL_OPEN = envbool("RATELIMIT_FAIL_OPEN", True)
 USAGE_FLUSH_SECONDS = envfloat("USAGE_FLUSH_SECONDS", 2.0)
 

@@ -17,7 +17,7 @@ from devtools.fakehub import FakeHub
 from modelmgr import auth
 from modelmgr.models import Scope
 from modelmgr.services import api_key_create
-from plumbing import vllm
+from plumbing import counters, vllm
 from proxy.pool import pool
 from tests.net import free_port
 from tests.simulator_process import SimulatorProcess
@@ -82,11 +82,13 @@ def _clean_process_state(settings: Any) -> Iterator[None]:
     settings.USAGE_FLUSH_SECONDS = 0
     settings.UPSTREAM_RETRY_SECONDS = 2.0
     cache.clear()
+    counters.forget()
     auth.forget_cached_keys()
     vllm.forget_served_models()
     pool.forget()
     yield
     cache.clear()
+    counters.forget()
     auth.forget_cached_keys()
     vllm.forget_served_models()
     pool.forget()

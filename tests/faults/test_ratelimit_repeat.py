@@ -22,7 +22,7 @@ def test_a_3_per_minute_key_admits_exactly_3_of_5_fifty_times_in_a_row(
     with httpx.Client(base_url=gateway.url, timeout=10) as client:
         for run in range(RUNS):
             key = make_key(name=f"repeat-{run}", rpm_limit=3)
-            away_from_window_edges(key)
+            away_from_window_edges()
             headers = {"Authorization": f"Bearer {key}"}
             statuses = [
                 client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code

@@ -107,7 +107,7 @@ def test_the_rate_limit_fails_open_while_redis_is_down_and_is_exact_again_after(
             let_through = bypassed(gateway)
             redis_server.start()
             time.sleep(PHASE_SECONDS["back"])
-        away_from_window_edges(after_key)
+        away_from_window_edges()
         after = five_statuses(gateway, after_key)
         warnings = [
             line for line in gateway.output().splitlines() if "WARNING proxy.ratelimit" in line

@@ -6,7 +6,6 @@ import time
 
 import httpx
 import pytest
-from django_ratelimit.core import _get_window
 from prometheus_client import REGISTRY
 
 from proxy.ratelimit import outage
@@ -18,24 +17,19 @@ pytestmark = pytest.mark.django_db(transaction=True)
 CHAT = {"model": "demo-model", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def away_from_window_edges(key: str) -> None:
-    """Sleep past the end of the key's minute windows when it is near: a test that
-    crosses one would see the counts reset and admit twice the limit."""
-    rpm_end = _get_window(key.split(".")[0], 60)  # django-ratelimit's (jittered) window
-    tpm_end = (int(time.time()) // 60 + 1) * 60  # the token window: whole minutes
-    for end in sorted((rpm_end, tpm_end)):
-        left = end - time.time()
-        if left < 15:
-            # Past the whole second `end`: django-ratelimit counts that second in the old
-            # window (its window is int(time.time()) <= end), so waking at end + 0.5
-            # would count the first requests there and the rest in a fresh window.
-            time.sleep(max(left, 0) + 1.5)
+def away_from_window_edges() -> None:
+    """Sleep past the end of the minute when it is near: a test that crosses it would
+    see the counts (requests and tokens: whole-minute windows) reset and admit twice the
+    limit."""
+    left = 60 - time.time() % 60
+    if left < 15:
+        time.sleep(left + 0.5)
 
 
 def test_it_answers_429_with_retry_after_past_the_rpm_limit(gateway, simulator, make_key):
     simulator()
     key = make_key(rpm_limit=3)
-    away_from_window_edges(key)
+    away_from_window_edges()
     headers = {"Authorization": f"Bearer {key}"}
     statuses = [
         httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, headers=headers).status_code
@@ -53,7 +47,7 @@ def test_it_answers_429_with_retry_after_past_the_rpm_limit(gateway, simulator, 
 def test_it_refuses_requests_past_the_token_limit(gateway, simulator, make_key):
     simulator(tokens=10)
     key = make_key(tpm_limit=25)
-    away_from_window_edges(key)
+    away_from_window_edges()
     headers = {"Authorization": f"Bearer {key}"}
     url = f"{gateway.url}/v1/chat/completions"
     assert httpx.post(url, json=CHAT, headers=headers).status_code == 200
@@ -77,7 +71,7 @@ def redis_available() -> bool:
 def test_two_workers_sharing_redis_admit_exactly_the_limit(simulator, make_key, tmp_path):
     sim = simulator()
     key = make_key(rpm_limit=5)
-    away_from_window_edges(key)
+    away_from_window_edges()
     prefix = f"talktuah-test-{os.getpid()}-{time.monotonic_ns()}"
     env = {
         "REDIS_URL": "redis://127.0.0.1:6379/0",
@@ -103,19 +97,22 @@ def test_two_workers_sharing_redis_admit_exactly_the_limit(simulator, make_key, 
 
 @pytest.fixture
 def redis_away(settings):
-    """The cache is a Redis on a port where nothing listens (connection refused)."""
-    working = settings.CACHES
+    """Redis (the counts and the cache) is on a port where nothing listens (connection
+    refused)."""
+    working = settings.REDIS_URL, settings.CACHES
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+            "LOCATION": settings.REDIS_URL,
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
         }
     }
     outage.since = None  # a fresh outage for this test's log lines
     yield
     outage.since = None
-    settings.CACHES = working  # before the autouse teardown clears the cache
+    # Before the autouse teardown clears the cache.
+    settings.REDIS_URL, settings.CACHES = working
 
 
 def bypassed(limit: str) -> float:

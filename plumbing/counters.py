@@ -1,0 +1,140 @@
+"""Counts in fixed time windows (requests and tokens per key per minute): the adapter to
+Redis when REDIS_URL is set, so every worker and instance shares them, else a dict in
+this process.
+
+Both are async-native and cheap on the request path: the local counts are a dict
+lookup, and Redis is reached with redis-py's asyncio client (one pipelined round trip to
+add, one GET to read), never through a thread. Windows are whole multiples of their
+length since the epoch, so every key's minute ends on the minute, and a count lives in
+Redis a little past its window's end (then Redis forgets it).
+
+A Redis that is away raises CountsUnavailable at once (REDIS_TIMEOUT_SECONDS bounds
+connecting and each reply; nothing is retried): the caller decides what that means.
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+# A count outlives its window in Redis by this much, so a reader at the window's edge
+# still finds it.
+EXPIRY_MARGIN_SECONDS = 5
+
+
+class CountsUnavailable(Exception):
+    """The shared counts (Redis) did not answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    value: int  # in the current window, after this call's addition
+    seconds_left: float  # until the window ends and counting starts again from 0
+
+
+def _window(seconds: int) -> tuple[int, float]:
+    """The current window's number and the seconds left in it."""
+    now = time.time()
+    number = int(now // seconds)
+    return number, (number + 1) * seconds - now
+
+
+async def add(name: str, amount: int = 1, *, window: int = 60) -> Count:
+    """Adds `amount` to `name`'s count in the current window and returns the new count."""
+    number, left = _window(window)
+    if not settings.REDIS_URL:
+        counts = _local_counts(window, number)
+        value = counts[name] = counts.get(name, 0) + amount
+        return Count(value, left)
+    key = _redis_key(name, window, number)
+    try:
+        async with _redis().pipeline(transaction=False) as pipe:
+            pipe.incrby(key, amount)
+            pipe.expire(key, window + EXPIRY_MARGIN_SECONDS)
+            value, _ = await pipe.execute()
+    except (RedisError, OSError) as exc:
+        raise CountsUnavailable(f"Redis did not answer: {exc!r}") from exc
+    return Count(int(value), left)
+
+
+async def read(name: str, *, window: int = 60) -> Count:
+    """`name`'s count in the current window."""
+    number, left = _window(window)
+    if not settings.REDIS_URL:
+        return Count(_local_counts(window, number).get(name, 0), left)
+    try:
+        value = await _redis().get(_redis_key(name, window, number))
+    except (RedisError, OSError) as exc:
+        raise CountsUnavailable(f"Redis did not answer: {exc!r}") from exc
+    return Count(int(value or 0), left)
+
+
+# --- this process's counts ---------------------------------------------------------
+
+# (window length, window number) -> name -> count; only current windows are kept.
+_local: dict[tuple[int, int], dict[str, int]] = {}
+
+
+def _local_counts(window: int, number: int) -> dict[str, int]:
+    counts = _local.get((window, number))
+    if counts is None:
+        # A new window: the earlier ones of this length are over.
+        for old in [k for k in _local if k[0] == window and k[1] < number]:
+            del _local[old]
+        counts = _local[(window, number)] = {}
+    return counts
+
+
+def forget() -> None:
+    """Drops this process's counts (tests start from zero)."""
+    _local.clear()
+
+
+# --- Redis ------------------------------------------------------------------------
+
+
+def _redis_key(name: str, window: int, number: int) -> str:
+    return f"{settings.CACHE_KEY_PREFIX}:counts:{name}:{window}:{number}"
+
+
+@dataclass(frozen=True)
+class _Client:
+    redis: Redis
+    url: str
+    timeout: float
+    loop: asyncio.AbstractEventLoop
+
+
+_client: _Client | None = None
+
+
+def _redis() -> Redis:
+    """The process's client, bound to the running event loop (redis-py's asyncio
+    connections belong to one loop) and to the current settings."""
+    global _client
+    loop = asyncio.get_running_loop()
+    url, timeout = settings.REDIS_URL, settings.REDIS_TIMEOUT_SECONDS
+    client = _client
+    if client is None or client.loop is not loop or (client.url, client.timeout) != (url, timeout):
+        redis = Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # Never retried (explicitly, whatever redis-py's default becomes): a request
+            # must not wait out several timeouts for a count.
+            retry=Retry(NoBackoff(), 0),
+        )
+        if client is not None and client.loop is loop:
+            # Settings changed: close the old client's connections.
+            _closing.add(task := loop.create_task(client.redis.aclose()))
+            task.add_done_callback(_closing.discard)
+        client = _client = _Client(redis, url, timeout, loop)
+    return client.redis
+
+
+_closing: set[asyncio.Task[None]] = set()
