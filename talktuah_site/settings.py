@@ -331,7 +331,8 @@ LOGGING = {
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain"},
         "queued": {
-            "class": "logging.handlers.QueueHandler",
+            "class": "talktuah_site.logs.QueueHandler",
+            "queue": "talktuah_site.logs.new_queue",
             "handlers": ["console"],
             "respect_handler_level": True,
         },
