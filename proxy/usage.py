@@ -1,6 +1,10 @@
 """Usage accounting off the request path: each request adds to an in-process tally,
 written to the database in batches every USAGE_FLUSH_SECONDS (0 = at once) and at exit.
-A failed write keeps its counts for the next try instead of losing them."""
+A write that failed because the database is away keeps its counts for the next try
+instead of losing them. A batch the database refuses (it answered, but will not store a
+value) is written again row by row: the rows it takes are kept, and each row it refuses
+is logged with all its counts and dropped, instead of holding back every key's usage in
+a batch retried forever."""
 
 import asyncio
 import atexit
@@ -119,9 +123,36 @@ async def flush() -> bool:
         _restore(batch)
         return False
     except Exception:
-        logger.exception("could not write %d usage rows; will retry", len(batch))
-        _restore(batch)
-        return False
+        return await _write_apart(batch)
+    return True
+
+
+async def _write_apart(batch: list[UsageDelta]) -> bool:
+    """Each row of a refused batch on its own; False (the rest kept for the next try)
+    when the database goes away meanwhile."""
+    for index, delta in enumerate(batch):
+        try:
+            await run_sync(usage_add, deltas=[delta])
+        except DATABASE_AWAY as exc:
+            logger.warning(
+                "database unavailable, %d usage rows kept for later: %r", len(batch) - index, exc
+            )
+            _restore(batch[index:])
+            return False
+        except Exception as exc:
+            logger.error(
+                "the database refused a usage row, which is dropped: key %s (%s), model %r, "
+                "day %s, requests %d, errors %d, prompt tokens %d, completion tokens %d: %r",
+                delta.key_prefix,
+                delta.key_name,
+                delta.model,
+                delta.day,
+                delta.requests,
+                delta.errors,
+                delta.prompt_tokens,
+                delta.completion_tokens,
+                exc,
+            )
     return True
 
 

@@ -332,11 +332,17 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "filters": {"expected_responses": {"()": "proxy.logfilters.ExpectedResponses"}},
+    "filters": {
+        "expected_responses": {"()": "proxy.logfilters.ExpectedResponses"},
+        "once_per_minute": {"()": "proxy.logfilters.OncePerMinute"},
+    },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain"},
         "queued": {
             "class": "talktuah_site.logs.QueueHandler",
+            # Django's security loggers (a bad Host header, an oversized form...): one
+            # warning a minute each, not a traceback per request a client sends.
+            "filters": ["once_per_minute"],
             "queue": "talktuah_site.logs.new_queue",
             "handlers": ["console"],
             "respect_handler_level": True,

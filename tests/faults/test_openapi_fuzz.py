@@ -167,7 +167,8 @@ def test_fuzzing_every_route_finds_no_5xx_no_misshapen_error_and_nothing_slow(
 
     # What failed behind a good answer: the usage writer once failed every batch after
     # one hostile model name. Django reports hostile input (a bad Host) on its security
-    # logger at ERROR by design: that is not a failure.
+    # loggers at ERROR by design (the log gets one warning a minute of them): that is
+    # not a failure.
     logged = [
         f"{record.name}: {record.getMessage()[:300]}"
         for record in caplog.records

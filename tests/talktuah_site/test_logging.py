@@ -53,3 +53,23 @@ def _read_all(fd: int) -> bytes:
         chunks.append(chunk)
     os.close(fd)
     return b"".join(chunks)
+
+
+def test_bad_host_headers_log_one_warning_a_minute_without_traceback(tmp_path):
+    # Before: every request with a Host not in ALLOWED_HOSTS wrote an ERROR and its
+    # traceback (~40 lines), so any client could flood the log.
+    log = tmp_path / "gateway.log"
+    with (
+        GatewayProcess(env={"LOG_LEVEL": "INFO"}, log=log) as gateway,
+        httpx.Client(base_url=gateway.url, timeout=5) as client,
+    ):
+        statuses = [
+            client.get("/api/healthz", headers={"Host": f"evil{n}.example.com"}).status_code
+            for n in range(30)
+        ]
+    assert statuses == [400] * 30
+    text = log.read_text()
+    lines = [line for line in text.splitlines() if "django.security.DisallowedHost" in line]
+    assert len(lines) == 1, lines
+    assert " WARNING " in lines[0] and "evil0.example.com" in lines[0]
+    assert "Traceback" not in text
