@@ -36,6 +36,7 @@ from plan import (
     TTFT64_FACTOR,
     TTFT64_SLACK_MS,
     TTFT_ADDED_MS,
+    UNSTEADY_CALIBRATION,
     UPSTREAM_CHUNKS,
     UPSTREAM_GAP_MS,
     Plan,
@@ -246,6 +247,8 @@ def render(
 
     # -- targets
     calibration = median(list(report.results.calibration))
+    first, last = report.results.calibration
+    unsteady = max(first, last) / min(first, last) > UNSTEADY_CALIBRATION
     figures = run_figures(report, names, calibration)
     add("## Targets\n")
     add(
@@ -261,6 +264,15 @@ def render(
         "Absolute figures below come from this machine; to compare with another run, "
         "divide latencies by its calibration (multiply rates by it).\n"
     )
+    if unsteady:
+        add(
+            f"> **Unsteady machine:** the reference workload took {first:.1f} ms before and "
+            f"{last:.1f} ms after the measurements ({max(first, last) / min(first, last):.2f}x): "
+            "the CPU's speed changed during the run (other tenants of the host, its clock), "
+            "which no process list shows. The comparisons with the previous run cannot be "
+            "trusted; the ratios within the run suffer less (the targets are measured in "
+            "turn, round after round) but are more spread than on a steady machine.\n"
+        )
     add("| target | measured | verdict | quiet rounds only |")
     add("| --- | --- | --- | --- |")
     total = len(report.rounds)
@@ -389,6 +401,13 @@ def render(
             add(f"| {what} no worse than the previous run | {now:.3f} | no earlier run | |")
             continue
         change = now / before if higher_is_better else before / now
+        if unsteady:
+            add(
+                f"| {what} no worse than the previous run (calibrated) | {now:.3f} "
+                f"(before {before:.3f}: {change:.2f}x) | not comparable: the machine's speed "
+                "changed during this run | |"
+            )
+            continue
         add(
             f"| {what} no worse than the previous run (calibrated) | {now:.3f} "
             f"(before {before:.3f}: {change:.2f}x) "
