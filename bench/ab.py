@@ -4,6 +4,8 @@ its other load, because both gateways meet the same conditions in alternation.
 
     .venv/bin/python bench/ab.py 31892e7              # against that revision, 5 rounds
     .venv/bin/python bench/ab.py main --rounds 3
+    .venv/bin/python bench/ab.py HEAD --baseline-env REQUEST_STARTS_PER_TURN=0  # a setting
+    .venv/bin/python bench/ab.py 8e45fd3 --env REDIS_URL=redis://127.0.0.1:6379/13  # on Redis
 
 The revision is checked out with `git worktree` into a temporary folder (removed after)
 and runs with this checkout's Python environment. Both gateways are set up as in
@@ -65,11 +67,31 @@ def measure(target: Target, direct: Target, wrk: str, logs: Path) -> dict[str, f
     }
 
 
+def settings_of(pairs: list[str]) -> dict[str, str]:
+    """["NAME=VALUE", ...] -> {"NAME": "VALUE", ...}"""
+    found = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"expected NAME=VALUE, got {pair!r}")
+        found[name] = value
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("revision", help="the baseline: a git revision of this repository")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE",
+        help="a setting for both gateways (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--baseline-env", action="append", default=[], metavar="NAME=VALUE",
+        help="a setting for the baseline's gateway only (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    both, baseline_only = settings_of(args.env), settings_of(args.baseline_env)
     wrk = ensure_wrk()
     cores = pick_cores()
     gateway_core, load_core = cores if cores else (None, None)
@@ -82,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         cwd=ROOT, check=True,
     )  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env |= both
     services: list[Service] = []
     try:
         upstream = start_upstream("Upstream", MODEL, load_core, logs, env)
@@ -89,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         ours, our_key = start_gateway("this-checkout", upstream, [], gateway_core, logs, env)
         services.append(ours)
         theirs, their_key = start_gateway(
-            "baseline", upstream, [], gateway_core, logs, env, root=baseline
+            "baseline", upstream, [], gateway_core, logs, env | baseline_only, root=baseline
         )
         services.append(theirs)
         targets = {
