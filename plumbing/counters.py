@@ -9,7 +9,8 @@ length since the epoch, so every key's minute ends on the minute, and a count li
 Redis a little past its window's end (then Redis forgets it).
 
 A Redis that is away raises CountsUnavailable at once (REDIS_TIMEOUT_SECONDS bounds
-connecting and each reply; nothing is retried): the caller decides what that means.
+connecting and each reply; only a broken connection is tried again, once, on a fresh
+one): the caller decides what that means.
 """
 
 import asyncio
@@ -20,7 +21,7 @@ from django.conf import settings
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError, RedisError
 
 # A count outlives its window in Redis by this much, so a reader at the window's edge
 # still finds it.
@@ -125,9 +126,12 @@ def _redis() -> Redis:
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            # Never retried (explicitly, whatever redis-py's default becomes): a request
-            # must not wait out several timeouts for a count.
-            retry=Retry(NoBackoff(), 0),
+            # Once, at once, and only when the connection broke: a connection pooled
+            # before Redis restarted fails its next call ("closed by server") and the
+            # retry opens a fresh one (a reply lost with its connection would count
+            # twice: rare, and one request more or less in a limit). A timeout is never
+            # retried: a request must not wait out several for a count.
+            retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
         )
         if client is not None and client.loop is loop:
             # Settings changed: close the old client's connections.

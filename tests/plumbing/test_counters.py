@@ -3,6 +3,7 @@ by every client of it; Redis away fails at once with CountsUnavailable."""
 
 import asyncio
 import os
+import shutil
 import socket
 import threading
 import time
@@ -14,6 +15,7 @@ import redis
 from plumbing import counters
 from plumbing.counters import CountsUnavailable
 from tests.net import free_port
+from tests.private_services import PrivateRedis
 
 REDIS = "redis://127.0.0.1:6379/14"
 
@@ -140,3 +142,19 @@ def test_a_redis_that_never_answers_fails_after_the_timeout_without_retrying(set
             conn.close()
     assert len(accepted) == 1
     assert waited < 2.0
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+def test_counts_carry_on_after_redis_restarts_without_a_failure_per_pooled_connection(settings):
+    # Before: each connection pooled before the restart failed its next call (closed by
+    # the server), so the outage warnings flapped after Redis was back.
+    async def run(server: PrivateRedis) -> list[int]:
+        first = await asyncio.gather(*(counters.add("r") for _ in range(8)))  # 8 connections
+        server.stop()
+        server.start()  # same port, empty (no persistence)
+        after = await asyncio.gather(*(counters.add("r") for _ in range(8)))
+        return sorted(c.value for c in first + after)
+
+    with PrivateRedis() as server:
+        settings.REDIS_URL = server.url
+        assert asyncio.run(run(server)) == sorted(list(range(1, 9)) * 2)
