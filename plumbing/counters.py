@@ -21,7 +21,8 @@ from django.conf import settings
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 # A count outlives its window in Redis by this much, so a reader at the window's edge
 # still finds it.
@@ -131,7 +132,7 @@ def _redis() -> Redis:
             # retry opens a fresh one (a reply lost with its connection would count
             # twice: rare, and one request more or less in a limit). A timeout is never
             # retried: a request must not wait out several for a count.
-            retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         if client is not None and client.loop is loop:
             # Settings changed: close the old client's connections.
