@@ -245,7 +245,10 @@ def test_it_counts_refused_keys_by_reason_never_by_key(gateway, simulator, make_
     admin_only = make_key(name="ops", scopes=(Scope.ADMIN,))
     before = auth_failures(gateway)
     for attempt in range(3):
-        chat(gateway, {"Authorization": f"Bearer {key[:-1]}{attempt}"})
+        # The right prefix, a wrong secret (not the key with its last character swapped
+        # for a digit: 3 times in 64 that digit was the key's own, and the key worked).
+        wrong = f"{key.split('.')[0]}.{'x' * 31}{attempt}"
+        chat(gateway, {"Authorization": f"Bearer {wrong}"})
     chat(gateway, {"Authorization": f"Bearer {revoked}"})
     chat(gateway, {"x-api-key": admin_only})
     after = auth_failures(gateway)
