@@ -123,11 +123,11 @@ class LeanASGIHandler(ASGIHandler):
     def resolve_request(self, request: HttpRequest) -> ResolverMatch:
         """Django's resolve_request, remembering the matches of paths without arguments
         (the proxy's few fixed paths) for as long as the URL configuration stays."""
+        if hasattr(request, "urlconf"):  # set by a middleware: Django's way
+            return super().resolve_request(request)
         resolver = get_resolver()
-        if resolver is not self._resolver or hasattr(request, "urlconf"):
+        if resolver is not self._resolver:
             self._resolver, self._resolved = resolver, {}
-            if hasattr(request, "urlconf"):
-                return super().resolve_request(request)
         match = self._resolved.get(request.path_info)
         if match is None:
             match = resolver.resolve(request.path_info)
