@@ -14,7 +14,9 @@ one): the caller decides what that means.
 """
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -54,13 +56,11 @@ async def add(name: str, amount: int = 1, *, window: int = 60) -> Count:
         value = counts[name] = counts.get(name, 0) + amount
         return Count(value, left)
     key = _redis_key(name, window, number)
-    try:
+    with _redis_answers():
         async with _redis().pipeline(transaction=False) as pipe:
             pipe.incrby(key, amount)
             pipe.expire(key, window + EXPIRY_MARGIN_SECONDS)
             value, _ = await pipe.execute()
-    except (RedisError, OSError) as exc:
-        raise CountsUnavailable(f"Redis did not answer: {exc!r}") from exc
     return Count(int(value), left)
 
 
@@ -69,10 +69,8 @@ async def read(name: str, *, window: int = 60) -> Count:
     number, left = _window(window)
     if not settings.REDIS_URL:
         return Count(_local_counts(window, number).get(name, 0), left)
-    try:
+    with _redis_answers():
         value = await _redis().get(_redis_key(name, window, number))
-    except (RedisError, OSError) as exc:
-        raise CountsUnavailable(f"Redis did not answer: {exc!r}") from exc
     return Count(int(value or 0), left)
 
 
@@ -98,6 +96,15 @@ def forget() -> None:
 
 
 # --- Redis ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _redis_answers() -> Iterator[None]:
+    """Redis's and the socket's errors as CountsUnavailable."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise CountsUnavailable(f"Redis did not answer: {exc!r}") from exc
 
 
 def _redis_key(name: str, window: int, number: int) -> str:
