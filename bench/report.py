@@ -108,7 +108,7 @@ class Report:
         return f" **INVALID: {'; '.join(problems)}**" if problems else ""
 
     def quiet_rounds(self, streams: bool, level: int, *names: str) -> list[int]:
-        """The rounds in which none of these runs had other processes above NOISY."""
+        """The rounds in which none of these runs had others' load above NOISY."""
         table: Any = self.results.streams if streams else self.results.loads
         return [r for r in self.rounds if all(table[r, level, n].foreign <= NOISY for n in names)]
 
@@ -240,7 +240,8 @@ def render(
     foreign = report.results.foreign
     if foreign > 0.05:
         add(
-            f"> **Noisy machine:** other processes used {foreign:.0%} of this machine's CPU "
+            f"> **Noisy machine:** other processes and the hypervisor's steal took "
+            f"{foreign:.0%} of this machine's CPU "
             "while it measured (see the per-round figures), so latencies and rates here are "
             "worse and more spread than on a quiet machine.\n"
         )
@@ -254,8 +255,9 @@ def render(
     add(
         "Ratios within this run, so they hold on any machine (issue 12, tail latency; "
         "issue 6's LiteLLM factor; several backends). The verdict is on every round; the "
-        f'"quiet rounds" column takes only the rounds in which other processes used at '
-        f"most {NOISY:.0%} of the CPU during every run compared.\n"
+        f'"quiet rounds" column takes only the rounds in which other processes and the '
+        f"hypervisor's steal took at most {NOISY:.0%} of the CPU during every run "
+        "compared.\n"
     )
     add(
         f"CPU calibration of this run: **{calibration:.1f} ms** for bench/cpu.py's reference "
@@ -599,10 +601,11 @@ def render(
     add(f"- Versions: Python {platform.python_version()}, {versions}{lite}; {wrk_version}.")
     add(f"- Cores: {pin}.")
     add(
-        f"- Other processes on the machine used {foreign:.0%} of its CPU during the "
-        "measurements (all CPUs' user and system time less this run's own processes'); "
-        'the per-round tables give it for each run ("other CPU"). A run during which '
-        f"they used more than {NOISY:.0%} was taken again (at most {REPEATS_EACH} times, "
+        f"- Others took {foreign:.0%} of the machine's CPU during the measurements: "
+        "other processes (all CPUs' user and system time less this run's own processes') "
+        "and, on a virtual machine, the hypervisor (steal time: its other tenants ran on "
+        'our CPUs); the per-round tables give it for each run ("other CPU"). A run during '
+        f"which they took more than {NOISY:.0%} was taken again (at most {REPEATS_EACH} times, "
         f"{plan.repeats} in all), keeping the quietest: {report.results.repeats} repeated."
     )
     add(

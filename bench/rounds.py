@@ -57,14 +57,14 @@ def measure(stack: Stack, plan: Plan, wrk_binary: str, logs: Path) -> Results:
                         break
                     # Another program's burst on this machine: measure again, keep the quieter.
                     results.repeats += 1
-                    print(f"  (other processes used {load.foreign:.0%} of the CPU: again)")
+                    print(f"  (others took {load.foreign:.0%} of the CPU: again)")
                     again = run_wrk(wrk_binary, target, connections, plan.duration, logs)
                     load = again if again.foreign < load.foreign else load
                 results.loads[index, connections, target.name] = load
                 print(
                     f"  {connections:>3} conn  {target.name:<20} {load.rps:>9,.0f} req/s  "
                     f"p50 {load.p50_ms:8.2f} ms  p99 {load.p99_ms:8.2f} ms  "
-                    f"(other processes: {load.foreign:.0%} CPU)"
+                    f"(others: {load.foreign:.0%} CPU)"
                 )
                 if not load.valid:
                     print(f"  !!! INVALID: {target.name} at {connections}: {load.problems}")
@@ -77,7 +77,7 @@ def measure(stack: Stack, plan: Plan, wrk_binary: str, logs: Path) -> Results:
                     if stats.foreign <= NOISY or results.repeats >= plan.repeats:
                         break
                     results.repeats += 1
-                    print(f"  (other processes used {stats.foreign:.0%} of the CPU: again)")
+                    print(f"  (others took {stats.foreign:.0%} of the CPU: again)")
                     retry = measure_streams(target, concurrency, per_client)
                     stats = retry if retry.foreign < stats.foreign else stats
                 results.streams[index, concurrency, target.name] = stats

@@ -20,7 +20,7 @@ of the rounds; ratios to direct are taken within a round, then their median.
 This file is the command line; the rest lives beside it, one module per concept:
 plan.py (what is measured and the targets: issue 6's and several backends'), stack.py
 (the services under test, started by processes.py; LiteLLM's set up by litellm_proxy.py),
-cpu.py (core pinning and other processes' CPU), rounds.py (the rounds: wrk.py for the
+cpu.py (core pinning, other processes' CPU and steal), rounds.py (the rounds: wrk.py for the
 non-streaming load, streams.py and its stream_client.py for the streams), report.py
 (docs/benchmarks.md, with stats.py) and profiling.py (--py-spy).
 """

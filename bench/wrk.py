@@ -38,7 +38,7 @@ class Load:
     p99_ms: float
     requests: int
     problems: str  # empty when every response was 2xx and no socket failed
-    foreign: float  # the share of the machine's CPU other processes used meanwhile
+    foreign: float  # the share of the machine's CPU others took meanwhile (processes, steal)
 
     @property
     def valid(self) -> bool:
