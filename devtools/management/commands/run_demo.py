@@ -1,7 +1,7 @@
-"""`python manage.py run_demo`: what `make run` starts on localhost — the gateway under
-uvicorn, the worker (whose process engine runs the vLLM simulator) and a local fake
-Hugging Face Hub with a demo repo — with a ready-to-paste curl and OpenAI-SDK snippet.
-Ctrl-C (or SIGTERM) stops everything it started."""
+"""`python manage.py run_demo`: what `make run` starts on localhost — the gateway (as
+`manage.py serve` runs it), the worker (whose process engine runs the vLLM simulator) and
+a local fake Hugging Face Hub with a demo repo — with a ready-to-paste curl and OpenAI-SDK
+snippet. Ctrl-C (or SIGTERM) stops everything it started."""
 
 import os
 import signal
@@ -57,16 +57,14 @@ class Command(BaseCommand):
                 start_new_session=True,
             ),
             subprocess.Popen([*manage, "run_worker"], env=env, start_new_session=True),
+            # The production entry point: uvicorn with the gateway's guarded protocol.
             subprocess.Popen(
-                [
-                    sys.executable, "-m", "uvicorn", "talktuah_site.asgi:application",
-                    "--host", host, "--port", str(port), "--no-access-log",
-                ],
+                [*manage, "serve", "--host", host, "--port", str(port), "--workers", "1"],
                 env=env,
                 cwd=settings.BASE_DIR,
                 start_new_session=True,
             ),
-        ]  # fmt: skip
+        ]
         # The children have their own sessions, so Ctrl-C reaches only this command,
         # which stops them in order below.
         signal.signal(signal.SIGTERM, _interrupt)

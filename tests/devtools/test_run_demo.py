@@ -1,0 +1,99 @@
+"""`make run`'s demo as a user runs it: `manage.py run_demo` (after `migrate` and
+`demo_setup`) in a var folder of its own, on free ports. It serves a streamed chat with
+the demo key through the production entry point (the guarded protocol), and SIGTERM
+stops every process it started, the simulator the worker runs included."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.net import free_port, port_is_free
+from tests.sse import sse_json
+from tests.waiting import wait_for
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+
+
+def manage(*args: str) -> list[str]:
+    return [sys.executable, str(BASE_DIR / "manage.py"), *args]
+
+
+def streamed_chat(url: str, key: str) -> str | None:
+    """The text of a streamed chat, or None while the demo is still starting."""
+    try:
+        response = httpx.post(
+            f"{url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"messages": [{"role": "user", "content": "Hello!"}], "stream": True},
+            timeout=10,
+        )
+    except httpx.TransportError:
+        return None
+    if response.status_code != 200:
+        return None
+    assert response.content.endswith(b"data: [DONE]\n\n"), response.content[-200:]
+    return "".join(
+        chunk["choices"][0]["delta"].get("content") or ""
+        for chunk in sse_json(response.content)
+        if chunk.get("choices")
+    )
+
+
+def oversized_head(port: int) -> bytes:
+    """The answer to a request whose headers are over MAX_REQUEST_HEAD_BYTES (64 KiB)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
+        )
+        return sock.recv(65536)
+
+
+def test_the_demo_chats_through_the_guarded_gateway_and_sigterm_stops_it_all(
+    tmp_path: Path,
+) -> None:
+    # The demo's own SQLite database and files, whatever the suite runs on.
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["TALKTUAH_VAR_DIR"] = str(tmp_path)
+    for step in (manage("migrate", "--no-input", "-v", "0"), manage("demo_setup")):
+        subprocess.run(step, env=env, cwd=BASE_DIR, check=True, timeout=300)
+    key = (tmp_path / "demo-key.txt").read_text().strip()
+    port, sim_port, hub_port = free_port(), free_port(), free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "demo.log").open("wb")
+    demo = subprocess.Popen(
+        manage(
+            "run_demo",
+            *("--port", str(port), "--sim-port", str(sim_port), "--hub-port", str(hub_port)),
+        ),
+        env=env,
+        cwd=BASE_DIR,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        text = wait_for(
+            lambda: streamed_chat(url, key), timeout=180, interval=0.5, message="a demo chat"
+        )
+        assert text.strip(), "the simulated model streamed no text"
+        # The guarded protocol answers (uvicorn's own would pass the head to the app).
+        assert oversized_head(port).startswith(b"HTTP/1.1 431 "), "not the guarded protocol"
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        try:
+            demo.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            pytest.fail("run_demo did not stop within 60 s of SIGTERM")
+        finally:
+            log.close()
+    output = (tmp_path / "demo.log").read_text(errors="replace")
+    assert demo.returncode == 0, output
+    assert "Stopping" in output
+    for name, each in (("gateway", port), ("simulator", sim_port), ("fake Hub", hub_port)):
+        wait_for(lambda: port_is_free(each), timeout=15, message=f"the {name} to stop")
