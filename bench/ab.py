@@ -10,9 +10,10 @@ its other load, because both gateways meet the same conditions in alternation.
 The revision is checked out with `git worktree` into a temporary folder (removed after)
 and runs with this checkout's Python environment. Both gateways are set up as in
 `make bench` (one worker pinned to one core, the same fixed-response upstream); each
-round measures, for each in turn (the order swapped every round): wrk at 1 and 16
-connections, then after 4.5 s idle (the upstream connections expired, as after a lull)
-one wave of 64 streams, then three waves back to back. Figures are medians of rounds.
+round measures, for each in turn (the order swapped every round): wrk at 1 connection
+(every process on the gateway's core, as in `make bench`) and at 16, then after 4.5 s
+idle (the upstream connections expired, as after a lull) one wave of 64 streams, then
+three waves back to back. Figures are medians of rounds.
 """
 
 import argparse
@@ -23,9 +24,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-from cpu import pick_cores
+from cpu import pick_cores, sharing_core
 from plan import MODEL, ROOT, Target
 from processes import Service
 from stack import start_gateway, start_upstream
@@ -46,8 +48,11 @@ FIGURES: dict[str, Callable[[dict[str, float]], float]] = {
 }
 
 
-def measure(target: Target, direct: Target, wrk: str, logs: Path) -> dict[str, float]:
-    one, base = run_wrk(wrk, target, 1, 3, logs), run_wrk(wrk, direct, 1, 3, logs)
+def measure(
+    target: Target, direct: Target, wrk: str, logs: Path, alone: AbstractContextManager[None]
+) -> dict[str, float]:
+    with alone:  # 1 connection: every process on the gateway's core (cpu.sharing_core)
+        one, base = run_wrk(wrk, target, 1, 3, logs), run_wrk(wrk, direct, 1, 3, logs)
     sixteen = run_wrk(wrk, target, 16, 3, logs)
     time.sleep(IDLE_SECONDS)
     cold = measure_streams(target, 64, 1)
@@ -127,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         for index in range(args.rounds):
             order = list(targets) if index % 2 == 0 else list(reversed(targets))
             for name in order:
-                rounds[name].append(measure(targets[name], direct, wrk, logs))
+                alone = sharing_core(cores, [upstream.pid])
+                rounds[name].append(measure(targets[name], direct, wrk, logs, alone))
             print(f"round {index + 1}/{args.rounds} done", flush=True)
         names = list(targets)
         print(f"\n{'':40}" + "".join(f"{name:>16}" for name in names) + f"{'ratio':>10}")

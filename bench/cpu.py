@@ -9,6 +9,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,37 @@ def pick_cores() -> tuple[int, int] | None:
     """(the gateway's core, the load's core), or None with fewer than two cores allowed."""
     allowed = sorted(os.sched_getaffinity(0))
     return (allowed[0], allowed[1]) if len(allowed) >= 2 else None
+
+
+def pin(pid: int, core: int) -> None:
+    """Every thread of process `pid` onto `core` (sched_setaffinity moves one thread)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task.name), {core})
+
+
+@contextlib.contextmanager
+def sharing_core(cores: tuple[int, int] | None, pids: list[int]) -> Iterator[None]:
+    """For a sequential measurement (1 connection, 1 stream): the load (this process, so
+    the wrk and the stream client it runs) and the upstreams (`pids`) on the gateway's
+    core, then back on the load's. A request then crosses no CPU boundary: on a virtual
+    machine, waking an idle vCPU waits for the hypervisor, and a request through the
+    gateway crosses four times (load, gateway, upstream, gateway, load) where a direct one
+    crosses none. Measured on a shared 2-core VM: that put the gateway's 1-connection p99
+    at 3.4-5.4 ms, against 1.9 ms with every process on one core (p50 1.0 against 0.9)."""
+    if cores is None:
+        yield
+        return
+    gateway_core, load_core = cores
+    os.sched_setaffinity(0, {gateway_core})
+    for pid in pids:
+        pin(pid, gateway_core)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, {load_core})
+        for pid in pids:
+            pin(pid, load_core)
 
 
 @dataclass(frozen=True)

@@ -587,7 +587,12 @@ def render(
     add("## How it was measured\n")
     pin = (
         f"both TalkTuah gateways and LiteLLM pinned to core {cores[0]}; wrk, the stream "
-        f"client and the upstreams to core {cores[1]} (`sched_setaffinity`, as `taskset -c`)"
+        f"client and the upstreams to core {cores[1]} (`sched_setaffinity`, as `taskset -c`), "
+        f"except at 1 connection and 1 stream, where they join the gateways on core "
+        f"{cores[0]}: one request at a time needs no second core, and a request that "
+        "crosses cores waits for each idle one to wake, which on a virtual machine waits "
+        "for the hypervisor (a request through a gateway crosses four times, a direct one "
+        "none; bench/cpu.py `sharing_core`)"
         if cores
         else "not pinned (fewer than two cores available)"
     )

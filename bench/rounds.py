@@ -4,10 +4,11 @@ processes were busy, keeping the quieter), then once the hold test; what they me
 a Results, the report's input."""
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cpu import cpu_snapshot, foreign_share
+from cpu import cpu_snapshot, foreign_share, sharing_core
 from plan import BACKENDS_TARGET, CONNECTIONS, NOISY, REPEATS_EACH, STREAM_CONCURRENCY, Plan, Target
 from stack import Stack
 from streams import Hold, StreamStats, hold_streams, measure_streams, run_streams
@@ -39,9 +40,17 @@ def in_turn(targets: list[Target], index: int) -> list[Target]:
     return swapped
 
 
-def measure(stack: Stack, plan: Plan, wrk_binary: str, logs: Path) -> Results:
+def measure(
+    stack: Stack, plan: Plan, wrk_binary: str, logs: Path, cores: tuple[int, int] | None
+) -> Results:
     targets = stack.targets()
     results = Results()
+    upstreams = [stack.upstream.pid, *(service.pid for service in stack.extra_upstreams)]
+
+    def alone(concurrency: int) -> contextlib.AbstractContextManager[None]:
+        """One request at a time: every process on the gateway's core (cpu.sharing_core)."""
+        return sharing_core(cores, upstreams) if concurrency == 1 else contextlib.nullcontext()
+
     begun = cpu_snapshot()
     print(f"\nwarm-up: {plan.warmup} s of wrk at 16 connections and a few streams per target")
     for target in targets:
@@ -50,48 +59,51 @@ def measure(stack: Stack, plan: Plan, wrk_binary: str, logs: Path) -> Results:
     for index in range(plan.rounds):
         print(f"\n== round {index + 1}/{plan.rounds}: non-streaming, wrk {plan.duration} s each")
         for connections in CONNECTIONS:
-            for target in in_turn(targets, index):
-                load = run_wrk(wrk_binary, target, connections, plan.duration, logs)
-                for _ in range(REPEATS_EACH):
-                    if load.foreign <= NOISY or results.repeats >= plan.repeats:
-                        break
-                    # Another program's burst on this machine: measure again, keep the quieter.
-                    results.repeats += 1
-                    print(f"  (others took {load.foreign:.0%} of the CPU: again)")
-                    again = run_wrk(wrk_binary, target, connections, plan.duration, logs)
-                    load = again if again.foreign < load.foreign else load
-                results.loads[index, connections, target.name] = load
-                print(
-                    f"  {connections:>3} conn  {target.name:<20} {load.rps:>9,.0f} req/s  "
-                    f"p50 {load.p50_ms:8.2f} ms  p99 {load.p99_ms:8.2f} ms  "
-                    f"(others: {load.foreign:.0%} CPU)"
-                )
-                if not load.valid:
-                    print(f"  !!! INVALID: {target.name} at {connections}: {load.problems}")
+            with alone(connections):
+                for target in in_turn(targets, index):
+                    load = run_wrk(wrk_binary, target, connections, plan.duration, logs)
+                    for _ in range(REPEATS_EACH):
+                        if load.foreign <= NOISY or results.repeats >= plan.repeats:
+                            break
+                        # Another program's burst on this machine: measure again, keep the quieter.
+                        results.repeats += 1
+                        print(f"  (others took {load.foreign:.0%} of the CPU: again)")
+                        again = run_wrk(wrk_binary, target, connections, plan.duration, logs)
+                        load = again if again.foreign < load.foreign else load
+                    results.loads[index, connections, target.name] = load
+                    print(
+                        f"  {connections:>3} conn  {target.name:<20} {load.rps:>9,.0f} req/s  "
+                        f"p50 {load.p50_ms:8.2f} ms  p99 {load.p99_ms:8.2f} ms  "
+                        f"(others: {load.foreign:.0%} CPU)"
+                    )
+                    if not load.valid:
+                        print(f"  !!! INVALID: {target.name} at {connections}: {load.problems}")
         print(f"== round {index + 1}/{plan.rounds}: streaming")
         for concurrency in STREAM_CONCURRENCY:
-            per_client = plan.single_streams if concurrency == 1 else plan.waves
-            for target in in_turn(targets, index):
-                stats = measure_streams(target, concurrency, per_client)
-                for _ in range(REPEATS_EACH):
-                    if stats.foreign <= NOISY or results.repeats >= plan.repeats:
-                        break
-                    results.repeats += 1
-                    print(f"  (others took {stats.foreign:.0%} of the CPU: again)")
-                    retry = measure_streams(target, concurrency, per_client)
-                    stats = retry if retry.foreign < stats.foreign else stats
-                results.streams[index, concurrency, target.name] = stats
-                print(
-                    f"  {concurrency:>3} streams {target.name:<20} TTFT p50 {stats.ttft_p50:7.2f}"
-                    f" ms  p99 {stats.ttft_p99:7.2f} ms  total p50 {stats.total_p50:7.1f} ms  "
-                    f"gaps p50 {stats.gap_p50:5.1f} / p99 {stats.gap_p99:5.1f} ms  "
-                    f"(other: {stats.foreign:.0%})"
-                )
-                if stats.errors:
+            with alone(concurrency):
+                per_client = plan.single_streams if concurrency == 1 else plan.waves
+                for target in in_turn(targets, index):
+                    stats = measure_streams(target, concurrency, per_client)
+                    for _ in range(REPEATS_EACH):
+                        if stats.foreign <= NOISY or results.repeats >= plan.repeats:
+                            break
+                        results.repeats += 1
+                        print(f"  (others took {stats.foreign:.0%} of the CPU: again)")
+                        retry = measure_streams(target, concurrency, per_client)
+                        stats = retry if retry.foreign < stats.foreign else stats
+                    results.streams[index, concurrency, target.name] = stats
                     print(
-                        f"  !!! INVALID: {stats.errors}/{stats.streams} {target.name} streams "
-                        f"failed: {stats.first_error}"
+                        f"  {concurrency:>3} streams {target.name:<20} TTFT p50 "
+                        f"{stats.ttft_p50:7.2f} ms  p99 {stats.ttft_p99:7.2f} ms  "
+                        f"total p50 {stats.total_p50:7.1f} ms  "
+                        f"gaps p50 {stats.gap_p50:5.1f} / p99 {stats.gap_p99:5.1f} ms  "
+                        f"(other: {stats.foreign:.0%})"
                     )
+                    if stats.errors:
+                        print(
+                            f"  !!! INVALID: {stats.errors}/{stats.streams} {target.name} streams "
+                            f"failed: {stats.first_error}"
+                        )
     gateway_target = targets[1]
     print(f"\n== {plan.hold} streams held open at once by the TalkTuah worker")
     hold = results.hold = asyncio.run(hold_streams(gateway_target, stack.gateway, plan.hold))

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             gateway_core = cores[0] if cores else None
             before = calibrate(gateway_core)
             print(f"CPU calibration: {before:.1f} ms for the reference workload")
-            results = measure(stack, plan, wrk_binary, logs)
+            results = measure(stack, plan, wrk_binary, logs, cores)
             results.calibration = (before, calibrate(gateway_core))
             profile_text = ""
             if args.py_spy:
