@@ -86,9 +86,13 @@ def foreign_share(before: CpuSnapshot, after: CpuSnapshot) -> float:
     processes, and the hypervisor's steal (seen at 10-28% on a shared 2-core VM, where a
     1-connection p99 then doubled). Both make the figures noisy."""
     elapsed = (after.at - before.at) * (os.cpu_count() or 1)
-    other = (after.busy - before.busy) - (after.ours - before.ours)
-    other += after.stolen - before.stolen
-    return min(max(other / elapsed, 0.0), 1.0) if elapsed > 0 else 0.0
+    if elapsed <= 0:
+        return 0.0
+    # Each part on its own: our processes' time, counted apart, can come out above the
+    # machine's user + system time (interrupt time), which must not hide the steal.
+    others = max((after.busy - before.busy) - (after.ours - before.ours), 0.0)
+    stolen = max(after.stolen - before.stolen, 0.0)
+    return min((others + stolen) / elapsed, 1.0)
 
 
 def _reference_work() -> None:
