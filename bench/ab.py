@@ -4,7 +4,8 @@ its other load, because both gateways meet the same conditions in alternation.
 
     .venv/bin/python bench/ab.py 31892e7              # against that revision, 5 rounds
     .venv/bin/python bench/ab.py main --rounds 3
-    .venv/bin/python bench/ab.py HEAD --baseline-env REQUEST_STARTS_PER_TURN=0  # a setting
+    .venv/bin/python bench/ab.py HEAD --env REQUEST_STARTS_PER_TURN=4 \
+        --baseline-env REQUEST_STARTS_PER_TURN=0       # what a setting buys
     .venv/bin/python bench/ab.py 8e45fd3 --env REDIS_URL=redis://127.0.0.1:6379/13  # on Redis
 
 The revision is checked out with `git worktree` into a temporary folder (removed after)

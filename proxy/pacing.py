@@ -11,7 +11,12 @@ and its order (first come, first started), stay the same.
 
 Waiting here costs no thread and holds nothing: a request that waits for its turn has
 only its parsed head and body, and waits a few turns of the loop (each under a couple of
-milliseconds with the default of 4).
+milliseconds with 4 a turn).
+
+It is off by default (0). Measured with bench/ab.py, 5 rounds, 64 streams in waves, 4 or
+16 a turn against none: TTFT p50 20-33% lower, but TTFT p99 20-29% higher (the last of a
+crowd starts after chunks relayed in between), and the gaps' p99 over direct's the same
+within 4%. The bench's targets are on the p99s.
 """
 
 import asyncio

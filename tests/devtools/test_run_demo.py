@@ -3,6 +3,7 @@
 the demo key through the production entry point (the guarded protocol), and SIGTERM
 stops every process it started, the simulator the worker runs included."""
 
+import functools
 import os
 import signal
 import socket
@@ -48,9 +49,7 @@ def streamed_chat(url: str, key: str) -> str | None:
 def oversized_head(port: int) -> bytes:
     """The answer to a request whose headers are over MAX_REQUEST_HEAD_BYTES (64 KiB)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(
-            b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
-        )
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
         return sock.recv(65536)
 
 
@@ -96,4 +95,4 @@ def test_the_demo_chats_through_the_guarded_gateway_and_sigterm_stops_it_all(
     assert demo.returncode == 0, output
     assert "Stopping" in output
     for name, each in (("gateway", port), ("simulator", sim_port), ("fake Hub", hub_port)):
-        wait_for(lambda: port_is_free(each), timeout=15, message=f"the {name} to stop")
+        wait_for(functools.partial(port_is_free, each), timeout=15, message=f"the {name} to stop")
