@@ -13,10 +13,11 @@ Waiting here costs no thread and holds nothing: a request that waits for its tur
 only its parsed head and body, and waits a few turns of the loop (each under a couple of
 milliseconds with 4 a turn).
 
-It is off by default (0). Measured with bench/ab.py, 5 rounds, 64 streams in waves, 4 or
-16 a turn against none: TTFT p50 20-33% lower, but TTFT p99 20-29% higher (the last of a
-crowd starts after chunks relayed in between), and the gaps' p99 over direct's the same
-within 4%. The bench's targets are on the p99s.
+It is a trade, measured on a 2-core VM: in `make bench` (64 clients, each 3 streams back
+to back, so starts overlap running streams) the gaps' p99 over direct's was 1.06x and
+1.12x with 4 a turn, 1.22x with 8 and 1.49x with none; bench/ab.py (64 streams in
+waves) gave TTFT p50 20-33% lower and TTFT p99 20-29% higher with 4 or 16 a turn than
+with none (the last of a crowd starts after the chunks relayed in between).
 """
 
 import asyncio

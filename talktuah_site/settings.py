@@ -297,9 +297,9 @@ SHUTDOWN_GRACE_SECONDS = envfloat("SHUTDOWN_GRACE_SECONDS", 30.0)
 GC_FREEZE = envbool("GC_FREEZE", True)
 
 # At most this many proxied requests start per turn of a worker's event loop (proxy/
-# pacing.py): the first of a crowd arriving at once get their first token sooner, the
-# last later. 0 (the default) = no pacing.
-REQUEST_STARTS_PER_TURN = envint("REQUEST_STARTS_PER_TURN", 0)
+# pacing.py), so a crowd arriving at once does not stall the streams in flight between
+# two chunks (the last of the crowd starts a little later); 0 = no pacing.
+REQUEST_STARTS_PER_TURN = envint("REQUEST_STARTS_PER_TURN", 4)
 
 # --- keys, limits, usage --------------------------------------------------------
 # The single key of TalkTuah's original API: this value is accepted as an admin key.
