@@ -1,12 +1,15 @@
 """The rounds of a run: a warm-up, then in each round wrk against every target at every
-connection count and streams at every concurrency (a run is measured again when other
-processes were busy, keeping the quieter), then once the hold test; what they measured is
-a Results, the report's input."""
+connection count and streams at every concurrency (a run is measured again when others
+took much of the CPU, keeping the quietest), then once the hold test; what they measured
+is a Results, the report's input."""
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from cpu import cpu_snapshot, foreign_share, sharing_core
 from plan import BACKENDS_TARGET, CONNECTIONS, NOISY, REPEATS_EACH, STREAM_CONCURRENCY, Plan, Target
@@ -40,6 +43,27 @@ def in_turn(targets: list[Target], index: int) -> list[Target]:
     return swapped
 
 
+class Measured(Protocol):
+    @property
+    def foreign(self) -> float:
+        """The share of the machine's CPU others took meanwhile."""
+
+
+def quietest[M: Measured](take: Callable[[], M], results: Results, plan: Plan) -> M:
+    """A measurement, taken again while others took more than NOISY of the CPU (another
+    program's burst, the hypervisor's steal) at most REPEATS_EACH times and within the
+    run's budget of repeats; the quietest of them."""
+    found = take()
+    for _ in range(REPEATS_EACH):
+        if found.foreign <= NOISY or results.repeats >= plan.repeats:
+            break
+        results.repeats += 1
+        print(f"  (others took {found.foreign:.0%} of the CPU: again)")
+        again = take()
+        found = again if again.foreign < found.foreign else found
+    return found
+
+
 def measure(
     stack: Stack, plan: Plan, wrk_binary: str, logs: Path, cores: tuple[int, int] | None
 ) -> Results:
@@ -61,15 +85,11 @@ def measure(
         for connections in CONNECTIONS:
             with alone(connections):
                 for target in in_turn(targets, index):
-                    load = run_wrk(wrk_binary, target, connections, plan.duration, logs)
-                    for _ in range(REPEATS_EACH):
-                        if load.foreign <= NOISY or results.repeats >= plan.repeats:
-                            break
-                        # Another program's burst on this machine: measure again, keep the quieter.
-                        results.repeats += 1
-                        print(f"  (others took {load.foreign:.0%} of the CPU: again)")
-                        again = run_wrk(wrk_binary, target, connections, plan.duration, logs)
-                        load = again if again.foreign < load.foreign else load
+                    load = quietest(
+                        partial(run_wrk, wrk_binary, target, connections, plan.duration, logs),
+                        results,
+                        plan,
+                    )
                     results.loads[index, connections, target.name] = load
                     print(
                         f"  {connections:>3} conn  {target.name:<20} {load.rps:>9,.0f} req/s  "
@@ -83,14 +103,9 @@ def measure(
             with alone(concurrency):
                 per_client = plan.single_streams if concurrency == 1 else plan.waves
                 for target in in_turn(targets, index):
-                    stats = measure_streams(target, concurrency, per_client)
-                    for _ in range(REPEATS_EACH):
-                        if stats.foreign <= NOISY or results.repeats >= plan.repeats:
-                            break
-                        results.repeats += 1
-                        print(f"  (others took {stats.foreign:.0%} of the CPU: again)")
-                        retry = measure_streams(target, concurrency, per_client)
-                        stats = retry if retry.foreign < stats.foreign else stats
+                    stats = quietest(
+                        partial(measure_streams, target, concurrency, per_client), results, plan
+                    )
                     results.streams[index, concurrency, target.name] = stats
                     print(
                         f"  {concurrency:>3} streams {target.name:<20} TTFT p50 "
