@@ -1,8 +1,16 @@
 """What the proxy accepts: the endpoints it forwards and the checks a request body
 passes before it goes to vLLM. The body is otherwise relayed as-is (unknown fields
 kept), so it is parsed once with orjson rather than through a schema: this is the hot
-path."""
+path.
 
+orjson reads an integer beyond 64 bits as a float: a body whose `seed` is 2**64 + 1
+would reach vLLM, when the gateway rewrites it, as 1.8446744073709552e+19. A body with
+19 or more digits in a row (rare: then even in a string) is read again by the stdlib's
+json, which keeps every integer exact, and a rewritten body with such an integer is
+written by it too."""
+
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +28,9 @@ class Endpoint:
     required: str  # the field a body must carry
     stream_default: bool = False
 
+
+# An integer orjson may not keep: beyond -2**63 .. 2**64 - 1 it has 19 digits or more.
+_LONG_NUMBER = re.compile(rb"\d{19}")
 
 CHAT = Endpoint("chat_completions", "/v1/chat/completions", "messages")
 API_CHAT = Endpoint("api_chat", "/v1/chat/completions", "messages", stream_default=True)
@@ -69,6 +80,15 @@ def openapi_body(endpoint: Endpoint) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+def encode_body(body: dict[str, Any]) -> bytes:
+    """A body the gateway changed, as JSON: orjson's, or the stdlib's for an integer
+    beyond 64 bits (orjson refuses to write one)."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def parse_body(
     *, content_type: str, raw: Callable[[], bytes], endpoint: Endpoint
 ) -> dict[str, Any]:
@@ -88,6 +108,10 @@ def parse_body(
         body = orjson.loads(content)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"Request body is not valid JSON: {exc}", code="invalid_json") from None
+    if _LONG_NUMBER.search(content) is not None:
+        # Valid JSON (orjson said so, and refuses a number beyond a double's range, so
+        # at most ~309 digits): the same value, with its integers exact.
+        body = json.loads(content)
     if not isinstance(body, dict):
         raise BadRequest("Request body must be a JSON object.", code="invalid_body")
     value = body.get(endpoint.required)

@@ -36,7 +36,7 @@ from plumbing.errors import (
     sse_error_event,
 )
 from proxy import usage
-from proxy.bodies import Endpoint, parse_body, wants_stream
+from proxy.bodies import Endpoint, encode_body, parse_body, wants_stream
 from proxy.metrics import (
     ACTIVE_STREAMS,
     BACKEND_REQUESTS,
@@ -147,7 +147,7 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
             options["include_usage"] = True
             body["stream"] = True
             changed = True
-    content = orjson.dumps(body) if changed else request.body
+    content = encode_body(body) if changed else request.body
 
     call.upstream_started = time.perf_counter()
     send = Sender(

@@ -5,6 +5,7 @@ gateway reads them cut about where the test says. Not a simulator: it answers an
 with 200, so what a test sees is the gateway's doing."""
 
 import asyncio
+import json
 from typing import Any
 
 import orjson
@@ -15,7 +16,7 @@ Scope = dict[str, Any]
 class ScriptedVllm:
     def __init__(self, model: str = "demo-model") -> None:
         self.model = model
-        self.received: list[Any] = []  # the JSON of each POST, in order
+        self.received: list[Any] = []  # the JSON of each POST, in order, integers exact
         self.stream_chunks: list[bytes] = [b"data: [DONE]\n\n"]  # the next streams' bytes
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -40,7 +41,7 @@ class ScriptedVllm:
             else:
                 await _answer(send, 200 if scope["path"] == "/health" else 404, b"{}")
             return
-        data = orjson.loads(body)
+        data = json.loads(body)  # the stdlib's: integers beyond 64 bits stay exact
         self.received.append(data)
         if not (isinstance(data, dict) and data.get("stream") is True):
             usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}

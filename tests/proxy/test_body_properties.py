@@ -1,6 +1,10 @@
 """The request-body checks (proxy/bodies.py) under random input: any bytes and any JSON
 give back the body or a 4xx in OpenAI's shape, never another exception (a 500), and a
-body that passes keeps every field as sent. Through the gateway to vLLM: tests/faults."""
+body that passes keeps every field as sent, integers beyond 64 bits included, also when
+the gateway writes it again. Through the gateway to vLLM: tests/faults."""
+
+import json
+from typing import Any
 
 import orjson
 import pytest
@@ -8,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plumbing.errors import TalkTuahError, error_body
-from proxy.bodies import API_CHAT, CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, parse_body
+from proxy.bodies import API_CHAT, CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, encode_body, parse_body
 
 ENDPOINTS = [CHAT, API_CHAT, COMPLETIONS, EMBEDDINGS]
 CHECKED = ("messages", "prompt", "input", "model", "stream", "stream_options")
@@ -16,7 +20,9 @@ CHECKED = ("messages", "prompt", "input", "model", "stream", "stream_options")
 json_values = st.recursive(
     st.none()
     | st.booleans()
+    # Beyond 64 bits too: orjson alone would read 2**64 + 1 as a float.
     | st.integers(-(2**63), 2**63 - 1)
+    | st.integers(-(2**200), 2**200)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
     lambda children: (
@@ -34,6 +40,11 @@ json_objects = st.builds(
 )
 
 
+def json_bytes(value: Any) -> bytes:
+    """JSON as a client sends it (the stdlib's: every integer exact)."""
+    return json.dumps(value).encode()
+
+
 def parse(content: bytes, endpoint: Endpoint, content_type: str = "application/json"):
     return parse_body(content_type=content_type, raw=lambda: content, endpoint=endpoint)
 
@@ -47,9 +58,7 @@ def refusal_of(exc: TalkTuahError) -> dict:
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.name)
 @settings(max_examples=60, deadline=None)
-@given(
-    content=st.binary(max_size=64) | json_values.map(orjson.dumps) | json_objects.map(orjson.dumps)
-)
+@given(content=st.binary(max_size=64) | json_values.map(json_bytes) | json_objects.map(json_bytes))
 def test_any_body_is_taken_or_refused_with_a_4xx(endpoint, content):
     try:
         body = parse(content, endpoint)
@@ -57,7 +66,7 @@ def test_any_body_is_taken_or_refused_with_a_4xx(endpoint, content):
         error = refusal_of(exc)
         assert error["param"] in (None, endpoint.required, "model", "stream", "stream_options")
     else:
-        assert body == orjson.loads(content)
+        assert body == json.loads(content)
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.name)
@@ -101,4 +110,21 @@ def valid_bodies(endpoint: Endpoint) -> st.SearchStrategy[dict]:
 @given(data=st.data())
 def test_a_valid_body_passes_with_every_field_as_sent(endpoint, data):
     sent = data.draw(valid_bodies(endpoint))
-    assert parse(orjson.dumps(sent), endpoint) == sent
+    body = parse(json_bytes(sent), endpoint)
+    assert body == sent
+    # Written again (as when the gateway fills in the model), it still says the same.
+    assert json.loads(encode_body(body)) == sent
+
+
+def test_integers_beyond_64_bits_stay_exact_where_orjson_alone_makes_them_floats():
+    sent = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "seed": 2**64 + 1}
+    sent["logit_bias"] = {"1": -(2**63) - 1}
+    content = json_bytes(sent)
+    assert orjson.loads(content)["seed"] == float(2**64 + 1)  # what it used to forward
+    body = parse(content, CHAT)
+    assert body["seed"] == 2**64 + 1 and isinstance(body["seed"], int)
+    body["model"] = "other"
+    assert json.loads(encode_body(body)) == sent | {"model": "other"}
+    # An ordinary body stays on orjson's path, and is written the same way.
+    plain = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "seed": 7}
+    assert encode_body(parse(json_bytes(plain), CHAT)) == orjson.dumps(plain)
