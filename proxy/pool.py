@@ -271,6 +271,18 @@ class Pool:
                     _end(replica)
                     self._failed(replica, "answered 503")
                     continue
+                if (
+                    response.status == 404
+                    and replica.models is None
+                    and index < len(candidates) - 1
+                ):
+                    # A backend whose models are not known yet (its first look failed) was
+                    # tried in case it serves the model: vLLM's 404 says it does not, and
+                    # the next may (CI: a request for a model two replicas serve was
+                    # answered 404 by the third backend, which serves another).
+                    await response.aclose()
+                    _end(replica)
+                    continue
                 replica.failures = 0
                 response.attempts = attempts
                 response.on_close = functools.partial(_end, replica)

@@ -15,6 +15,7 @@ import pytest
 from modelmgr.models import Backend
 from modelmgr.selectors import backend_upstreams
 from modelmgr.services import backend_create
+from proxy.pool import pool
 from tests.simulator_process import SimulatorProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -112,6 +113,22 @@ def test_requests_route_by_model_and_spread_across_replicas(farm: Farm) -> None:
     assert after["beta"] - before["beta"] == 20
     for name in ("default", "alpha-2"):
         assert after[name] - before[name] == by_backend[name]
+
+
+def test_a_backend_whose_models_are_unknown_passes_on_a_model_it_does_not_serve(
+    farm: Farm, settings: Any
+) -> None:
+    # As when the first look at every backend failed (CI, on a loaded machine): a request
+    # for alpha is tried on any backend, and beta's 404 must not be the answer.
+    settings.BACKEND_POLL_SECONDS = 3600  # nothing learns the models again meanwhile
+    assert farm.chat("alpha").status_code == 200  # the pool is loaded
+    for replica in pool.replicas.values():
+        replica.models = None
+    answers = [farm.chat("alpha") for _ in range(15)]
+    assert [r.status_code for r in answers] == [200] * 15, [r.text for r in answers]
+    assert {r.headers[BACKEND] for r in answers} <= {"default", "alpha-2"}
+    # A model none of them serves still gets vLLM's 404, from the last one tried.
+    assert farm.chat("gamma").status_code == 404
 
 
 def test_a_model_no_backend_serves_is_404_naming_the_served_ones(farm: Farm) -> None:
