@@ -103,21 +103,22 @@ class LeanASGIHandler(ASGIHandler):
                 await self.send_response(response, send)
             return response
 
-        tasks = [
-            asyncio.create_task(self.listen_for_disconnect(receive)),
-            asyncio.create_task(process_request()),
-        ]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done():
-                with contextlib.suppress(RequestAborted):
-                    task.result()
-            else:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        with contextlib.suppress(asyncio.CancelledError):
-            _close_quietly(tasks[1].result())
+        # Django's listener raises RequestAborted when the client has gone, which is at
+        # the end of every request (uvicorn says "disconnect" once the response is sent);
+        # retrieved here, its traceback held this frame, which held the task holding it:
+        # a reference cycle of the whole request (its headers, body, response, the two
+        # tasks), left to the garbage collector. Nothing is raised here instead.
+        listener = asyncio.create_task(_disconnected(receive))
+        worker = asyncio.create_task(process_request())
+        await asyncio.wait((listener, worker), return_when=asyncio.FIRST_COMPLETED)
+        for task in (listener, worker):  # the listener first: it raises nothing unexpected
+            if not task.done():
+                task.cancel()  # the worker, when the client left: the view sees the cancel
+                await asyncio.wait((task,))
+        if not listener.cancelled():
+            listener.result()  # an AssertionError for a message other than a disconnect
+        if not worker.cancelled():
+            _close_quietly(worker.result())
         body_file.close()
 
     def resolve_request(self, request: HttpRequest) -> ResolverMatch:
@@ -138,6 +139,14 @@ class LeanASGIHandler(ASGIHandler):
 
 
 RESOLVED_KEPT = 64  # paths whose resolution the lean handler remembers
+
+
+async def _disconnected(receive: Any) -> None:
+    """Returns when the client has gone (Django's listen_for_disconnect, without its
+    RequestAborted)."""
+    message = await receive()
+    if message["type"] != "http.disconnect":
+        raise AssertionError(f"Invalid ASGI message after request body: {message['type']}")
 
 
 def _close_quietly(response: HttpResponseBase) -> None:
