@@ -9,6 +9,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,15 +66,30 @@ NO_WORSE_FIGURES = (
 FIGURES_MARK = "<!-- bench figures: {} -->"
 
 
+def _kept(text: str) -> dict[str, object]:
+    """What an earlier report kept at its end (empty when it has none)."""
+    _, mark, tail = text.rpartition(FIGURES_MARK.split("{}")[0])
+    if mark:
+        with contextlib.suppress(ValueError):
+            found = json.loads(tail.split(" -->", 1)[0])
+            if isinstance(found, dict):
+                return found
+    return {}
+
+
 def read_figures(text: str) -> dict[str, float]:
     """The figures kept at the end of an earlier report (empty when it has none)."""
-    _, mark, tail = text.rpartition(FIGURES_MARK.split("{}")[0])
-    if not mark:
-        return {}
-    with contextlib.suppress(ValueError):
-        found = json.loads(tail.split(" -->", 1)[0])
-        return {k: float(v) for k, v in found.items()} if isinstance(found, dict) else {}
-    return {}
+    return {k: float(v) for k, v in _kept(text).items() if isinstance(v, int | float)}
+
+
+def read_machine(text: str) -> str | None:
+    """The CPU an earlier report was measured on: kept with its figures, or (reports
+    written before that) named in its issue 6 heading."""
+    machine = _kept(text).get("machine")
+    if isinstance(machine, str):
+        return machine
+    named = re.search(r"\(this one: (.+?), calibration", text)
+    return named.group(1) if named else None
 
 
 def run_figures(report: "Report", names: list[str], calibration: float) -> dict[str, float]:
@@ -216,10 +232,12 @@ def render(
     wrk_version: str,
     access_lines: int,
     previous: dict[str, float] | None = None,
+    previous_machine: str | None = None,
 ) -> str:
     """The report's Markdown. `command` is how the run was started, `access_lines` the
     number of lines the gateway's access log got, `previous` the figures of the report
-    this one replaces (read_figures), for the "no worse than before" targets."""
+    this one replaces (read_figures), for the "no worse than before" targets, and
+    `previous_machine` the CPU it ran on (read_machine)."""
     names = [target.name for target in stack.targets()]
     report = Report(results, names, plan)
     has_litellm = "LiteLLM" in names
@@ -403,6 +421,17 @@ def render(
             add(f"| {what} no worse than the previous run | {now:.3f} | no earlier run | |")
             continue
         change = now / before if higher_is_better else before / now
+        if previous_machine is not None and previous_machine != cpu_model():
+            # The calibration is pure Python; the gateway's work is half system calls,
+            # whose cost differs between CPUs: one commit measured 0.032 on an AMD EPYC and
+            # 0.043 on an Intel Xeon, each run steady.
+            add(
+                f"| {what} no worse than the previous run (calibrated) | {now:.3f} "
+                f"(before {before:.3f}: {change:.2f}x) | not comparable: the previous run "
+                f"was on another CPU ({previous_machine}); `bench/ab.py REV` compares two "
+                "revisions on one machine | |"
+            )
+            continue
         if unsteady:
             add(
                 f"| {what} no worse than the previous run (calibrated) | {now:.3f} "
@@ -676,7 +705,8 @@ def render(
             f"| {stats.errors} |"
         )
     add("\n</details>\n")
-    add(FIGURES_MARK.format(json.dumps(figures, sort_keys=True)))
+    kept: dict[str, float | str] = {**figures, "machine": cpu_model()}
+    add(FIGURES_MARK.format(json.dumps(kept, sort_keys=True)))
     return "\n".join(out)
 
 

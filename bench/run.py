@@ -44,7 +44,7 @@ from litellm_proxy import litellm_binary
 from plan import FULL, HOLD_STREAMS, QUICK, ROOT
 from processes import BenchError, Service
 from profiling import profile
-from report import read_figures, render
+from report import read_figures, read_machine, render
 from rounds import measure
 from stack import start_stack
 from wrk import ensure_wrk, wrk_version
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             1 for line in stack.gateway.log.read_text(errors="replace").splitlines()
             if '"endpoint":' in line
         )  # fmt: skip
+        earlier = args.output.read_text() if args.output.exists() else None
         text = render(
             results,
             stack,
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             cores=cores,
             wrk_version=wrk_printed,
             access_lines=access_lines,
-            previous=read_figures(args.output.read_text()) if args.output.exists() else None,
+            previous=read_figures(earlier) if earlier is not None else None,
+            previous_machine=read_machine(earlier) if earlier is not None else None,
         )
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
