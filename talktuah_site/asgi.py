@@ -80,8 +80,9 @@ class LeanASGIHandler(ASGIHandler):
         await self.handle(scope, receive, send)
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Django's ASGIHandler.handle, with the request signals sent inline. As there,
-        a client disconnect cancels the task producing the response."""
+        """Django's ASGIHandler.handle without the request signals, paced (pacing.py),
+        and leaving no reference cycle. As there, a client disconnect cancels the task
+        producing the response."""
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
