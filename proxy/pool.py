@@ -266,22 +266,16 @@ class Pool:
                     self._failed(replica, exc.message)
                     last_error = exc
                     continue
-                if response.status == 503 and index < len(candidates) - 1:
+                # The next backend answers instead of a 503, and instead of a 404 from a
+                # backend whose models are not known yet (its first look failed), tried in
+                # case it serves the model (CI: a request for a model two replicas serve
+                # was answered 404 by the third backend, which serves another).
+                unknown_model = response.status == 404 and replica.models is None
+                if (response.status == 503 or unknown_model) and index < len(candidates) - 1:
                     await response.aclose()
                     _end(replica)
-                    self._failed(replica, "answered 503")
-                    continue
-                if (
-                    response.status == 404
-                    and replica.models is None
-                    and index < len(candidates) - 1
-                ):
-                    # A backend whose models are not known yet (its first look failed) was
-                    # tried in case it serves the model: vLLM's 404 says it does not, and
-                    # the next may (CI: a request for a model two replicas serve was
-                    # answered 404 by the third backend, which serves another).
-                    await response.aclose()
-                    _end(replica)
+                    if response.status == 503:
+                        self._failed(replica, "answered 503")
                     continue
                 replica.failures = 0
                 response.attempts = attempts
