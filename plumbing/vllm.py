@@ -393,6 +393,7 @@ class Health:
     models: list[dict[str, Any]]
     metrics_text: str | None
     detail: str
+    listed: bool = False  # /v1/models answered with a list (`models` is what it said)
 
 
 async def _quick_get(upstream: Upstream, path: str, wait: float) -> tuple[int, bytes]:
@@ -418,18 +419,22 @@ async def health_check(
     if status != 200:
         return Health(True, False, latency, [], None, f"/health answered HTTP {status}")
     models: list[dict[str, Any]] = []
+    listed = False
     metrics_text = None
     detail = "ok"
     try:
-        _, listed = await _quick_get(upstream, "/v1/models", wait)
-        models = [card for card in orjson.loads(listed).get("data", []) if isinstance(card, dict)]
+        status, answer = await _quick_get(upstream, "/v1/models", wait)
+        if status != 200:
+            raise UpstreamInvalidResponse(f"/v1/models answered HTTP {status}")
+        models = [card for card in orjson.loads(answer).get("data", []) if isinstance(card, dict)]
+        listed = True
         if with_metrics:
             status, scraped = await _quick_get(upstream, "/metrics", wait)
             if status == 200:
                 metrics_text = scraped.decode(errors="replace")
     except (UpstreamError, TimeoutError, ValueError, AttributeError) as exc:
         detail = f"vLLM is up but did not list its models or metrics: {exc.__class__.__name__}"
-    return Health(True, True, latency, models, metrics_text, detail)
+    return Health(True, True, latency, models, metrics_text, detail, listed)
 
 
 async def metrics_text(wait: float = 2.0, upstream: Upstream | None = None) -> str | None:

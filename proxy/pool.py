@@ -320,8 +320,12 @@ class Pool:
         if not found.healthy:
             replica.eject(found.detail)
             return
-        replica.cards = tuple(card for card in found.models if "id" in card)
-        replica.models = tuple(str(card["id"]) for card in replica.cards)
+        if found.listed:
+            replica.cards = tuple(card for card in found.models if "id" in card)
+            replica.models = tuple(str(card["id"]) for card in replica.cards)
+        # else its models stay as last learned (unknown if never): a list that did not
+        # come in time made a backend serve nothing until the next look, and requests
+        # for its model got 404 (CI, a loaded machine: "Served models: alpha." of three).
         replica.restore()
 
 

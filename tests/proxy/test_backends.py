@@ -15,7 +15,9 @@ import pytest
 from modelmgr.models import Backend
 from modelmgr.selectors import backend_upstreams
 from modelmgr.services import backend_create
-from proxy.pool import pool
+from plumbing import vllm
+from proxy.pool import Replica, pool
+from tests.conftest import ThreadedServer
 from tests.simulator_process import SimulatorProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -262,3 +264,44 @@ def test_vllms_model_cards_pass_through_whole(
     key = make_key()
     listed = httpx.get(f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {key}"})
     assert [(c["id"], c["max_model_len"]) for c in listed.json()["data"]] == [("demo-model", 321)]
+
+
+async def _lists_no_models(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A vLLM whose /health answers and whose /v1/models fails (HTTP 500)."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    status = 200 if scope["path"] == "/health" else 500
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+def test_a_model_list_that_fails_leaves_a_backends_models_as_last_learned() -> None:
+    # On a loaded machine (CI) a list that did not come in time made a backend serve
+    # nothing until the next look: requests for its model got 404.
+    server = ThreadedServer(_lists_no_models).start()
+    try:
+        upstream = vllm.Upstream("beta", server.url)
+        found = asyncio.run(vllm.health_check(upstream=upstream, with_metrics=False))
+        assert found.healthy and not found.listed, found
+        assert "did not list its models" in found.detail
+        known = Replica(upstream, models=("beta",), cards=({"id": "beta"},))
+        never = Replica(upstream)
+        for replica in (known, never):
+            asyncio.run(pool._check(replica))
+        assert known.models == ("beta",) and known.cards == ({"id": "beta"},)
+        assert never.models is None  # still unknown: tried for any model
+        assert not known.ejected  # its /health answered
+    finally:
+        server.stop()
+
+
+def test_a_listed_backend_learns_its_models(farm: Farm) -> None:
+    upstream = vllm.Upstream("beta", farm.sims["beta"].url)
+    found = asyncio.run(vllm.health_check(upstream=upstream, with_metrics=False))
+    assert found.listed and [card["id"] for card in found.models] == ["beta"]
+    replica = Replica(upstream, models=("old",))
+    asyncio.run(pool._check(replica))
+    assert replica.models == ("beta",)
