@@ -1,10 +1,13 @@
 """The one module that talks to the gateway (httpx): a few typed calls and one exception,
 GatewayError, carrying the status, the OpenAI-shape error's message and code, and
-Retry-After when the gateway sent one."""
+Retry-After when the gateway sent one. It also decides when a chat request is made
+again (RetryPolicy), and says so in the events it streams: the screens only show them."""
 
+import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +44,39 @@ class Comment:
     """An SSE comment: the gateway says it is loading a model for this request."""
 
     text: str
+
+
+@dataclass
+class Attempt:
+    """The chat request goes out: the first time, or again after Retrying."""
+
+    number: int
+
+
+@dataclass
+class Retrying:
+    """The gateway asked to come back later and nothing of the reply had come: the
+    request goes out again in `seconds` s. Sent once a second while waiting."""
+
+    error: GatewayError
+    seconds: int
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a chat request is made again: only on a 503 (the gateway is switching models)
+    that came before any of the reply, as often as it comes; Esc stops the waiting. The
+    wait is the gateway's Retry-After, else `default_seconds`, and never more than
+    `max_seconds`, so a finished switch is noticed soon."""
+
+    default_seconds: int = 3
+    max_seconds: int = 10
+
+    def delay(self, error: GatewayError, *, replied: bool) -> int | None:
+        """Seconds to wait before the next attempt; None: give up, the error stands."""
+        if error.status != 503 or replied:
+            return None
+        return min(error.retry_after or self.default_seconds, self.max_seconds)
 
 
 @dataclass
@@ -99,8 +135,9 @@ def _error_from(response: httpx.Response, body: bytes) -> GatewayError:
 class Gateway:
     """One long-lived AsyncClient against one gateway with one key; always aclose()."""
 
-    def __init__(self, url: str, key: str) -> None:
+    def __init__(self, url: str, key: str, *, retry: RetryPolicy | None = None) -> None:
         self.url = url.rstrip("/")
+        self.retry = retry or RetryPolicy()
         self.client = httpx.AsyncClient(
             base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=TIMEOUT
         )
@@ -165,10 +202,40 @@ class Gateway:
         result: dict[str, Any] = response.json()
         return result
 
-    async def chat(self, body: dict[str, Any], figures: Figures) -> AsyncIterator[Delta | Comment]:
-        """Stream a chat completion: yields the reply's text as it arrives and fills
-        `figures` (usage from the usage chunk, time to first token, tokens/s). Closing
-        the iterator closes the stream, so the gateway and vLLM stop generating."""
+    async def chat(
+        self, request: Callable[[], dict[str, Any]], figures: Figures
+    ) -> AsyncGenerator[Attempt | Retrying | Comment | Delta, None]:
+        """Stream a chat completion, made again as `self.retry` says: yields each Attempt,
+        the reply's text as it arrives, the gateway's comments, and a Retrying a second
+        while it waits to try again; an error it does not retry is raised. `request()`
+        gives the body, asked before each attempt: a retry sends what the conversation
+        holds by then (another model picked while waiting, say). Closing the iterator
+        closes the stream, so the gateway and vLLM stop generating."""
+        replied = False
+        number = 1
+        while True:
+            yield Attempt(number)
+            try:
+                async with aclosing(self._chat_once(request(), figures)) as events:
+                    async for event in events:
+                        replied = replied or isinstance(event, Delta)
+                        yield event
+                return
+            except GatewayError as error:
+                wait = self.retry.delay(error, replied=replied)
+                if wait is None:
+                    raise
+                refused = error  # `error` is unbound when the except clause ends
+            for left in range(wait, 0, -1):
+                yield Retrying(refused, left)
+                await asyncio.sleep(1)
+            number += 1
+
+    async def _chat_once(
+        self, body: dict[str, Any], figures: Figures
+    ) -> AsyncGenerator[Delta | Comment, None]:
+        """One streamed chat completion: the reply's text as it arrives, filling `figures`
+        (usage from the usage chunk, time to first token, tokens/s)."""
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         started = time.monotonic()
         first: float | None = None

@@ -16,8 +16,10 @@ from textual.pilot import Pilot
 from textual.widgets import Markdown, Static
 
 from modelmgr import services
-from talktuah_chat.app import ChatApp, ChatScreen, Reply
+from talktuah_chat.app import ChatApp
 from talktuah_chat.config import Config
+from talktuah_chat.screens.chat import ChatScreen
+from talktuah_chat.screens.widgets import Reply
 from tests.modelmgr.test_lifecycle import download
 from tests.process_engine import use_process_engine
 from tests.simulator_process import SimulatorProcess

@@ -7,7 +7,7 @@ import pytest
 from textual.widgets import Select
 
 from modelmgr import services
-from talktuah_chat import app as app_module
+from talktuah_chat.gateway import RetryPolicy
 from talktuah_chat.store import Store
 from tests.chat.conftest import (
     chat_screen,
@@ -182,10 +182,7 @@ def test_an_unreachable_model_server_is_a_502_inline(chat_app, make_key, setting
     drive(app, scenario)
 
 
-def test_it_waits_through_a_model_switch(
-    chat_app, fake_hub, process_engine, make_key, settings, monkeypatch
-):
-    monkeypatch.setattr(app_module, "MAX_SWITCH_RETRY_SECONDS", 2)
+def test_it_waits_through_a_model_switch(chat_app, fake_hub, process_engine, make_key, settings):
     settings.SWITCH_WAIT_SECONDS = 0.5  # no worker yet: the gateway answers 503 soon
     download(fake_hub, "org/model-a")
     download(fake_hub, "org/model-b")
@@ -193,6 +190,7 @@ def test_it_waits_through_a_model_switch(
     assert services.wait_until_serving("org/model-a", timeout=20) is None
     services.model_switch_request(repo_id="org/model-b", requested_by="tester")
     app = chat_app(make_key())
+    app.gateway.retry = RetryPolicy(max_seconds=2)
     threads = []
 
     def run_the_switch():

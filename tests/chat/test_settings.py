@@ -8,7 +8,7 @@ from textual.widgets import DataTable, Select, Static
 
 from modelmgr import services
 from modelmgr.models import DownloadJob, ModelSwitch, Scope
-from talktuah_chat.settings import SettingsScreen, health_text
+from talktuah_chat.screens.settings import SettingsScreen, health_text
 from tests.chat.conftest import drive, in_thread, text_of, until
 from tests.modelmgr.test_lifecycle import download, tiny_model_files
 

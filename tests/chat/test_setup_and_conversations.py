@@ -8,8 +8,10 @@ import pytest
 from textual.widgets import Input, ListView, Static, TextArea
 
 from talktuah_chat import config as configuration
-from talktuah_chat.app import ChatApp, ChatScreen, SetupScreen
+from talktuah_chat.app import ChatApp
 from talktuah_chat.config import Config
+from talktuah_chat.screens.chat import ChatScreen
+from talktuah_chat.screens.setup import SetupScreen
 from talktuah_chat.store import Store
 from tests.chat.conftest import (
     chat_screen,

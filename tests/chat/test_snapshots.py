@@ -17,9 +17,10 @@ import pytest
 from textual.widgets import DataTable, Static
 
 from modelmgr.models import Scope
-from talktuah_chat.app import ChatApp, SetupScreen
+from talktuah_chat.app import ChatApp
 from talktuah_chat.config import Config
-from talktuah_chat.settings import SettingsScreen
+from talktuah_chat.screens.settings import SettingsScreen
+from talktuah_chat.screens.setup import SetupScreen
 from tests.chat.conftest import (
     chat_screen,
     last_reply,

@@ -9,7 +9,7 @@ its downloaded models) and a switch or a download goes to the backend chosen in 
 picker (`?backend=`); with one, nothing is named and the gateway takes that one."""
 
 import asyncio
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from textual import on
 from textual.app import ComposeResult
@@ -28,10 +28,8 @@ from textual.widgets import (
     Static,
 )
 
-from talktuah_chat.gateway import GatewayError
-
-if TYPE_CHECKING:
-    from talktuah_chat.app import ChatApp
+from talktuah_chat.gateway import Gateway, GatewayError
+from talktuah_chat.screens.common import ConfirmScreen
 
 POLL_SECONDS = 0.5
 FINISHED_SWITCH = ("ready", "failed")
@@ -113,18 +111,13 @@ def progress_text(job: dict[str, Any], *, with_backend: bool = False) -> str:
 class SettingsScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", "Back")]
 
-    def __init__(self) -> None:
+    """The gateway's models, switches, downloads and health, through `gateway`."""
+
+    def __init__(self, gateway: Gateway) -> None:
         super().__init__()
+        self.gateway = gateway
         self.backends: list[str] = []  # filled only when the gateway has several
         self.rows: dict[str, tuple[str | None, str]] = {}  # row key: (backend, model)
-
-    @property
-    def chat_app(self) -> "ChatApp":
-        from talktuah_chat.app import ChatApp
-
-        app = self.app
-        assert isinstance(app, ChatApp)
-        return app
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -165,7 +158,7 @@ class SettingsScreen(Screen[None]):
     async def load_models(self) -> None:
         note = self.query_one("#admin-note", Static)
         try:
-            status = await self.chat_app.gateway.model_status()
+            status = await self.gateway.model_status()
         except GatewayError as error:
             if error.status == 403 and error.code == "insufficient_scope":
                 note.update(
@@ -231,7 +224,7 @@ class SettingsScreen(Screen[None]):
         panel = self.query_one("#health", Static)
         while True:
             try:
-                panel.update(health_text(await self.chat_app.gateway.health()))
+                panel.update(health_text(await self.gateway.health()))
             except GatewayError as error:
                 panel.update(f"Health: {error}")
             await asyncio.sleep(2)
@@ -246,8 +239,6 @@ class SettingsScreen(Screen[None]):
     @on(Button.Pressed, "#switch")
     @on(Input.Submitted, "#switch-id")
     def ask_switch(self) -> None:
-        from talktuah_chat.app import ConfirmScreen
-
         model_id = self.query_one("#switch-id", Input).value.strip()
         if not model_id:
             self.query_one("#switch-status", Static).update("Pick or type a model first.")
@@ -265,10 +256,9 @@ class SettingsScreen(Screen[None]):
 
     async def switch(self, model_id: str, backend: str | None) -> None:
         status = self.query_one("#switch-status", Static)
-        gateway = self.chat_app.gateway
         what = f"Switch to {model_id}" + (f" on {backend}" if backend else "")
         try:
-            switch = await gateway.switch_model(model_id, backend)
+            switch = await self.gateway.switch_model(model_id, backend)
         except GatewayError as error:
             status.update(f"Switch refused: {error}")
             return
@@ -276,7 +266,7 @@ class SettingsScreen(Screen[None]):
         while True:
             await asyncio.sleep(POLL_SECONDS)
             try:
-                loading = await gateway.loading_status(backend)
+                loading = await self.gateway.loading_status(backend)
             except GatewayError as error:
                 status.update(f"{what}: cannot read its status ({error})")
                 continue
@@ -303,9 +293,8 @@ class SettingsScreen(Screen[None]):
     async def download(self, model_id: str, backend: str | None) -> None:
         status = self.query_one("#download-status", Static)
         bar = self.query_one("#download-bar", ProgressBar)
-        gateway = self.chat_app.gateway
         try:
-            job = await gateway.download_model(model_id, backend)
+            job = await self.gateway.download_model(model_id, backend)
         except GatewayError as error:
             status.update(f"Download refused: {error}")
             return
@@ -317,7 +306,7 @@ class SettingsScreen(Screen[None]):
                 break
             await asyncio.sleep(POLL_SECONDS)
             try:
-                job = await gateway.download_progress(int(job["job_id"]))
+                job = await self.gateway.download_progress(int(job["job_id"]))
             except GatewayError as error:
                 status.update(f"Cannot read the download's progress: {error}")
         await self.load_models()
