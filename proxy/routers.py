@@ -10,7 +10,7 @@ from ninja import Query, Router, Schema
 from pydantic import BaseModel, ConfigDict
 
 from modelmgr.auth import inference_auth, principal_of
-from proxy import bodies, services
+from proxy import accounting, bodies, forwarding
 
 openai_router = Router(tags=["OpenAI-compatible"], auth=inference_auth)
 api_router = Router(tags=["Chat (TalkTuah's original API)"], auth=inference_auth)
@@ -20,7 +20,7 @@ api_router = Router(tags=["Chat (TalkTuah's original API)"], auth=inference_auth
 @openai_router.post("/chat/completions", openapi_extra=bodies.openapi_body(bodies.CHAT))
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     """OpenAI chat completions, streamed (SSE) when `stream` is true."""
-    return await services.forward(
+    return await forwarding.forward(
         request=request, principal=principal_of(request), endpoint=bodies.CHAT
     )
 
@@ -28,7 +28,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
 @openai_router.post("/completions", openapi_extra=bodies.openapi_body(bodies.COMPLETIONS))
 async def completions(request: HttpRequest) -> HttpResponseBase:
     """OpenAI text completions, streamed (SSE) when `stream` is true."""
-    return await services.forward(
+    return await forwarding.forward(
         request=request, principal=principal_of(request), endpoint=bodies.COMPLETIONS
     )
 
@@ -36,7 +36,7 @@ async def completions(request: HttpRequest) -> HttpResponseBase:
 @openai_router.post("/embeddings", openapi_extra=bodies.openapi_body(bodies.EMBEDDINGS))
 async def embeddings(request: HttpRequest) -> HttpResponseBase:
     """OpenAI embeddings, when the served model supports them."""
-    return await services.forward(
+    return await forwarding.forward(
         request=request, principal=principal_of(request), endpoint=bodies.EMBEDDINGS
     )
 
@@ -59,14 +59,14 @@ class ModelListOut(BaseModel):
 @openai_router.get("/models", response=ModelListOut)
 async def models(request: HttpRequest) -> dict[str, Any]:
     """The models vLLM serves now that this key may use."""
-    return await services.list_models(principal_of(request))
+    return await forwarding.list_models(principal_of(request))
 
 
 @api_router.post("/chat", openapi_extra=bodies.openapi_body(bodies.API_CHAT))
 async def api_chat(request: HttpRequest) -> HttpResponseBase:
     """Chat completion as TalkTuah's original API had it: streamed (SSE) unless `stream`
     is false."""
-    return await services.forward(
+    return await forwarding.forward(
         request=request, principal=principal_of(request), endpoint=bodies.API_CHAT
     )
 
@@ -74,7 +74,7 @@ async def api_chat(request: HttpRequest) -> HttpResponseBase:
 @api_router.get("/models", response=ModelListOut)
 async def api_models(request: HttpRequest) -> dict[str, Any]:
     """The proxied model list (same as GET /v1/models)."""
-    return await services.list_models(principal_of(request))
+    return await forwarding.list_models(principal_of(request))
 
 
 class UsageRowOut(Schema):
@@ -104,4 +104,4 @@ class KeyUsageOut(Schema):
 @api_router.get("/usage", response=KeyUsageOut)
 async def usage_of_key(request: HttpRequest, days: int = Query(30, ge=1, le=366)) -> dict[str, Any]:
     """This key's own usage per model and day (requests, tokens, errors) and totals."""
-    return await services.key_usage(principal_of(request), days=days)
+    return await accounting.key_usage(principal_of(request), days=days)

@@ -47,9 +47,43 @@ def test_it_keeps_each_package_to_its_own_imports(package, forbidden):
 
 def test_it_finds_the_imports_it_checks():
     # The check above would pass on an empty tree: make sure it reads real modules.
-    assert "plumbing" in imported_packages(REPO / "proxy" / "services.py")
+    assert "plumbing" in imported_packages(REPO / "proxy" / "forwarding.py")
     assert "modelmgr" in imported_packages(REPO / "talktuah_site" / "api.py")
     assert all(modules_of(package) for package in PRODUCT)
+
+
+REQUEST_PATH_ROOMS = ("forwarding", "holding", "relay", "accounting")
+
+
+def proxy_modules_imported(path: Path) -> set[str]:
+    """The `proxy.<module>` names a module imports (`from proxy import x` counts as x)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(
+                alias.name.split(".")[1] for alias in node.names if alias.name.startswith("proxy.")
+            )
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "proxy":
+                found.update(alias.name for alias in node.names)
+            elif node.module.startswith("proxy."):
+                found.add(node.module.split(".")[1])
+    return found
+
+
+def test_the_request_path_keeps_a_room_per_concept():
+    # Forwarding leans on holding, holding on the relay, the relay on accounting; never
+    # back up, so each room reads (and changes) without the ones above it.
+    rooms = {room: REPO / "proxy" / f"{room}.py" for room in REQUEST_PATH_ROOMS}
+    assert all(path.is_file() for path in rooms.values())
+    assert not (REPO / "proxy" / "services.py").exists()
+    for lower, upper in [
+        ("relay", {"forwarding", "holding"}),
+        ("accounting", {"forwarding", "holding", "relay"}),
+        ("holding", {"forwarding"}),
+    ]:
+        upward = proxy_modules_imported(rooms[lower]) & upper
+        assert not upward, f"proxy/{lower}.py imports {sorted(upward)}, which build on it"
 
 
 DEV_COMMANDS = {"vllm_simulator", "fake_hub", "demo_setup", "run_demo"}

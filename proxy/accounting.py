@@ -1,0 +1,131 @@
+"""Accounting: one `Call` per proxied request, as metrics, usage and the access log see
+it, recorded once by `finish` (usage, token budget, metrics, one access-log line); and
+`key_usage`, a key's own usage as /api/usage reads it."""
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from modelmgr.auth import Principal
+from modelmgr.selectors import usage_rows
+from plumbing import vllm
+from plumbing.db import run_sync
+from proxy import usage
+from proxy.bodies import Endpoint
+from proxy.metrics import (
+    BACKEND_REQUESTS,
+    COMPLETION_TOKENS,
+    OVERHEAD,
+    PROMPT_TOKENS,
+    RATE_LIMITED,
+    REQUESTS,
+    RETRIES,
+    TIME_TO_FIRST_TOKEN,
+    UPSTREAM_LATENCY,
+    UPSTREAM_UP,
+)
+from proxy.pool import pool
+from proxy.ratelimit import add_tokens
+
+access_log = logging.getLogger("talktuah.access")
+
+
+@dataclass(slots=True)
+class Call:
+    """One proxied request, as metrics, usage and the access log see it."""
+
+    principal: Principal
+    endpoint: Endpoint
+    started: float
+    model: str = ""
+    stream: bool = False
+    status: int = 0
+    accepted: bool = False  # vLLM took the model (so it is a bounded label value)
+    backend: str = "none"  # the backend that answered (a configured name: bounded)
+    attempts: int = 0
+    upstream_started: float = 0.0
+    upstream_seconds: float = 0.0
+    overhead_seconds: float = 0.0
+    ttft_seconds: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: bool = False
+
+
+async def finish(call: Call) -> None:
+    """Record a finished request: usage, token budget, metrics, one access-log line."""
+    known = call.accepted or call.model in pool.served_models()
+    model_label = vllm.model_label(call.model, accepted=known) if call.model else "none"
+    if call.model:
+        # Usage rows are labelled like the metrics: a model name a client made up (any
+        # length, NUL bytes, ...) would be an unbounded row key, and a row the database
+        # refuses fails the whole batch of every key's usage, write after write.
+        usage.record(
+            call.principal,
+            model_label,
+            prompt_tokens=call.prompt_tokens,
+            completion_tokens=call.completion_tokens,
+            error=call.error,
+        )
+    endpoint = call.endpoint.name
+    key = call.principal.name
+    REQUESTS.labels(key, model_label, endpoint, str(call.status)).inc()
+    BACKEND_REQUESTS.labels(call.backend, str(call.status)).inc()
+    if call.attempts > 1:
+        RETRIES.inc(call.attempts - 1)
+    if call.status == 429:
+        RATE_LIMITED.labels(key, "rate").inc()
+    if call.upstream_started:
+        UPSTREAM_LATENCY.labels(endpoint, call.backend).observe(call.upstream_seconds)
+        OVERHEAD.labels(endpoint).observe(max(call.overhead_seconds, 0.0))
+        UPSTREAM_UP.set(0 if call.status in (502, 504) else 1)
+    if call.ttft_seconds is not None:
+        TIME_TO_FIRST_TOKEN.labels(model_label).observe(call.ttft_seconds)
+    if call.prompt_tokens or call.completion_tokens:
+        PROMPT_TOKENS.labels(key, model_label).inc(call.prompt_tokens)
+        COMPLETION_TOKENS.labels(key, model_label).inc(call.completion_tokens)
+        await add_tokens(call.principal, call.prompt_tokens + call.completion_tokens)
+    # Never the key, never the prompt or the completion.
+    access_log.info(
+        "%s",
+        orjson.dumps(
+            {
+                "key": call.principal.prefix,
+                "key_name": key,
+                "model": call.model or None,
+                "backend": call.backend,
+                "endpoint": endpoint,
+                "stream": call.stream,
+                "status": call.status,
+                "prompt_tokens": call.prompt_tokens,
+                "completion_tokens": call.completion_tokens,
+                "ttft_ms": ms(call.ttft_seconds) if call.ttft_seconds is not None else None,
+                "duration_ms": ms(time.perf_counter() - call.started),
+                "overhead_ms": ms(call.overhead_seconds),
+                "attempts": call.attempts,
+            }
+        ).decode(),
+    )
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3f}"
+
+
+async def key_usage(principal: Principal, *, days: int) -> dict[str, Any]:
+    """A key's own usage per model and day, newest first, with totals."""
+    rows = await run_sync(usage_rows, key_prefix=principal.prefix, days=days)
+    totals = {
+        field: sum(row[field] for row in rows)
+        for field in ("requests", "errors", "prompt_tokens", "completion_tokens")
+    }
+    return {
+        "key": principal.prefix,
+        "name": principal.name,
+        "days": days,
+        "totals": totals,
+        "usage": rows,
+    }

@@ -1,0 +1,187 @@
+"""Forwarding a request to vLLM: validate the body, apply the key's limits, send it to the
+best backend and answer it, whole or streamed through the relay (relay.py); a model
+switch in the way is held through (holding.py), and every answer is counted
+(accounting.py).
+
+`forward` takes the request and returns the response itself, unlike the other services:
+it is the hot path. It reads the body once, builds the streaming response around the
+upstream stream without copying it, and counts every answer, refusals included, in one
+`Call` (metrics, usage, access log)."""
+
+import time
+from typing import Any
+
+import orjson
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+
+from modelmgr.auth import Principal
+from plumbing import vllm
+from plumbing.errors import (
+    Forbidden,
+    TalkTuahError,
+    UpstreamError,
+    UpstreamRefused,
+    UpstreamUnavailable,
+    normalise_upstream_error,
+)
+from proxy.accounting import Call, finish, ms
+from proxy.bodies import Endpoint, encode_body, parse_body, wants_stream
+from proxy.holding import Sender, SwitchPending, open_through_switch, stream_after_switch
+from proxy.pool import pool
+from proxy.ratelimit import check_request_rate, check_token_rate
+from proxy.relay import SSE_HEADERS, relay_stream
+from proxy.sse import usage_of
+
+OVERHEAD_HEADER = "X-TalkTuah-Overhead-Ms"
+BACKEND_HEADER = "X-TalkTuah-Backend"  # which backend answered (names are admin-chosen)
+
+
+async def default_model() -> str:
+    several = len(pool.replicas) > 1
+    names = pool.served_models() if several else await vllm.served_model_names()
+    if not names:
+        raise UpstreamUnavailable("vLLM serves no model right now.", headers={"Retry-After": "5"})
+    return names[0]
+
+
+def _started_at(request: HttpRequest) -> float:
+    # Stamped by asgi.py when the request reached the process.
+    scope = getattr(request, "scope", None) or {}
+    return float(scope.get("talktuah.started") or time.perf_counter())
+
+
+async def forward(
+    *, request: HttpRequest, principal: Principal, endpoint: Endpoint
+) -> HttpResponseBase:
+    """Forward one OpenAI-style request to vLLM; the body passes through unchanged but
+    for a missing model and, on streams, `stream_options.include_usage`."""
+    call = Call(principal=principal, endpoint=endpoint, started=_started_at(request))
+    try:
+        return await _forward(request, call)
+    except TalkTuahError as exc:
+        call.status, call.error = exc.status, True
+        await finish(call)
+        raise
+
+
+async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
+    endpoint, principal = call.endpoint, call.principal
+    body = parse_body(
+        content_type=request.content_type or "", raw=lambda: request.body, endpoint=endpoint
+    )
+    await pool.ready()
+    changed = False
+    model = body.get("model")
+    if not model:
+        model = body["model"] = await default_model()
+        changed = True
+    call.model = model
+    if not principal.may_use(model):
+        raise Forbidden(
+            f"This API key may not use the model '{model}'.",
+            param="model",
+            code="model_not_allowed",
+        )
+    await check_request_rate(principal)
+    await check_token_rate(principal)
+
+    stream = call.stream = wants_stream(body, endpoint)
+    client_wants_usage = True
+    if stream:
+        # Ask vLLM for the usage chunk so usage can be recorded; strip it again below
+        # when the client did not ask for it.
+        options = body.get("stream_options")
+        if options is None:  # absent or null (parse_body let only an object through else)
+            options = body["stream_options"] = {}
+        client_wants_usage = bool(options.get("include_usage"))
+        if not client_wants_usage or body.get("stream") is not True:
+            options["include_usage"] = True
+            body["stream"] = True
+            changed = True
+    content = encode_body(body) if changed else request.body
+
+    call.upstream_started = time.perf_counter()
+    send = Sender(
+        endpoint.path,
+        content,
+        model,
+        _session_of(request, body),
+        request.headers.get("x-request-id"),
+    )
+    try:
+        upstream = await open_through_switch(send, stream=stream)
+    except UpstreamError as exc:
+        call.attempts = exc.attempts
+        raise
+    except SwitchPending as pending:
+        return stream_after_switch(pending, send, call, strip_usage=not client_wants_usage)
+    call.backend = upstream.backend
+    call.attempts = upstream.attempts
+    call.status = upstream.status
+    call.accepted = upstream.status < 400
+
+    if upstream.status >= 400 or not (
+        stream and upstream.content_type.startswith("text/event-stream")
+    ):
+        return await _whole_response(upstream, call)
+    # The header goes before the body: the gateway's own time until now, that is before
+    # vLLM was asked and since its headers came back.
+    headers_at = time.perf_counter()
+    response = StreamingHttpResponse(
+        relay_stream(upstream, call, strip_usage=not client_wants_usage),
+        content_type=upstream.content_type,
+        headers=SSE_HEADERS,
+    )
+    call.overhead_seconds = (call.upstream_started - call.started) + (
+        time.perf_counter() - headers_at
+    )
+    response[OVERHEAD_HEADER] = ms(call.overhead_seconds)
+    response[BACKEND_HEADER] = call.backend
+    return response
+
+
+def _session_of(request: HttpRequest, body: dict[str, Any]) -> str | None:
+    """What keeps a conversation on one replica: X-Session-Id, else the `user` field."""
+    session = request.headers.get("x-session-id") or body.get("user")
+    return session if isinstance(session, str) and session else None
+
+
+async def _whole_response(upstream: vllm.UpstreamResponse, call: Call) -> HttpResponse:
+    # A client that leaves while this waits cancels the task: the finally closes the
+    # upstream connection and vLLM aborts the generation.
+    try:
+        content = await upstream.read()
+    finally:
+        await upstream.aclose()
+    done = time.perf_counter()
+    call.upstream_seconds = done - call.upstream_started
+    if upstream.status >= 400:
+        call.error = True
+        response = HttpResponse(
+            normalise_upstream_error(upstream.status, content),
+            status=upstream.status,
+            content_type="application/json",
+        )
+    else:
+        call.prompt_tokens, call.completion_tokens = usage_of(content)
+        response = HttpResponse(content, status=upstream.status, content_type=upstream.content_type)
+    call.overhead_seconds = (done - call.started) - call.upstream_seconds
+    await finish(call)
+    response[OVERHEAD_HEADER] = ms(time.perf_counter() - call.started - call.upstream_seconds)
+    response[BACKEND_HEADER] = call.backend
+    return response
+
+
+async def list_models(principal: Principal) -> dict[str, Any]:
+    """The models the backends serve (vLLM's own cards; with several backends their
+    union), filtered by the key's allowed models."""
+    await pool.ready()
+    if len(pool.replicas) > 1:
+        cards = [card for card in pool.served_cards() if principal.may_use(str(card["id"]))]
+        return {"object": "list", "data": cards}
+    status, data = await vllm.get_json("/v1/models")
+    if status >= 400 or not isinstance(data, dict):
+        raise UpstreamRefused.from_answer(status if status >= 400 else 502, orjson.dumps(data))
+    data["data"] = [card for card in data.get("data", []) if principal.may_use(str(card.get("id")))]
+    return data
