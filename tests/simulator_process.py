@@ -6,6 +6,10 @@ tests (kill()), "vLLM is still loading" tests (startup_delay) and the simulator'
         httpx.post(f"{sim.url}/v1/chat/completions", json=...)
         assert sim.metrics()["simulator_aborted_requests_total"] == 0
 
+    with SimulatorProcess(max_num_seqs=2) as sim:  # a busy vLLM: a third request waits
+        ...
+        assert sim.stats()["peak_running"] <= 2
+
 A plain class (no pytest dependency), so fixtures can wrap it with any scope.
 """
 
@@ -41,6 +45,8 @@ class SimulatorProcess:
         port: int | None = None,
         tokens: int = 16,
         token_delay: float = 0.02,
+        max_num_seqs: int = 256,
+        batch_slowdown: float = 0.0,
         startup_delay: float = 0.0,
         max_model_len: int = 512,
         answer_log: Path | None = None,
@@ -52,6 +58,8 @@ class SimulatorProcess:
         self.port = port if port is not None else free_port()
         self.tokens = tokens
         self.token_delay = token_delay
+        self.max_num_seqs = max_num_seqs
+        self.batch_slowdown = batch_slowdown
         self.startup_delay = startup_delay
         self.max_model_len = max_model_len
         self.answer_log = answer_log
@@ -81,6 +89,10 @@ class SimulatorProcess:
             str(self.tokens),
             "--token-delay",
             str(self.token_delay),
+            "--max-num-seqs",
+            str(self.max_num_seqs),
+            "--batch-slowdown",
+            str(self.batch_slowdown),
             "--startup-delay",
             str(self.startup_delay),
             "--max-model-len",
@@ -184,6 +196,18 @@ class SimulatorProcess:
     def metric(self, name: str) -> float:
         """One value of metrics() (0.0 when absent)."""
         return self.metrics().get(name, 0.0)
+
+    def stats(self, *, reset: bool = False) -> dict[str, int]:
+        """The simulator's batch (GET /sim/stats): running, waiting, peak_running (the most
+        running at once) and admitted (requests that got a slot), since start or the last
+        reset. With reset, POST /sim/stats/reset: these stats, and a new window begins."""
+        if reset:
+            response = httpx.post(f"{self.url}/sim/stats/reset", timeout=5.0)
+        else:
+            response = httpx.get(f"{self.url}/sim/stats", timeout=5.0)
+        response.raise_for_status()
+        stats: dict[str, int] = response.json()
+        return stats
 
     def __enter__(self) -> Self:
         if not self.alive:

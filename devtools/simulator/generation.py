@@ -1,5 +1,6 @@
-"""Token generation: deterministic tokens, token_delay apart, streamed as vLLM's SSE
-chunks or returned as one JSON response, with vLLM's field sets and field order.
+"""Token generation: deterministic tokens, streamed as vLLM's SSE chunks or returned as
+one JSON response, with vLLM's field sets and field order. Tokens come the batch's
+token_delay apart, longer when more requests run (devtools.simulator.batch).
 
 Generated text is a cycle of short tokens, so tests can predict it (`generated_text`).
 """
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from devtools.simulator.batch import Batch
 from devtools.simulator.config import SYSTEM_FINGERPRINT
 from devtools.simulator.metrics import SimulatorMetrics
 
@@ -92,15 +94,23 @@ class Generation:
 async def produce(
     gen: Generation,
     *,
-    token_delay: float,
+    batch: Batch,
     metrics: SimulatorMetrics,
     started: float,
     on_token: Callable[[int], Awaitable[None]] | None = None,
 ) -> None:
-    """Generate gen.n tokens, token_delay apart, counting each as it is produced."""
+    """Generate gen.n tokens, counting each as it is produced, in a slot of the batch
+    (the caller admitted it): each token's delay depends on how many run at that moment.
+
+    started is when the request arrived, so the time to first token includes any wait.
+    """
+    # Without a slowdown the delay is a constant: no call per token, which shows in the
+    # benchmarks' CPU time.
+    fixed_delay = batch.fixed_token_delay
     for i in range(gen.n):
-        if token_delay > 0:
-            await asyncio.sleep(token_delay)
+        delay = batch.token_delay() if fixed_delay is None else fixed_delay
+        if delay > 0:
+            await asyncio.sleep(delay)
         gen.produced += 1
         metrics.generation_tokens.inc()
         if i == 0:
@@ -125,7 +135,7 @@ async def stream(
     gen: Generation,
     write: Write,
     *,
-    token_delay: float,
+    batch: Batch,
     metrics: SimulatorMetrics,
     started: float,
 ) -> None:
@@ -190,7 +200,7 @@ async def stream(
         else:
             await write(head + token + close + middle + usage() + b"}\n\n")
 
-    await produce(gen, token_delay=token_delay, metrics=metrics, started=started, on_token=on_token)
+    await produce(gen, batch=batch, metrics=metrics, started=started, on_token=on_token)
     if gen.n == 0:  # the prompt filled the context: nothing could be generated
         if chat:
             await role()

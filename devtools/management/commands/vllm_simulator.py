@@ -5,7 +5,7 @@ import sys
 from argparse import ArgumentParser
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from devtools.simulator import SimulatorConfig, serve
 from devtools.simulator.generation import reply_tokens
@@ -42,7 +42,21 @@ class Command(BaseCommand):
             "--token-delay",
             type=float,
             default=defaults.token_delay,
-            help="Seconds before each generated token.",
+            help="Seconds before each generated token, alone in the batch.",
+        )
+        parser.add_argument(
+            "--max-num-seqs",
+            type=int,
+            default=defaults.max_num_seqs,
+            help="Requests generated at once (as vLLM's option); more wait first come, "
+            "first served, counted by vllm:num_requests_waiting.",
+        )
+        parser.add_argument(
+            "--batch-slowdown",
+            type=float,
+            default=defaults.batch_slowdown,
+            help="Each token takes token_delay * (1 + F * (running - 1)); 0 (the default) "
+            "keeps it at --token-delay whatever the batch.",
         )
         parser.add_argument(
             "--startup-delay",
@@ -63,16 +77,22 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         served_name = options["served_model_name"]
-        config = SimulatorConfig(
-            model=served_name or options["model"],
-            root=options["model"] if served_name else None,
-            max_model_len=options["max_model_len"],
-            tokens=len(reply_tokens(options["reply"])) if options["reply"] else options["tokens"],
-            token_delay=options["token_delay"],
-            startup_delay=options["startup_delay"],
-            answer_log=options["answer_log"],
-            reply=options["reply"],
-        )
+        reply = options["reply"]
+        try:
+            config = SimulatorConfig(
+                model=served_name or options["model"],
+                root=options["model"] if served_name else None,
+                max_model_len=options["max_model_len"],
+                tokens=len(reply_tokens(reply)) if reply else options["tokens"],
+                token_delay=options["token_delay"],
+                max_num_seqs=options["max_num_seqs"],
+                batch_slowdown=options["batch_slowdown"],
+                startup_delay=options["startup_delay"],
+                answer_log=options["answer_log"],
+                reply=reply,
+            )
+        except ValueError as exc:  # an option SimulatorConfig refuses, e.g. --max-num-seqs 0
+            raise CommandError(str(exc)) from exc
         host, port = options["host"], options["port"]
 
         def listening() -> None:
