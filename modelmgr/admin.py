@@ -20,17 +20,17 @@ from modelmgr import admin_views, selectors, services
 from modelmgr.login_throttle import ThrottledAdminLoginForm
 from modelmgr.models import (
     ApiKey,
-    Backend,
     DownloadJob,
     DownloadStatus,
     ModelSwitch,
     Scope,
     ServedModel,
+    Tier,
     UsageDaily,
     WorkerHeartbeat,
 )
 from modelmgr.selectors import usage_summary
-from modelmgr.services import api_key_create, api_key_revoke, backend_save
+from modelmgr.services import api_key_create, api_key_revoke
 from plumbing.errors import TalkTuahError
 
 # Failed logins are counted and, past a few a minute, refused (modelmgr/login_throttle.py).
@@ -55,6 +55,9 @@ class ApiKeyForm(forms.ModelForm):
             "allowed_models",
             "rpm_limit",
             "tpm_limit",
+            "tier",
+            "share",
+            "max_parallel_requests",
             "is_active",
             "expires_at",
         ]
@@ -63,6 +66,15 @@ class ApiKeyForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if self.instance.pk:
             self.initial["allowed_models"] = ", ".join(self.instance.allowed_models)
+        # Left out of a form (an older client of this page): the defaults apply.
+        self.fields["tier"].required = False
+        self.fields["share"].required = False
+
+    def clean_tier(self) -> str:
+        return self.cleaned_data.get("tier") or Tier.INTERACTIVE
+
+    def clean_share(self) -> int:
+        return max(self.cleaned_data.get("share") or 1, 1)
 
     def clean_allowed_models(self) -> list[str]:
         raw = self.cleaned_data.get("allowed_models") or ""
@@ -76,6 +88,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "name",
         "prefix",
         "scope_list",
+        "tier",
         "is_active",
         "expires_at",
         "last_used_at",
@@ -105,6 +118,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
             tpm_limit=data.get("tpm_limit"),
             expires_at=data.get("expires_at"),
             is_active=data.get("is_active", True),
+            tier=data.get("tier") or "interactive",
+            share=data.get("share") or 1,
+            max_parallel_requests=data.get("max_parallel_requests"),
         )
         obj.pk = key.pk
         obj.refresh_from_db()
@@ -121,51 +137,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
         self.message_user(
             request, f"Revoked {queryset.count()} key(s); they stop working within seconds."
         )
-
-
-class BackendForm(forms.ModelForm):
-    api_key = forms.CharField(
-        required=False,
-        strip=True,
-        widget=forms.PasswordInput(render_value=False),
-        help_text="vLLM's --api-key, if it has one. Stored sealed under SECRET_KEY and "
-        "never shown again; leave empty to keep the current one.",
-    )
-    clear_api_key = forms.BooleanField(required=False, label="Remove the stored API key")
-
-    class Meta:
-        model = Backend
-        fields = [
-            "name",
-            "base_url",
-            "api_key",
-            "clear_api_key",
-            "engine",
-            "engine_settings",
-            "weight",
-            "enabled",
-            "draining",
-        ]
-
-
-@admin.register(Backend)
-class BackendAdmin(admin.ModelAdmin):
-    """The vLLM servers the gateway routes to. Routing picks up a change within
-    BACKEND_POLL_SECONDS; each backend's models come from its own /v1/models."""
-
-    form = BackendForm
-    list_display = ["name", "base_url", "engine", "weight", "enabled", "draining", "api_key_set"]
-    list_editable = ["weight", "enabled", "draining"]
-    search_fields = ["name", "base_url"]
-
-    @admin.display(boolean=True, description="API key")
-    def api_key_set(self, obj: Backend) -> bool:
-        return obj.has_api_key
-
-    def save_model(self, request: HttpRequest, obj: Backend, form: Any, change: bool) -> None:
-        data = form.cleaned_data
-        api_key = "" if data.get("clear_api_key") else (data.get("api_key") or None)
-        backend_save(obj, api_key=api_key)
 
 
 @admin.register(UsageDaily)
@@ -304,12 +275,11 @@ class DownloadJobAdmin(ReadOnlyAdmin):
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         # Only on GET: after an action's redirect the warning would show twice.
-        if (
-            request.method == "GET"
-            and DownloadJob.objects.filter(status=DownloadStatus.QUEUED).exists()
-            and not selectors.worker_alive()
-        ):
-            messages.warning(request, admin_views.WORKER_MISSING)
+        if request.method == "GET":
+            waiting = DownloadJob.objects.filter(status=DownloadStatus.QUEUED)
+            for backend in sorted(set(waiting.values_list("backend", flat=True))):
+                if not selectors.worker_alive(backend):
+                    messages.warning(request, selectors.worker_missing(backend))
         return super().changelist_view(request, extra_context)
 
     @admin.display(description="status", ordering="status")

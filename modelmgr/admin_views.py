@@ -6,7 +6,6 @@ Each page reads or changes state only through modelmgr.lifecycle, the services t
 and the worker call too; a refused request (LifecycleError) becomes an admin message.
 """
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -24,18 +23,36 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
+from backends import health
+from backends.discovery import backend_resolve, backend_specs
+from backends.health import BackendHealth
+from backends.models import DEFAULT_BACKEND
+from backends.pool import pool
+from backends.spec import BackendSpec, default_spec
 from modelmgr import selectors, services
 from modelmgr.models import DownloadJob, DownloadStatus, ModelSwitch
-from plumbing import vllm
 from plumbing.errors import TalkTuahError
 
-WORKER_MISSING = "No worker is running: start one with `python manage.py run_worker`"
 # The poller asks for the active jobs of one page; more than a page never makes sense.
 MAX_POLLED_JOBS = 200
 ERROR_PREVIEW_CHARS = 80
 # Switch history rows are never added by hand (the admin refuses it), so the add
 # permission of ModelSwitch is free to mean "may ask for a switch".
 SWITCH_PERMISSION = "modelmgr.add_modelswitch"
+
+
+def chosen_backend(request: HttpRequest) -> BackendSpec:
+    """The backend a page is about: ?backend= (or the form's field), else the first.
+    Raises TalkTuahError for a name that is not an enabled backend."""
+    name = request.POST.get("backend") or request.GET.get("backend")
+    if name:
+        return backend_resolve(name)
+    specs = backend_specs()
+    return specs[0] if specs else default_spec()
+
+
+def backend_choices() -> list[tuple[str, str]]:
+    return [(spec.name, f"{spec.name} ({spec.base_url})") for spec in backend_specs()]
 
 
 def admin_actor(request: HttpRequest) -> str:
@@ -157,6 +174,9 @@ def download_progress_view(model_admin: admin.ModelAdmin, request: HttpRequest) 
 
 
 class DownloadForm(forms.Form):
+    backend = forms.ChoiceField(
+        help_text="Whose host downloads it: its worker fetches into its Hugging Face cache.",
+    )
     repo_id = forms.CharField(
         label="Repo id",
         max_length=200,
@@ -173,8 +193,16 @@ class DownloadForm(forms.Form):
     auto_switch = forms.BooleanField(
         label="Serve it when done",
         required=False,
-        help_text="Switch vLLM to this model as soon as the download succeeds.",
+        help_text="Switch that backend's vLLM to this model as soon as the download succeeds.",
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["backend"]
+        assert isinstance(field, forms.ChoiceField)
+        field.choices = backend_choices()
+        if field.choices:
+            field.initial = field.choices[0][0]
 
 
 def download_add_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResponse:
@@ -184,6 +212,7 @@ def download_add_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> Ht
     if form.is_valid():
         try:
             job, created = services.download_start(
+                backend=backend_resolve(form.cleaned_data["backend"]),
                 repo_id=form.cleaned_data["repo_id"],
                 revision=form.cleaned_data["revision"],
                 auto_switch=form.cleaned_data["auto_switch"],
@@ -202,13 +231,14 @@ def download_add_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> Ht
                 )
             return redirect("admin:modelmgr_downloadjob_changelist")
     opts = DownloadJob._meta
+    backend = str(form["backend"].value() or DEFAULT_BACKEND)
     context = {
         **model_admin.admin_site.each_context(request),
         "title": "Download a model from the Hub",
         "opts": opts,
         "form": form,
-        "worker_alive": selectors.worker_alive(),
-        "worker_missing": WORKER_MISSING,
+        "worker_alive": selectors.worker_alive(backend),
+        "worker_missing": selectors.worker_missing(backend),
     }
     return TemplateResponse(request, "admin/modelmgr/downloadjob/download_form.html", context)
 
@@ -219,72 +249,97 @@ def download_add_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> Ht
 def downloaded_models_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResponse:
     if not model_admin.has_view_permission(request):
         raise PermissionDenied
-    probe = vllm.probe()
+    try:
+        backend = chosen_backend(request)
+    except TalkTuahError as exc:
+        messages.error(request, exc.message)
+        return redirect("admin:modelmgr_servedmodel_changelist")
+    found = health.look_sync(backend, max_age=selectors.SHOWN_HEALTH_SECONDS)
     serve_url = reverse("admin:modelmgr_servedmodel_serve")
+    name = backend.name
     rows = [
         {
             "model": model,
             "size": human_size(model.size_bytes),
-            "serving": model.repo_id in probe.models,
-            "serve_url": f"{serve_url}?{urlencode({'model': model.repo_id})}",
+            "serving": model.repo_id in found.models,
+            "serve_url": serve_url + "?" + urlencode({"model": model.repo_id, "backend": name}),
         }
-        for model in selectors.downloaded_models()
+        for model in selectors.downloaded_models(backend=backend)
     ]
+    models_url = reverse("admin:modelmgr_servedmodel_changelist")
     context = {
         **model_admin.admin_site.each_context(request),
         "title": "Downloaded models",
         "opts": model_admin.model._meta,
         "rows": rows,
-        "probe": probe,
-        "switch": selectors.active_switch(),
+        "probe": found,
+        "backend": backend,
+        "other_backends": [
+            {"name": spec.name, "url": f"{models_url}?{urlencode({'backend': spec.name})}"}
+            for spec in backend_specs()
+            if spec.name != backend.name
+        ],
+        "switch": selectors.active_switch(backend.name),
         "can_switch": request.user.has_perm(SWITCH_PERMISSION),
-        "engine": settings.TALKTUAH_ENGINE,
+        "engine": backend.engine.kind,
     }
     return TemplateResponse(request, "admin/modelmgr/servedmodel/downloaded_models.html", context)
 
 
 def serve_confirm_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResponse:
-    """GET: what serving the model will do. POST: ask the worker to switch."""
+    """GET: what serving the model will do. POST: ask the backend's worker to switch."""
     if not request.user.has_perm(SWITCH_PERMISSION):
         raise PermissionDenied
     models_url = reverse("admin:modelmgr_servedmodel_changelist")
+    try:
+        backend = chosen_backend(request)
+    except TalkTuahError as exc:
+        messages.error(request, exc.message)
+        return redirect(models_url)
+    back = f"{models_url}?{urlencode({'backend': backend.name})}"
     if request.method == "POST":
         try:
             switch = services.model_switch_request(
-                repo_id=request.POST.get("model", ""), requested_by=admin_actor(request)
+                repo_id=request.POST.get("model", ""),
+                backend=backend,
+                requested_by=admin_actor(request),
             )
         except TalkTuahError as exc:
             messages.error(request, exc.message)
-            return redirect(models_url)
+            return redirect(back)
         messages.success(
             request,
-            f"Switch requested: {switch.from_model or 'nothing'} → {switch.to_model}. "
-            "vLLM restarts; follow the phase below.",
+            f"Switch requested on {backend.name}: {switch.from_model or 'nothing'} → "
+            f"{switch.to_model}. vLLM restarts; follow the phase below.",
         )
-        if not selectors.worker_alive():
-            messages.warning(request, WORKER_MISSING)
+        if not selectors.worker_alive(backend.name):
+            messages.warning(request, selectors.worker_missing(backend.name))
         return redirect("admin:modelmgr_modelswitch_changelist")
 
     repo_id = request.GET.get("model", "").strip()
-    target = next((m for m in selectors.downloaded_models() if m.repo_id == repo_id), None)
+    downloaded = selectors.downloaded_models(backend=backend)
+    target = next((m for m in downloaded if m.repo_id == repo_id), None)
     if target is None:
-        messages.error(request, f"'{repo_id}' is not downloaded: download it first.")
-        return redirect(models_url)
-    probe = vllm.probe()
+        messages.error(
+            request, f"'{repo_id}' is not downloaded on backend {backend.name}: download it first."
+        )
+        return redirect(back)
+    found = health.look_sync(backend, max_age=selectors.SHOWN_HEALTH_SECONDS)
     context = {
         **model_admin.admin_site.each_context(request),
         "title": f"Serve {target.repo_id}?",
         "opts": model_admin.model._meta,
         "target": target,
+        "backend": backend,
         "size": human_size(target.size_bytes),
-        "current": probe.models[0] if probe.models else None,
-        "probe": probe,
-        "switch": selectors.active_switch(),
+        "current": found.served,
+        "probe": found,
+        "switch": selectors.active_switch(backend.name),
         "wait_seconds": settings.SWITCH_WAIT_SECONDS,
-        "timeout_seconds": settings.SWITCH_TIMEOUT_SECONDS,
-        "engine": settings.TALKTUAH_ENGINE,
-        "worker_alive": selectors.worker_alive(),
-        "worker_missing": WORKER_MISSING,
+        "timeout_seconds": backend.engine.switch_timeout_seconds,
+        "engine": backend.engine.kind,
+        "worker_alive": selectors.worker_alive(backend.name),
+        "worker_missing": selectors.worker_missing(backend.name),
     }
     return TemplateResponse(request, "admin/modelmgr/servedmodel/serve_confirm.html", context)
 
@@ -292,60 +347,56 @@ def serve_confirm_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> H
 # --- the dashboard -------------------------------------------------------------------------
 
 
-def queue_figures() -> dict[str, Any] | None:
-    """vLLM's queue (waiting / running requests, KV-cache usage) for the dashboard, from
-    its /metrics; None when vLLM does not answer. The template shows every key."""
-    return vllm.queue_figures(vllm.metrics_text_sync())
-
-
 @dataclass(frozen=True, slots=True)
 class BackendRow:
     name: str
     base_url: str
-    probe: vllm.Probe
+    probe: BackendHealth
     queue: dict[str, float] | None
     switch: ModelSwitch | None
     worker_alive: bool
     engine: str
+    admission: dict[str, Any] | None  # this process's queue: capacity, running, waiting
 
 
-def backends_overview() -> list[BackendRow]:
+def backends_overview(specs: list[BackendSpec]) -> list[BackendRow]:
     """Every backend as the dashboard shows it: health, models, queue, a switch, its
-    worker. The backends are looked at in parallel, so a dead one costs one timeout."""
-    names = selectors.backend_names()
-    upstreams = [selectors.backend_upstream(name) for name in names]
-
-    def look(upstream: vllm.Upstream) -> tuple[vllm.Probe, dict[str, float] | None]:
-        return vllm.probe(upstream=upstream), vllm.queue_figures(
-            vllm.metrics_text_sync(upstream=upstream)
-        )
-
-    with ThreadPoolExecutor(max_workers=max(len(upstreams), 1)) as pool:
-        looks = list(pool.map(look, upstreams))
+    worker. Stale records are looked at in parallel, so a dead backend costs one
+    timeout, and each backend is looked at once per page."""
+    found = health.look_all_sync(specs, max_age=selectors.SHOWN_HEALTH_SECONDS)
     return [
         BackendRow(
-            name=name,
-            base_url=upstream.base_url,
-            probe=probe,
-            queue=queue,
-            switch=selectors.active_switch(name),
-            worker_alive=selectors.worker_alive(name),
-            engine=selectors.backend_engine(name),
+            name=spec.name,
+            base_url=spec.base_url,
+            probe=record,
+            queue=record.queue,
+            switch=selectors.active_switch(spec.name),
+            worker_alive=selectors.worker_alive(spec.name),
+            engine=spec.engine.kind,
+            admission=_admission_of(spec.name),
         )
-        for name, upstream, (probe, queue) in zip(names, upstreams, looks, strict=True)
+        for spec, record in zip(specs, found, strict=True)
     ]
 
 
+def _admission_of(backend: str) -> dict[str, Any] | None:
+    """The admission queue of `backend` in this process, once it has routed to it."""
+    replica = pool.replicas.get(backend)
+    return replica.queue.figures() if replica is not None else None
+
+
 def dashboard_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResponse:
-    probe = vllm.probe()
+    specs = backend_specs() or [default_spec()]
+    rows = backends_overview(specs)
+    first = rows[0]
     job = selectors.download_get()
     switch = selectors.active_switch() or ModelSwitch.objects.order_by("-created_at").first()
     context = {
         **model_admin.admin_site.each_context(request),
         "title": "TalkTuah dashboard",
-        "probe": probe,
-        "served_model": probe.models[0] if probe.models else None,
-        "queue": queue_figures(),
+        "probe": first.probe,
+        "served_model": first.probe.served,
+        "queue": first.queue,
         "job": job,
         "job_bar": progress_bar(job) if job else None,
         "job_speed": live_field(job, "speed_label", job_speed(job)) if job else "",
@@ -354,9 +405,9 @@ def dashboard_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpR
         else "",
         "job_status": live_field(job, "status", job.status) if job else "",
         "switch": switch,
-        "worker_alive": selectors.worker_alive(),
-        "worker_missing": WORKER_MISSING,
-        "engine": settings.TALKTUAH_ENGINE,
-        "backends": backends_overview(),
+        "worker_alive": first.worker_alive,
+        "worker_missing": selectors.worker_missing(first.name),
+        "engine": first.engine,
+        "backends": rows,
     }
     return TemplateResponse(request, "admin/modelmgr/dashboard.html", context)

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.http import HttpRequest
 from ninja import Router, Status
 
+from backends.discovery import backend_resolve
 from modelmgr import selectors, services
 from modelmgr.auth import admin_auth, principal_of
 from modelmgr.schemas import (
@@ -41,7 +42,7 @@ async def download_model(
     returns that job; `auto=true` switches that backend to the model when it is done."""
     job, created = await run_sync(
         services.download_start,
-        backend=await run_sync(selectors.backend_resolve, backend),
+        backend=await run_sync(backend_resolve, backend),
         repo_id=model_id,
         revision=revision,
         auto_switch=auto,
@@ -58,7 +59,7 @@ async def download_progress(
     """Progress of one job (`job_id`), else of the current or last download (on
     `backend`, when given)."""
     if backend is not None:
-        backend = await run_sync(selectors.backend_resolve, backend)
+        backend = (await run_sync(backend_resolve, backend)).name
     job = await run_sync(selectors.download_get, job_id=job_id, backend=backend)
     if job is None:
         return {"status": "idle", "job_id": None, "message": "No download has been requested."}
@@ -82,7 +83,7 @@ async def switch_model(
         services.model_switch_request,
         repo_id=model_id,
         requested_by=_who(request),
-        backend=await run_sync(selectors.backend_resolve, backend),
+        backend=await run_sync(backend_resolve, backend),
     )
     return Status(202, selectors.switch_summary(switch))
 
@@ -101,7 +102,6 @@ async def restart_api(request: HttpRequest) -> dict[str, str]:
     """Drop this worker's pooled upstream connections: the next request resolves DNS
     and connects afresh (what the original API restarted its container for)."""
     await vllm.reset_client()
-    vllm.forget_served_models()
     return {
         "status": "ok",
         "detail": "Upstream connections dropped.",

@@ -57,6 +57,9 @@ class Principal:
     allowed_models: frozenset[str]
     rpm_limit: int | None
     tpm_limit: int | None
+    tier: str = "interactive"  # when a backend is full, who leaves its queue first
+    share: int = 1
+    max_parallel_requests: int | None = None
 
     def may_use(self, model: str) -> bool:
         return not self.allowed_models or model in self.allowed_models
@@ -100,6 +103,9 @@ def _snapshot(key: ApiKey) -> _CachedKey:
             allowed_models=frozenset(key.allowed_models),
             rpm_limit=key.rpm_limit,
             tpm_limit=key.tpm_limit,
+            tier=key.tier,
+            share=key.share,
+            max_parallel_requests=key.max_parallel_requests,
         ),
     )
 

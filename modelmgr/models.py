@@ -1,5 +1,5 @@
-"""What TalkTuah keeps in its database: API keys, per-key daily usage, the vLLM backends,
-downloads and switches.
+"""What TalkTuah keeps in its database: API keys, per-key daily usage, downloads and
+switches (the vLLM backends have their own app, `backends`).
 
 Keys follow the healthchecks pattern: a visible prefix to look the row up by, and only
 a SHA-256 digest of the whole key at rest, compared with `hmac.compare_digest`.
@@ -9,16 +9,21 @@ import hashlib
 import hmac
 import secrets
 from datetime import datetime
-from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
 KEY_PREFIX = "tt-"
 PREFIX_CHARS = 8  # after "tt-": 48 bits, enough to make prefix collisions rare
 SECRET_BYTES = 24
+
+
+class Tier(models.TextChoices):
+    """Whose requests leave a full backend's queue first (backends/admission.py)."""
+
+    INTERACTIVE = "interactive", "interactive (goes first)"
+    BATCH = "batch", "batch (after interactive; promoted after ADMISSION_PROMOTE_SECONDS)"
 
 
 class Scope(models.TextChoices):
@@ -59,6 +64,23 @@ class ApiKey(models.Model):
     )
     tpm_limit = models.PositiveIntegerField(
         null=True, blank=True, help_text="Tokens per minute; empty = the default setting."
+    )
+    tier = models.CharField(
+        max_length=16,
+        choices=Tier.choices,
+        default=Tier.INTERACTIVE,
+        help_text="When a backend is full: interactive requests leave its queue first.",
+    )
+    share = models.PositiveSmallIntegerField(
+        default=1,
+        help_text="This key's share of a full backend against other keys of its tier "
+        "(relative: 2 gets twice the tokens of 1).",
+    )
+    max_parallel_requests = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Requests in flight at once (running or queued); empty = the "
+        "KEY_MAX_PARALLEL_REQUESTS setting.",
     )
     is_active = models.BooleanField(default=True)
     expires_at = models.DateTimeField(null=True, blank=True)
@@ -136,9 +158,7 @@ class DownloadJob(models.Model):
     queue entry, the live progress and the history."""
 
     repo_id = models.CharField(max_length=200)
-    backend = models.CharField(
-        max_length=50, default="default", help_text="Whose host's Hugging Face cache."
-    )
+    backend = models.CharField(max_length=50, help_text="Whose host's Hugging Face cache.")
     revision = models.CharField(max_length=100, default="main")
     commit = models.CharField(max_length=64, blank=True, help_text="Resolved commit hash.")
     status = models.CharField(
@@ -204,7 +224,7 @@ ACTIVE_SWITCH_PHASES = (
 class ModelSwitch(models.Model):
     """One change of the model vLLM serves: the queue entry and the history."""
 
-    backend = models.CharField(max_length=50, default="default")
+    backend = models.CharField(max_length=50)
     from_model = models.CharField(max_length=200, blank=True)
     to_model = models.CharField(max_length=200)
     phase = models.CharField(
@@ -261,9 +281,7 @@ class WorkerHeartbeat(models.Model):
     """A worker process says it is alive here every few seconds."""
 
     name = models.CharField(max_length=200, unique=True)
-    backend = models.CharField(
-        max_length=50, default="default", help_text="The backend whose jobs it claims."
-    )
+    backend = models.CharField(max_length=50, help_text="The backend whose jobs it claims.")
     # What its host's Hugging Face cache holds: [{"repo_id", "size_bytes", "commit"}],
     # so the gateway can answer for hosts whose cache it cannot read.
     inventory = models.JSONField(default=list, blank=True)
@@ -274,106 +292,3 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.name
-
-
-class EngineKind(models.TextChoices):
-    EXTERNAL = "external", "external (TalkTuah does not start or stop it)"
-    PROCESS = "process", "process (a vLLM process on the worker's host)"
-    DOCKER = "docker", "docker (a vLLM container on the worker's host)"
-    KUBERNETES = "kubernetes", "kubernetes (a Deployment, patched and rolled out)"
-
-
-DEFAULT_BACKEND = "default"  # the backend VLLM_BASE_URL describes when no row has its name
-
-# The settings a backend's `engine_settings` may set for its worker.
-ENGINE_SETTINGS = frozenset(
-    {
-        "ENGINE_PROCESS_COMMAND",
-        "ENGINE_STOP_GRACE_SECONDS",
-        "ENGINE_LOG_FILE",
-        "ENGINE_STATE_FILE",
-        "VLLM_PORT",
-        "VLLM_CONTAINER_NAME",
-        "VLLM_MODEL",
-        "SWITCH_TIMEOUT_SECONDS",
-        "K8S_NAMESPACE",
-        "K8S_DEPLOYMENT",
-        "K8S_CONTAINER",
-    }
-)
-
-
-def validate_base_url(value: str) -> None:
-    """http(s)://host[:port][/prefix], where host may be a bare name (a container, a
-    Kubernetes service), which Django's URLValidator refuses."""
-    parts = urlsplit(value)
-    try:
-        port_ok = parts.port is None or 0 < parts.port < 65536
-    except ValueError:
-        port_ok = False
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise ValidationError("Enter vLLM's address as http://host:port (https also works).")
-    if parts.query or parts.fragment or parts.path.rstrip("/").endswith("/v1"):
-        raise ValidationError("Enter vLLM's address without /v1, a query or a fragment.")
-
-
-class Backend(models.Model):
-    """One vLLM server the gateway routes to. Its models are learned from its
-    /v1/models, not configured here."""
-
-    name = models.SlugField(
-        max_length=50, unique=True, help_text="Used in ?backend=, metrics and logs."
-    )
-    base_url = models.CharField(
-        max_length=300,
-        validators=[validate_base_url],
-        help_text="vLLM's address, without /v1, e.g. http://gpu-2:8000",
-    )
-    api_key_sealed = models.TextField(
-        blank=True,
-        editable=False,
-        help_text="vLLM's --api-key, sealed under SECRET_KEY (never stored in plaintext).",
-    )
-    engine = models.CharField(
-        max_length=20,
-        choices=EngineKind.choices,
-        default=EngineKind.EXTERNAL,
-        help_text="What runs this vLLM, for switches driven by `run_worker --backend`.",
-    )
-    engine_settings = models.JSONField(
-        default=dict,
-        blank=True,
-        help_text='Overrides of the engine settings for this backend, e.g. {"VLLM_PORT": 8002}.',
-    )
-    weight = models.PositiveSmallIntegerField(
-        default=1, help_text="Share of the traffic among replicas of a model (relative)."
-    )
-    enabled = models.BooleanField(default=True)
-    draining = models.BooleanField(
-        default=False,
-        help_text="Takes no new requests; those in flight finish.",
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        ordering = ["name"]
-
-    def __str__(self) -> str:
-        return self.name
-
-    @property
-    def has_api_key(self) -> bool:
-        return bool(self.api_key_sealed)
-
-    def clean(self) -> None:
-        if not isinstance(self.engine_settings, dict):
-            raise ValidationError({"engine_settings": "A JSON object of settings."})
-        unknown = set(self.engine_settings) - ENGINE_SETTINGS
-        if unknown:
-            raise ValidationError(
-                {
-                    "engine_settings": f"Not an engine setting: {', '.join(sorted(unknown))} "
-                    f"(these are: {', '.join(sorted(ENGINE_SETTINGS))})."
-                }
-            )

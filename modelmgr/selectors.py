@@ -12,12 +12,13 @@ from django.conf import settings
 from django.db.models import F, QuerySet, Sum
 from django.utils import timezone
 
+from backends import health
+from backends.discovery import backend_resolve, backend_specs
+from backends.models import DEFAULT_BACKEND
+from backends.spec import BackendSpec, default_spec
 from modelmgr import hub
 from modelmgr.models import (
     ACTIVE_SWITCH_PHASES,
-    DEFAULT_BACKEND,
-    ENGINE_SETTINGS,
-    Backend,
     DownloadJob,
     DownloadStatus,
     ModelSwitch,
@@ -26,11 +27,12 @@ from modelmgr.models import (
     UsageDaily,
     WorkerHeartbeat,
 )
-from plumbing import vllm
-from plumbing.errors import BackendNotFound, BadRequest, JobNotFound, SecretUnreadable
-from plumbing.secrets import unseal
+from plumbing.errors import JobNotFound
 
 log = logging.getLogger("talktuah.backends")
+
+# How old a backend's health record may be when a page or an answer shows it.
+SHOWN_HEALTH_SECONDS = 1.0
 
 # --- downloads -------------------------------------------------------------------
 
@@ -91,11 +93,14 @@ def download_progress(job: DownloadJob, *, now: datetime | None = None) -> dict[
         "finished_at": job.finished_at,
         "backend": job.backend,
         "worker_alive": (alive := worker_alive(job.backend)),
-        "note": None if job.status != DownloadStatus.QUEUED or alive else _no_worker(job.backend),
+        "note": None
+        if job.status != DownloadStatus.QUEUED or alive
+        else worker_missing(job.backend),
     }
 
 
-def _no_worker(backend: str) -> str:
+def worker_missing(backend: str) -> str:
+    """What to do when no worker of `backend` runs (the API's note, the admin's warning)."""
     if backend == DEFAULT_BACKEND:
         return "No worker is running: start one with `python manage.py run_worker`."
     return (
@@ -118,15 +123,15 @@ class DownloadedModel:
     last_served_at: datetime | None
 
 
-def downloaded_models(backend: str = DEFAULT_BACKEND) -> list[DownloadedModel]:
+def downloaded_models(*, backend: BackendSpec) -> list[DownloadedModel]:
     """Complete models in a backend's Hugging Face cache, with what only the database
     knows. The default backend's cache is this host's (the truth about what is on
     disk); another backend's is what its worker last reported from its host."""
     known = {m.repo_id: m for m in ServedModel.objects.all()}
-    if backend != DEFAULT_BACKEND:
+    if not backend.local_cache:
         return [
             _from_inventory(item, known.get(str(item.get("repo_id"))))
-            for item in worker_inventory(backend)
+            for item in worker_inventory(backend.name)
         ]
     result = []
     for cached in hub.cached_models():
@@ -179,77 +184,10 @@ def worker_inventory(backend: str) -> list[dict[str, Any]]:
     return [item for item in (beat.inventory if beat else []) if isinstance(item, dict)]
 
 
-def is_downloaded(repo_id: str, backend: str = DEFAULT_BACKEND) -> bool:
-    if backend == DEFAULT_BACKEND:
+def is_downloaded(repo_id: str, *, backend: BackendSpec) -> bool:
+    if backend.local_cache:
         return hub.snapshot_path(repo_id) is not None
-    return any(item.get("repo_id") == repo_id for item in worker_inventory(backend))
-
-
-# --- backends ---------------------------------------------------------------------
-
-
-def backend_names() -> list[str]:
-    """Every enabled backend: VLLM_BASE_URL's `default` (unless a row takes the name)
-    first, then the rows by name."""
-    rows = list(
-        Backend.objects.filter(enabled=True).order_by("name").values_list("name", flat=True)
-    )
-    if settings.VLLM_BASE_URL and DEFAULT_BACKEND not in rows:
-        return [DEFAULT_BACKEND, *rows]
-    return rows
-
-
-def backend_resolve(name: str | None) -> str:
-    """The backend a management request is about: `name`, or the only one."""
-    names = backend_names()
-    if name is None or name == "":
-        if len(names) == 1:
-            return names[0]
-        raise BadRequest(
-            f"Several backends serve models; name one with ?backend= ({', '.join(names)}).",
-            param="backend",
-        )
-    if name not in names:
-        raise BackendNotFound(
-            f"There is no enabled backend named '{name}' (there are: {', '.join(names)}).",
-            param="backend",
-        )
-    return name
-
-
-def backend_upstream(name: str) -> vllm.Upstream:
-    row = Backend.objects.filter(name=name).first()
-    if row is None:
-        return vllm.default_upstream()
-    return vllm.Upstream(row.name, row.base_url, _api_key_of(row))
-
-
-def backend_engine(name: str) -> str:
-    """The engine kind that runs a backend's vLLM (its row's, else TALKTUAH_ENGINE)."""
-    row = Backend.objects.filter(name=name).first()
-    return row.engine if row is not None else settings.TALKTUAH_ENGINE
-
-
-def worker_settings(name: str) -> dict[str, Any]:
-    """The settings a worker of backend `name` runs with: its address, API key, engine
-    and engine settings. {} for VLLM_BASE_URL's `default` (the settings as they are)."""
-    row = Backend.objects.filter(name=name).first()
-    if row is None:
-        if name == DEFAULT_BACKEND:
-            return {}
-        raise BackendNotFound(f"There is no backend named '{name}': add it first.")
-    unknown = set(row.engine_settings) - ENGINE_SETTINGS
-    if unknown:
-        raise BadRequest(
-            f"Backend '{name}' has engine settings a worker does not take: "
-            f"{', '.join(sorted(unknown))} (it takes {', '.join(sorted(ENGINE_SETTINGS))})."
-        )
-    return {
-        "VLLM_BASE_URL": row.base_url,
-        "VLLM_API_KEY": _api_key_of(row),
-        "TALKTUAH_ENGINE": row.engine,
-        **row.engine_settings,
-    }
+    return any(item.get("repo_id") == repo_id for item in worker_inventory(backend.name))
 
 
 # --- switches ----------------------------------------------------------------------
@@ -267,17 +205,22 @@ def active_switch(backend: str | None = None) -> ModelSwitch | None:
     return running.first()
 
 
-def loading_status(backend: str = DEFAULT_BACKEND) -> dict[str, Any]:
+def active_switches() -> list[ModelSwitch]:
+    """Every switch in progress (one per backend at most), oldest first."""
+    return list(ModelSwitch.objects.filter(phase__in=ACTIVE_SWITCH_PHASES).order_by("created_at"))
+
+
+def loading_status(backend: BackendSpec) -> dict[str, Any]:
     """Is the backend's vLLM ready, on which model, and where a switch is."""
-    probe = vllm.probe(upstream=backend_upstream(backend))
-    switches = ModelSwitch.objects.filter(backend=backend).order_by("-created_at")
+    found = health.look_sync(backend, max_age=SHOWN_HEALTH_SECONDS)
+    switches = ModelSwitch.objects.filter(backend=backend.name).order_by("-created_at")
     switch = switches.first()
     failed = switches.filter(phase=SwitchPhase.FAILED).first()
     return {
-        "backend": backend,
-        "ready": probe.healthy and bool(probe.models) and not (switch and switch.is_active),
-        "model": probe.models[0] if probe.models else None,
-        "upstream": probe.detail,
+        "backend": backend.name,
+        "ready": found.served is not None and not (switch and switch.is_active),
+        "model": found.served,
+        "upstream": found.detail,
         "phase": switch.phase if switch else None,
         "switch": switch_summary(switch) if switch else None,
         "since": switch.phase_changed_at if switch else None,
@@ -315,13 +258,13 @@ def worker_alive(backend: str | None = None) -> bool:
     return _live_workers(backend).exists()
 
 
-def model_status(backend: str = DEFAULT_BACKEND) -> dict[str, Any]:
+def model_status(backend: BackendSpec) -> dict[str, Any]:
     """A backend's downloaded models, whether any is available, which one it serves."""
-    models = downloaded_models(backend)
-    probe = vllm.probe(upstream=backend_upstream(backend))
-    switch = active_switch(backend)
+    models = downloaded_models(backend=backend)
+    found = health.look_sync(backend, max_age=SHOWN_HEALTH_SECONDS)
+    switch = active_switch(backend.name)
     return {
-        "backend": backend,
+        "backend": backend.name,
         "models": [
             {
                 "model_id": m.repo_id,
@@ -335,24 +278,27 @@ def model_status(backend: str = DEFAULT_BACKEND) -> dict[str, Any]:
             for m in models
         ],
         "models_available": bool(models),
-        "current_model": probe.models[0] if probe.models else None,
-        "upstream_healthy": probe.healthy,
+        "current_model": found.served,
+        "upstream_healthy": found.healthy,
         "switch_in_progress": switch_summary(switch) if switch else None,
-        "engine": backend_engine(backend),
-        "worker_alive": worker_alive(backend),
+        "engine": backend.engine.kind,
+        "worker_alive": worker_alive(backend.name),
     }
 
 
-def per_backend(read: Callable[[str], dict[str, Any]], backend: str | None) -> dict[str, Any]:
+def per_backend(
+    read: Callable[[BackendSpec], dict[str, Any]], backend: str | None
+) -> dict[str, Any]:
     """A per-backend answer (model status, loading status) for the backend named; with
     none named, the first backend's, plus every backend's under `backends` when there
     are several."""
     if backend:
         return read(backend_resolve(backend))
-    names = backend_names()
-    if len(names) <= 1:
-        return read(names[0] if names else DEFAULT_BACKEND)
-    each = [read(name) for name in names]
+    specs = backend_specs()
+    if len(specs) <= 1:
+        return read(specs[0] if specs else default_spec())
+    health.look_all_sync(specs, max_age=SHOWN_HEALTH_SECONDS)  # in parallel, not in turn
+    each = [read(spec) for spec in specs]
     return {**each[0], "backends": each}
 
 
@@ -404,25 +350,3 @@ def usage_summary(*, days: int) -> dict[str, Any]:
             {"day": day, "requests": found.get("requests", 0), "tokens": found.get("tokens", 0)}
         )
     return {"days": days, "since": since, "per_key": per_key, "per_day": per_day}
-
-
-def backend_upstreams() -> list[tuple[vllm.Upstream, int, bool]]:
-    """The enabled backends as (upstream, weight, draining); the vLLM API key unsealed,
-    for the process's memory only. A key that no longer opens (SECRET_KEY changed) is
-    logged and sent as none, so the backend answers 401 rather than the gateway 500."""
-    return [
-        (
-            vllm.Upstream(row.name, row.base_url.rstrip("/"), _api_key_of(row)),
-            row.weight,
-            row.draining,
-        )
-        for row in Backend.objects.filter(enabled=True).order_by("name")
-    ]
-
-
-def _api_key_of(row: Backend) -> str:
-    try:
-        return unseal(row.api_key_sealed)
-    except SecretUnreadable as exc:
-        log.error("backend %s: %s", row.name, exc.message)
-        return ""

@@ -1,6 +1,6 @@
 """Workflows that write: keys, usage counts, downloads, model switches and the workers'
-bookkeeping. The API, the admin, the commands and the worker all call these (reads are
-in `selectors.py`).
+bookkeeping (the backends' own rows are written by `backends.services`). The API, the
+admin, the commands and the worker all call these (reads are in `selectors.py`).
 
 Requests (`download_start`, `model_switch_request`, cancel, retry) only write rows; the
 worker claims the rows atomically (a conditional UPDATE: of two workers only one sees
@@ -23,32 +23,25 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from backends import health
+from backends.discovery import backend_get, backend_specs
+from backends.spec import BackendSpec
 from modelmgr import engines, hub
 from modelmgr.models import (
     ACTIVE_DOWNLOAD_STATUSES,
     ACTIVE_SWITCH_PHASES,
-    DEFAULT_BACKEND,
     ApiKey,
-    Backend,
     DownloadJob,
     DownloadStatus,
-    EngineKind,
     ModelSwitch,
     Scope,
     ServedModel,
     SwitchPhase,
+    Tier,
     UsageDaily,
     WorkerHeartbeat,
 )
-from modelmgr.selectors import (
-    active_switch,
-    backend_engine,
-    backend_names,
-    backend_upstream,
-    is_downloaded,
-    worker_alive,
-)
-from plumbing import vllm
+from modelmgr.selectors import active_switch, is_downloaded, worker_alive
 from plumbing.errors import (
     Conflict,
     DownloadCancelled,
@@ -58,46 +51,8 @@ from plumbing.errors import (
     ModelNotDownloaded,
     TalkTuahError,
 )
-from plumbing.secrets import seal
 
 logger = logging.getLogger(__name__)
-
-# --- backends ------------------------------------------------------------------------
-
-
-def backend_save(backend: Backend, *, api_key: str | None = None) -> Backend:
-    """Save a backend (the admin and `backend_create` both come here); `api_key`, when
-    given, replaces its vLLM API key ("" removes it), sealed before it is stored."""
-    backend.base_url = backend.base_url.rstrip("/")
-    if api_key is not None:
-        backend.api_key_sealed = seal(api_key)
-    backend.full_clean()
-    backend.save()
-    return backend
-
-
-def backend_create(
-    *,
-    name: str,
-    base_url: str,
-    api_key: str = "",
-    engine: str = EngineKind.EXTERNAL,
-    engine_settings: dict[str, Any] | None = None,
-    weight: int = 1,
-    enabled: bool = True,
-    draining: bool = False,
-) -> Backend:
-    backend = Backend(
-        name=name,
-        base_url=base_url,
-        engine=engine,
-        engine_settings=engine_settings or {},
-        weight=weight,
-        enabled=enabled,
-        draining=draining,
-    )
-    return backend_save(backend, api_key=api_key)
-
 
 # --- keys and usage ------------------------------------------------------------------
 
@@ -112,12 +67,17 @@ def api_key_create(
     tpm_limit: int | None = None,
     expires_at: datetime | None = None,
     is_active: bool = True,
+    tier: str = Tier.INTERACTIVE,
+    share: int = 1,
+    max_parallel_requests: int | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key; returns it with its plaintext, which is shown once and not stored."""
     scopes = sorted(set(scopes))
     unknown = set(scopes) - set(Scope.values)
     if unknown:
         raise ValueError(f"unknown scope(s): {', '.join(sorted(unknown))}")
+    if tier not in Tier.values:
+        raise ValueError(f"unknown tier {tier!r}: use {' or '.join(Tier.values)}")
     plaintext, _prefix = ApiKey.generate()
     key = ApiKey(
         name=name,
@@ -128,6 +88,9 @@ def api_key_create(
         tpm_limit=tpm_limit,
         expires_at=expires_at,
         is_active=is_active,
+        tier=tier,
+        share=max(share, 1),
+        max_parallel_requests=max_parallel_requests,
     )
     key.set_key(plaintext)
     key.save()
@@ -204,17 +167,17 @@ def validate_repo_id(repo_id: str) -> str:
 def download_start(
     *,
     repo_id: str,
+    backend: BackendSpec,
     revision: str = "main",
     auto_switch: bool = False,
     requested_by: str = "",
-    backend: str = DEFAULT_BACKEND,
 ) -> tuple[DownloadJob, bool]:
     """Queue a download into a backend's host cache; returns (job, created). A repo
     already queued or downloading there returns that job instead of a second one."""
     repo_id = validate_repo_id(repo_id)
     revision = (revision or "main").strip()
     existing = DownloadJob.objects.filter(
-        repo_id=repo_id, backend=backend, status__in=ACTIVE_DOWNLOAD_STATUSES
+        repo_id=repo_id, backend=backend.name, status__in=ACTIVE_DOWNLOAD_STATUSES
     )
     job = existing.first()
     if job is not None:
@@ -223,7 +186,7 @@ def download_start(
         with transaction.atomic():
             job = DownloadJob.objects.create(
                 repo_id=repo_id,
-                backend=backend,
+                backend=backend.name,
                 revision=revision,
                 auto_switch=auto_switch,
                 requested_by=requested_by,
@@ -268,15 +231,15 @@ def download_retry(*, job: DownloadJob, requested_by: str = "") -> DownloadJob:
         revision=job.revision,
         auto_switch=job.auto_switch,
         requested_by=requested_by or job.requested_by,
-        backend=job.backend,
+        backend=backend_get(job.backend),
     )
     return new_job
 
 
-def download_claim(*, worker: str, backend: str = DEFAULT_BACKEND) -> DownloadJob | None:
+def download_claim(*, worker: str, backend: BackendSpec) -> DownloadJob | None:
     """Take the oldest job queued for this worker's backend, or None."""
     for job_id in (
-        DownloadJob.objects.filter(status=DownloadStatus.QUEUED, backend=backend)
+        DownloadJob.objects.filter(status=DownloadStatus.QUEUED, backend=backend.name)
         .order_by("created_at")
         .values_list("pk", flat=True)[:5]
     ):
@@ -324,9 +287,12 @@ def _finish(job: DownloadJob, status: str, error: str = "") -> None:
     job.refresh_from_db()
 
 
-def download_run(*, job: DownloadJob, should_stop: Callable[[], bool] = lambda: False) -> None:
-    """Run a claimed job to its end. A worker shutting down (should_stop) puts the job
-    back in the queue: the partial files stay in the cache and the next run resumes."""
+def download_run(
+    *, job: DownloadJob, backend: BackendSpec, should_stop: Callable[[], bool] = lambda: False
+) -> None:
+    """Run a claimed job of `backend` to its end (and, with auto_switch, ask that backend
+    to serve the model). A worker shutting down (should_stop) puts the job back in the
+    queue: the partial files stay in the cache and the next run resumes."""
     token = settings.HF_TOKEN
     try:
         plan = hub.plan_download(job.repo_id, job.revision, token=token)
@@ -382,7 +348,9 @@ def download_run(*, job: DownloadJob, should_stop: Callable[[], bool] = lambda: 
     logger.info("downloaded %s (%d bytes)", job.repo_id, plan.total_bytes)
     if job.auto_switch:
         try:
-            model_switch_request(repo_id=job.repo_id, requested_by=job.requested_by or "auto")
+            model_switch_request(
+                repo_id=job.repo_id, backend=backend, requested_by=job.requested_by or "auto"
+            )
         except TalkTuahError as exc:
             DownloadJob.objects.filter(pk=job.pk).update(error=f"Auto-switch refused: {exc}")
 
@@ -391,37 +359,40 @@ def download_run(*, job: DownloadJob, should_stop: Callable[[], bool] = lambda: 
 
 
 def model_switch_request(
-    *, repo_id: str, requested_by: str = "", backend: str = DEFAULT_BACKEND
+    *, repo_id: str, backend: BackendSpec, requested_by: str = ""
 ) -> ModelSwitch:
     """Ask a backend's worker to serve another model downloaded on its host."""
     repo_id = validate_repo_id(repo_id)
-    local = backend == DEFAULT_BACKEND
-    engine = engines.get_engine() if local else None
-    if engine.read_only if engine else backend_engine(backend) == EngineKind.EXTERNAL:
-        where = "TALKTUAH_ENGINE=external" if local else f"backend '{backend}' has engine external"
-        raise Conflict(f"vLLM is managed outside TalkTuah ({where}): switch it there.")
-    if not local and not worker_alive(backend):
+    if backend.engine.read_only:
         raise Conflict(
-            f"No worker of backend '{backend}' is running: start one on its host with "
-            f"`python manage.py run_worker --backend {backend}`."
+            f"vLLM is managed outside TalkTuah (backend '{backend.name}' has engine external): "
+            "switch it there."
         )
-    if not is_downloaded(repo_id, backend):
+    if not backend.local_cache and not worker_alive(backend.name):
+        raise Conflict(
+            f"No worker of backend '{backend.name}' is running: start one on its host with "
+            f"`python manage.py run_worker --backend {backend.name}`."
+        )
+    if not is_downloaded(repo_id, backend=backend):
+        where = "" if backend.local_cache else f" on backend '{backend.name}'"
+        query = "" if backend.local_cache else f"&backend={backend.name}"
         raise ModelNotDownloaded(
-            f"'{repo_id}' is not downloaded"
-            + ("" if local else f" on backend '{backend}'")
-            + f": POST /api/download-model?model_id={repo_id}"
-            + ("" if local else f"&backend={backend}")
-            + " first."
+            f"'{repo_id}' is not downloaded{where}: "
+            f"POST /api/download-model?model_id={repo_id}{query} first."
         )
-    running = active_switch(backend)
+    running = active_switch(backend.name)
     if running is not None:
         raise Conflict(f"A switch to '{running.to_model}' is already {running.phase}.")
-    served = vllm.probe(upstream=backend_upstream(backend)).models
-    current = served[0] if served else (engine.state().served_name or "" if engine else "")
+    current = health.look_sync(backend).served
+    if current is None and backend.local_cache:
+        current = engines.engine_for(backend).state().served_name
     try:
         with transaction.atomic():
             return ModelSwitch.objects.create(
-                backend=backend, from_model=current, to_model=repo_id, requested_by=requested_by
+                backend=backend.name,
+                from_model=current or "",
+                to_model=repo_id,
+                requested_by=requested_by,
             )
     except IntegrityError:
         raise Conflict("Another switch was requested at the same moment.") from None
@@ -435,24 +406,25 @@ def model_auto_load(*, model: str, preferred: Iterable[str] = ()) -> ModelSwitch
         validate_repo_id(model)
     except InvalidRepoId:
         return None
-    names = backend_names()
-    ordered = [n for n in preferred if n in names] + [n for n in names if n not in preferred]
+    specs = {spec.name: spec for spec in backend_specs()}
+    preferred = [name for name in preferred if name in specs]
+    ordered = [specs[n] for n in preferred] + [s for n, s in specs.items() if n not in preferred]
     running = ModelSwitch.objects.filter(phase__in=ACTIVE_SWITCH_PHASES, to_model=model).first()
     if running is not None:
         return running
     for backend in ordered:
-        if active_switch(backend) is not None or not is_downloaded(model, backend):
+        if active_switch(backend.name) is not None or not is_downloaded(model, backend=backend):
             continue
         try:
             return model_switch_request(repo_id=model, requested_by="auto-load", backend=backend)
         except (Conflict, ModelNotDownloaded) as exc:
-            logger.info("auto-load of %s on %s: %s", model, backend, exc.message)
+            logger.info("auto-load of %s on %s: %s", model, backend.name, exc.message)
     return None
 
 
-def model_switch_claim(*, worker: str, backend: str = DEFAULT_BACKEND) -> ModelSwitch | None:
+def model_switch_claim(*, worker: str, backend: BackendSpec) -> ModelSwitch | None:
     switch = (
-        ModelSwitch.objects.filter(phase=SwitchPhase.REQUESTED, backend=backend)
+        ModelSwitch.objects.filter(phase=SwitchPhase.REQUESTED, backend=backend.name)
         .order_by("created_at")
         .first()
     )
@@ -477,28 +449,26 @@ def _set_phase(switch: ModelSwitch, phase: str, error: str = "") -> None:
     switch.refresh_from_db()
 
 
-def wait_until_serving(
-    served_name: str, *, timeout: float, upstream: vllm.Upstream | None = None
-) -> str | None:
-    """Poll vLLM until /health is 200 and /v1/models lists the model; None when ready,
-    else what was last seen."""
+def wait_until_serving(served_name: str, *, backend: BackendSpec, timeout: float) -> str | None:
+    """Look at the backend until /health is 200 and /v1/models lists the model; None
+    when ready, else what was last seen."""
     deadline = time.monotonic() + timeout
     last = "vLLM did not answer"
     while time.monotonic() < deadline:
-        probe = vllm.probe(upstream=upstream)
-        if probe.healthy and served_name in probe.models:
+        found = health.look_sync(backend)
+        if found.healthy and served_name in found.models:
             return None
-        last = probe.detail
+        last = found.detail
         time.sleep(0.25)
     return f"not ready after {timeout:.0f} s: {last}"
 
 
-def drain(*, timeout: float, upstream: vllm.Upstream | None = None) -> bool:
-    """Wait until vLLM runs and queues no request (by its own metrics, whichever
-    gateway process sent them), at most `timeout` seconds; False if it did not."""
+def drain(*, backend: BackendSpec, timeout: float) -> bool:
+    """Wait until the backend's vLLM runs and queues no request (by its own metrics,
+    whichever gateway process sent them), at most `timeout` seconds; False if not."""
     deadline = time.monotonic() + timeout
     while True:
-        figures = vllm.queue_figures(vllm.metrics_text_sync(upstream=upstream))
+        figures = health.look_sync(backend).queue
         if figures is None or not (figures.get("running", 0) + figures.get("waiting", 0)):
             return True
         if time.monotonic() >= deadline:
@@ -506,16 +476,15 @@ def drain(*, timeout: float, upstream: vllm.Upstream | None = None) -> bool:
         time.sleep(0.2)
 
 
-def model_switch_run(*, switch: ModelSwitch) -> None:
+def model_switch_run(*, switch: ModelSwitch, backend: BackendSpec, engine: engines.Engine) -> None:
     """Let the requests vLLM is running finish (bounded by SWITCH_DRAIN_SECONDS), stop
     the old model, start the new one, wait until vLLM serves it; on failure restart the
-    old model where possible."""
-    engine = engines.get_engine()
+    old model where possible. `engine` is the backend's (the worker keeps one)."""
     snapshot = hub.snapshot_path(switch.to_model)
     try:
         if snapshot is None:
             raise EngineError(f"'{switch.to_model}' is no longer in the cache.")
-        if not drain(timeout=settings.SWITCH_DRAIN_SECONDS):
+        if not drain(backend=backend, timeout=settings.SWITCH_DRAIN_SECONDS):
             logger.warning(
                 "switch %s: requests still running after %.0f s; stopping anyway",
                 switch.pk,
@@ -524,7 +493,9 @@ def model_switch_run(*, switch: ModelSwitch) -> None:
         _set_phase(switch, SwitchPhase.STARTING)
         engine.serve(model=str(snapshot), served_name=switch.to_model)
         _set_phase(switch, SwitchPhase.LOADING)
-        problem = wait_until_serving(switch.to_model, timeout=settings.SWITCH_TIMEOUT_SECONDS)
+        problem = wait_until_serving(
+            switch.to_model, backend=backend, timeout=backend.engine.switch_timeout_seconds
+        )
         if problem:
             raise EngineError(problem)
     except EngineError as exc:
@@ -558,8 +529,8 @@ def worker_beat(
     *,
     name: str,
     started_at: datetime,
+    backend: BackendSpec,
     current: str = "",
-    backend: str = DEFAULT_BACKEND,
     inventory: list[dict[str, Any]] | None = None,
 ) -> None:
     """A worker is alive; `inventory` (its host's cached models), when given, replaces
@@ -569,7 +540,7 @@ def worker_beat(
         name=name,
         defaults={
             **extra,
-            "backend": backend,
+            "backend": backend.name,
             "pid": os.getpid(),
             "started_at": started_at,
             "last_seen": timezone.now(),

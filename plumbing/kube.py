@@ -195,12 +195,21 @@ class Rollout:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """The vLLM Deployment a kubernetes engine switches: where it is, its container."""
+
+    namespace: str
+    name: str
+    container: str
+
+
 def _apps() -> client.AppsV1Api:
     return client.AppsV1Api(api_client())
 
 
-def _engine_error(action: str, exc: Exception) -> EngineError:
-    where = f"Deployment {settings.K8S_NAMESPACE}/{settings.K8S_DEPLOYMENT}"
+def _engine_error(deployment: Deployment, action: str, exc: Exception) -> EngineError:
+    where = f"Deployment {deployment.namespace}/{deployment.name}"
     if isinstance(exc, ApiException):
         if exc.status == 404:
             return EngineError(f"{where} does not exist: create it (see deploy/kubernetes).")
@@ -213,26 +222,24 @@ def _engine_error(action: str, exc: Exception) -> EngineError:
     return EngineError(f"could not {action} {where}: the API server is unreachable ({exc})")
 
 
-def _container(deployment: Any) -> Any:
+def _container(wanted: Deployment, deployment: Any) -> Any:
     containers = deployment.spec.template.spec.containers
     for container in containers:
-        if container.name == settings.K8S_CONTAINER:
+        if container.name == wanted.container:
             return container
     names = ", ".join(c.name for c in containers)
     raise EngineError(
-        f"Deployment {settings.K8S_DEPLOYMENT} has no container '{settings.K8S_CONTAINER}' "
+        f"Deployment {wanted.name} has no container '{wanted.container}' "
         f"(it has: {names}); set K8S_CONTAINER."
     )
 
 
-def rollout() -> Rollout:
+def rollout(wanted: Deployment) -> Rollout:
     try:
-        deployment = _apps().read_namespaced_deployment(
-            settings.K8S_DEPLOYMENT, settings.K8S_NAMESPACE
-        )
+        deployment = _apps().read_namespaced_deployment(wanted.name, wanted.namespace)
     except (ApiException, Urllib3Error, OSError) as exc:
-        raise _engine_error("read", exc) from exc
-    container = _container(deployment)
+        raise _engine_error(wanted, "read", exc) from exc
+    container = _container(wanted, deployment)
     status = deployment.status
     replicas = deployment.spec.replicas if deployment.spec.replicas is not None else 1
     updated = (status.updated_replicas if status else None) or 0
@@ -265,37 +272,33 @@ def rollout() -> Rollout:
     )
 
 
-def set_args(args: list[str]) -> None:
+def set_args(wanted: Deployment, args: list[str]) -> None:
     """Replace the vLLM container's arguments (a new rollout starts)."""
     patch = {
-        "spec": {
-            "template": {"spec": {"containers": [{"name": settings.K8S_CONTAINER, "args": args}]}}
-        }
+        "spec": {"template": {"spec": {"containers": [{"name": wanted.container, "args": args}]}}}
     }
     try:
-        _apps().patch_namespaced_deployment(settings.K8S_DEPLOYMENT, settings.K8S_NAMESPACE, patch)
+        _apps().patch_namespaced_deployment(wanted.name, wanted.namespace, patch)
     except (ApiException, Urllib3Error, OSError) as exc:
-        raise _engine_error("patch", exc) from exc
+        raise _engine_error(wanted, "patch", exc) from exc
 
 
-def scale(replicas: int) -> None:
+def scale(wanted: Deployment, replicas: int) -> None:
     try:
         _apps().patch_namespaced_deployment_scale(
-            settings.K8S_DEPLOYMENT, settings.K8S_NAMESPACE, {"spec": {"replicas": replicas}}
+            wanted.name, wanted.namespace, {"spec": {"replicas": replicas}}
         )
     except (ApiException, Urllib3Error, OSError) as exc:
-        raise _engine_error("scale", exc) from exc
+        raise _engine_error(wanted, "scale", exc) from exc
 
 
-def wait_rollout(timeout: float) -> Rollout:
+def wait_rollout(wanted: Deployment, timeout: float) -> Rollout:
     """Follow the rollout until it is done; EngineError when it stalls or times out."""
     deadline = time.monotonic() + timeout
     while True:
-        found = rollout()
+        found = rollout(wanted)
         if found.done:
             return found
         if found.stalled or time.monotonic() >= deadline:
-            raise EngineError(
-                f"the rollout of {settings.K8S_DEPLOYMENT} did not finish: {found.detail}"
-            )
+            raise EngineError(f"the rollout of {wanted.name} did not finish: {found.detail}")
         time.sleep(0.5)

@@ -4,15 +4,16 @@ One long-lived client per event loop (so per uvicorn worker), with explicit limi
 timeouts: an aiohttp session by default (UPSTREAM_TRANSPORT=aiohttp), or an httpx client.
 aiohttp is used directly, not under httpx: on the request path httpx's request objects,
 URL parsing and cookie handling cost about a sixth of the gateway's CPU at 64 streams.
-Requests are retried only before any response byte arrived (connection refused or reset,
-DNS failure: vLLM restarting), with backoff, for a bounded total time; once vLLM has
-started answering a request is never replayed.
+`send` makes one attempt; the pool (`backends.pool`) decides where to send it again, and
+only before any response byte arrived (connection refused or reset, DNS failure): once
+vLLM has started answering a request is never replayed. `health_check` and its sync twin
+are the one look at a vLLM that every health record is made of.
 """
 
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -55,17 +56,6 @@ class Upstream:
     name: str
     base_url: str
     api_key: str = ""
-
-
-@functools.lru_cache(maxsize=4)
-def _upstream_for(base_url: str, api_key: str) -> Upstream:
-    return Upstream("default", base_url, api_key)
-
-
-def default_upstream() -> Upstream:
-    """The backend VLLM_BASE_URL and VLLM_API_KEY describe (read on each call, so a
-    changed setting applies at once)."""
-    return _upstream_for(settings.VLLM_BASE_URL, settings.VLLM_API_KEY)
 
 
 @dataclass
@@ -197,9 +187,13 @@ class UpstreamResponse:
     content_type: str
     attempts: int
     _body: _Body = field(repr=False)
-    backend: str = "default"
+    backend: str  # the name of the backend that answered
     # Called once when the response is closed (the pool counts requests in flight).
     on_close: Callable[[], None] | None = field(default=None, repr=False)
+    # Seconds the request waited for a slot on its backend before it was sent, and what
+    # to tell once its tokens are known (the admission's fair share).
+    queued_seconds: float = 0.0
+    on_tokens: Callable[[int], None] | None = field(default=None, repr=False)
 
     async def read(self) -> bytes:
         try:
@@ -283,106 +277,6 @@ def unreachable(where: str, attempts: int, last_error: NotReached | None) -> Ups
     )
 
 
-async def open_request(
-    method: str,
-    path: str,
-    *,
-    content: bytes | None = None,
-    request_id: str | None = None,
-    upstream: Upstream | None = None,
-) -> UpstreamResponse:
-    """Send a request to one vLLM, retried while nothing reached it (vLLM restarting),
-    with backoff, for UPSTREAM_RETRY_SECONDS."""
-    upstream = upstream or default_upstream()
-    deadline = time.monotonic() + settings.UPSTREAM_RETRY_SECONDS
-    delay = 0.05
-    attempts = 0
-    while True:
-        attempts += 1
-        try:
-            response = await send(upstream, method, path, content=content, request_id=request_id)
-        except UpstreamTimeout as exc:
-            exc.attempts = attempts
-            raise
-        except NotReached as exc:
-            if time.monotonic() + delay > deadline:
-                raise unreachable(upstream.base_url, attempts, exc) from exc
-        else:
-            response.attempts = attempts
-            return response
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 1.0)
-
-
-async def get_json(path: str, upstream: Upstream | None = None) -> tuple[int, Any]:
-    """A small GET (models, health), retried like any other request."""
-    response = await open_request("GET", path, upstream=upstream)
-    try:
-        content = await response.read()
-    finally:
-        await response.aclose()
-    try:
-        return response.status, orjson.loads(content) if content else None
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamInvalidResponse(
-            f"vLLM answered {path} with something that is not JSON"
-        ) from exc
-
-
-_models_cache: tuple[float, list[str]] | None = None
-
-
-async def served_model_names() -> list[str]:
-    """The model names vLLM serves now, cached for a few seconds."""
-    global _models_cache
-    now = time.monotonic()
-    if (
-        _models_cache is not None
-        and now - _models_cache[0] < settings.UPSTREAM_MODELS_CACHE_SECONDS
-    ):
-        return _models_cache[1]
-    status, data = await get_json("/v1/models")
-    if status != 200 or not isinstance(data, dict):
-        raise UpstreamInvalidResponse(f"vLLM answered /v1/models with HTTP {status}")
-    names = [str(card["id"]) for card in data.get("data", []) if "id" in card]
-    _models_cache = (now, names)
-    return names
-
-
-def forget_served_models() -> None:
-    global _models_cache
-    _models_cache = None
-
-
-@dataclass(frozen=True, slots=True)
-class Probe:
-    healthy: bool
-    models: list[str]
-    detail: str
-    latency_ms: float | None = None
-
-
-def probe(timeout: float = 2.0, upstream: Upstream | None = None) -> Probe:
-    """One synchronous look at vLLM (/health, then /v1/models), for the worker and the
-    management views; never raises."""
-    upstream = upstream or default_upstream()
-    base = upstream.base_url
-    started = time.monotonic()
-    try:
-        with httpx.Client(timeout=timeout, headers=_headers(upstream)) as http:
-            health = http.get(base + "/health")
-            latency = (time.monotonic() - started) * 1000
-            if health.status_code != 200:
-                return Probe(False, [], f"/health answered HTTP {health.status_code}", latency)
-            listed = http.get(base + "/v1/models")
-            names = [str(card["id"]) for card in listed.json().get("data", []) if "id" in card]
-    except httpx.HTTPError as exc:
-        return Probe(False, [], f"unreachable: {exc.__class__.__name__}")
-    except (ValueError, AttributeError, TypeError):
-        return Probe(True, [], "/v1/models answered something that is not a model list")
-    return Probe(True, names, "ok", latency)
-
-
 @dataclass(frozen=True, slots=True)
 class Health:
     """What one quick look at vLLM found (no retries: health checks must be fast)."""
@@ -390,10 +284,49 @@ class Health:
     reachable: bool
     healthy: bool
     latency_ms: float | None
-    models: list[dict[str, Any]]
+    models: list[dict[str, Any]]  # its /v1/models cards
     metrics_text: str | None
     detail: str
     listed: bool = False  # /v1/models answered with a list (`models` is what it said)
+
+    @property
+    def model_names(self) -> list[str]:
+        return [str(card["id"]) for card in self.models if "id" in card]
+
+
+# A look is one sequence of GETs (/health, /v1/models, /metrics) read the same way by the
+# async check (the gateway's poller) and the sync one (the worker, the admin): the
+# generator names the next path and is sent each answer, or thrown the failure.
+_LOOK_ERRORS = (UpstreamError, TimeoutError, httpx.HTTPError)
+_Look = Generator[str, tuple[int, bytes], Health]
+
+
+def _look(*, with_metrics: bool) -> _Look:
+    started = time.monotonic()
+    try:
+        status, _ = yield "/health"
+    except _LOOK_ERRORS as exc:
+        return Health(False, False, None, [], None, f"unreachable: {exc.__class__.__name__}")
+    latency = round((time.monotonic() - started) * 1000, 2)
+    if status != 200:
+        return Health(True, False, latency, [], None, f"/health answered HTTP {status}")
+    models: list[dict[str, Any]] = []
+    listed = False
+    metrics_text = None
+    detail = "ok"
+    try:
+        status, answer = yield "/v1/models"
+        if status != 200:
+            raise UpstreamInvalidResponse(f"/v1/models answered HTTP {status}")
+        models = [card for card in orjson.loads(answer).get("data", []) if isinstance(card, dict)]
+        listed = True
+        if with_metrics:
+            status, scraped = yield "/metrics"
+            if status == 200:
+                metrics_text = scraped.decode(errors="replace")
+    except (*_LOOK_ERRORS, ValueError, AttributeError) as exc:
+        detail = f"vLLM is up but did not list its models or metrics: {exc.__class__.__name__}"
+    return Health(True, True, latency, models, metrics_text, detail, listed)
 
 
 async def _quick_get(upstream: Upstream, path: str, wait: float) -> tuple[int, bytes]:
@@ -406,63 +339,49 @@ async def _quick_get(upstream: Upstream, path: str, wait: float) -> tuple[int, b
             await response.aclose()
 
 
+def _step(look: _Look, answer: tuple[int, bytes] | BaseException) -> str | Health:
+    """Feed one answer (or failure) to a look: the next path, or what it found."""
+    try:
+        if isinstance(answer, BaseException):
+            return look.throw(answer)
+        return look.send(answer)
+    except StopIteration as done:
+        found: Health = done.value
+        return found
+
+
 async def health_check(
-    wait: float = 2.0, upstream: Upstream | None = None, *, with_metrics: bool = True
+    upstream: Upstream, *, wait: float = 2.0, with_metrics: bool = True
 ) -> Health:
-    upstream = upstream or default_upstream()
-    started = time.monotonic()
-    try:
-        status, _ = await _quick_get(upstream, "/health", wait)
-    except (UpstreamError, TimeoutError) as exc:
-        return Health(False, False, None, [], None, f"unreachable: {exc.__class__.__name__}")
-    latency = round((time.monotonic() - started) * 1000, 2)
-    if status != 200:
-        return Health(True, False, latency, [], None, f"/health answered HTTP {status}")
-    models: list[dict[str, Any]] = []
-    listed = False
-    metrics_text = None
-    detail = "ok"
-    try:
-        status, answer = await _quick_get(upstream, "/v1/models", wait)
-        if status != 200:
-            raise UpstreamInvalidResponse(f"/v1/models answered HTTP {status}")
-        models = [card for card in orjson.loads(answer).get("data", []) if isinstance(card, dict)]
-        listed = True
-        if with_metrics:
-            status, scraped = await _quick_get(upstream, "/metrics", wait)
-            if status == 200:
-                metrics_text = scraped.decode(errors="replace")
-    except (UpstreamError, TimeoutError, ValueError, AttributeError) as exc:
-        detail = f"vLLM is up but did not list its models or metrics: {exc.__class__.__name__}"
-    return Health(True, True, latency, models, metrics_text, detail, listed)
+    """/health, then /v1/models (and /metrics), each within `wait` seconds; never raises."""
+    look = _look(with_metrics=with_metrics)
+    step: str | Health = next(look)
+    while isinstance(step, str):
+        answer: tuple[int, bytes] | BaseException
+        try:
+            answer = await _quick_get(upstream, step, wait)
+        except _LOOK_ERRORS as exc:
+            answer = exc
+        step = _step(look, answer)
+    return step
 
 
-async def metrics_text(wait: float = 2.0, upstream: Upstream | None = None) -> str | None:
-    """vLLM's /metrics exposition, or None when it does not answer."""
-    try:
-        status, text = await _quick_get(upstream or default_upstream(), "/metrics", wait)
-    except (UpstreamError, TimeoutError):
-        return None
-    return text.decode(errors="replace") if status == 200 else None
-
-
-def model_label(model: str, *, accepted: bool) -> str:
-    """A bounded metric label: the model when vLLM accepted it (so it serves it) or
-    listed it lately, else "other" (clients can send any string)."""
-    if accepted or (_models_cache is not None and model in _models_cache[1]):
-        return model
-    return "other"
-
-
-def metrics_text_sync(timeout: float = 2.0, upstream: Upstream | None = None) -> str | None:
-    """vLLM's /metrics for synchronous callers (the admin), or None."""
-    upstream = upstream or default_upstream()
-    try:
-        with httpx.Client(timeout=timeout, headers=_headers(upstream)) as http:
-            response = http.get(upstream.base_url + "/metrics")
-    except httpx.HTTPError:
-        return None
-    return response.text if response.status_code == 200 else None
+def health_check_sync(
+    upstream: Upstream, *, wait: float = 2.0, with_metrics: bool = True
+) -> Health:
+    """The same look for synchronous callers (the worker, the admin); never raises."""
+    look = _look(with_metrics=with_metrics)
+    step: str | Health = next(look)
+    with httpx.Client(timeout=wait, headers=_headers(upstream)) as http:
+        while isinstance(step, str):
+            answer: tuple[int, bytes] | BaseException
+            try:
+                got = http.get(upstream.base_url + step)
+                answer = (got.status_code, got.content)
+            except httpx.HTTPError as exc:
+                answer = exc
+            step = _step(look, answer)
+    return step
 
 
 def queue_figures(metrics_text: str | None) -> dict[str, float] | None:

@@ -4,11 +4,13 @@ it, recorded once by `finish` (usage, token budget, metrics, one access-log line
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from backends.pool import pool
 from modelmgr.auth import Principal
 from modelmgr.selectors import usage_rows
 from plumbing import vllm
@@ -27,7 +29,6 @@ from proxy.metrics import (
     UPSTREAM_LATENCY,
     UPSTREAM_UP,
 )
-from proxy.pool import pool
 from proxy.ratelimit import add_tokens
 
 access_log = logging.getLogger("talktuah.access")
@@ -53,12 +54,24 @@ class Call:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: bool = False
+    queued_seconds: float = 0.0  # waited for a slot on a full backend
+    # Tells the backend's admission queue the tokens served (the key's fair share).
+    on_tokens: Callable[[int], None] | None = None
+
+
+def opened_by(call: Call, upstream: vllm.UpstreamResponse) -> None:
+    """What the call learns once vLLM answered: who, after how many tries and waits."""
+    call.backend, call.attempts = upstream.backend, upstream.attempts
+    call.status, call.accepted = upstream.status, upstream.status < 400
+    call.queued_seconds, call.on_tokens = upstream.queued_seconds, upstream.on_tokens
 
 
 async def finish(call: Call) -> None:
     """Record a finished request: usage, token budget, metrics, one access-log line."""
+    # A bounded label: the model when vLLM accepted it or a backend serves it, else
+    # "other" (clients can send any string).
     known = call.accepted or call.model in pool.served_models()
-    model_label = vllm.model_label(call.model, accepted=known) if call.model else "none"
+    model_label = (call.model if known else "other") if call.model else "none"
     if call.model:
         # Usage rows are labelled like the metrics: a model name a client made up (any
         # length, NUL bytes, ...) would be an unbounded row key, and a row the database
@@ -88,6 +101,9 @@ async def finish(call: Call) -> None:
         PROMPT_TOKENS.labels(key, model_label).inc(call.prompt_tokens)
         COMPLETION_TOKENS.labels(key, model_label).inc(call.completion_tokens)
         await add_tokens(call.principal, call.prompt_tokens + call.completion_tokens)
+    if call.on_tokens is not None:
+        settle, call.on_tokens = call.on_tokens, None
+        settle(call.prompt_tokens + call.completion_tokens)
     # Never the key, never the prompt or the completion.
     access_log.info(
         "%s",
@@ -106,6 +122,7 @@ async def finish(call: Call) -> None:
                 "duration_ms": ms(time.perf_counter() - call.started),
                 "overhead_ms": ms(call.overhead_seconds),
                 "attempts": call.attempts,
+                "queued_ms": ms(call.queued_seconds) if call.queued_seconds else None,
             }
         ).decode(),
     )

@@ -11,35 +11,52 @@ upstream stream without copying it, and counts every answer, refusals included, 
 import time
 from typing import Any
 
-import orjson
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
+from backends.admission import Claim
+from backends.pool import MODELS_FRESH_SECONDS, pool
 from modelmgr.auth import Principal
 from plumbing import vllm
 from plumbing.errors import (
     Forbidden,
     TalkTuahError,
     UpstreamError,
-    UpstreamRefused,
     UpstreamUnavailable,
+    UpstreamUnreachable,
     normalise_upstream_error,
 )
-from proxy.accounting import Call, finish, ms
+from proxy.accounting import Call, finish, ms, opened_by
 from proxy.bodies import Endpoint, encode_body, parse_body, wants_stream
-from proxy.holding import Sender, SwitchPending, open_through_switch, stream_after_switch
-from proxy.pool import pool
+from proxy.holding import (
+    Sender,
+    SwitchPending,
+    open_through_switch,
+    stream_after_switch,
+    stream_when_admitted,
+)
 from proxy.ratelimit import check_request_rate, check_token_rate
 from proxy.relay import SSE_HEADERS, relay_stream
 from proxy.sse import usage_of
 
 OVERHEAD_HEADER = "X-TalkTuah-Overhead-Ms"
 BACKEND_HEADER = "X-TalkTuah-Backend"  # which backend answered (names are admin-chosen)
+QUEUE_HEADER = "X-TalkTuah-Queue-Ms"  # how long it waited for a slot on a full backend
 
 
 async def default_model() -> str:
-    several = len(pool.replicas) > 1
-    names = pool.served_models() if several else await vllm.served_model_names()
+    """The model a request that names none gets: the first the backends serve."""
+    names = pool.served_models()
+    if names:
+        return names[0]
+    looked = await pool.look(max_age=MODELS_FRESH_SECONDS)
+    names = pool.served_models()
+    if not names and looked and not any(record.reachable for _replica, record in looked):
+        raise UpstreamUnreachable(
+            "vLLM is unreachable right now, so the gateway cannot tell which model it "
+            "serves; name one, or retry shortly.",
+            code="upstream_unreachable",
+        )
     if not names:
         raise UpstreamUnavailable("vLLM serves no model right now.", headers={"Retry-After": "5"})
     return names[0]
@@ -99,16 +116,36 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
             options["include_usage"] = True
             body["stream"] = True
             changed = True
+    if "priority" in body:
+        # vLLM's `priority` is the gateway's to set (from the key's tier, on backends
+        # that schedule by it): a client's own would let it jump everyone's queue.
+        del body["priority"]
+        changed = True
     content = encode_body(body) if changed else request.body
+    claim = Claim(
+        principal.prefix,
+        tier=principal.tier,
+        share=principal.share,
+        max_parallel=principal.max_parallel_requests,
+    )
+    prioritized = None
+    if pool.schedules_by_priority:
+        prioritized = encode_body({**body, "priority": claim.rank})
 
     call.upstream_started = time.perf_counter()
+    session = _session_of(request, body)
     send = Sender(
         endpoint.path,
         content,
         model,
-        _session_of(request, body),
+        session,
         request.headers.get("x-request-id"),
+        claim=claim,
+        estimate=_estimate(body, len(content)),
+        prioritized=prioritized,
     )
+    if stream and pool.would_wait(model, session, claim):
+        return stream_when_admitted(send, call, strip_usage=not client_wants_usage)
     try:
         upstream = await open_through_switch(send, stream=stream)
     except UpstreamError as exc:
@@ -116,10 +153,7 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
         raise
     except SwitchPending as pending:
         return stream_after_switch(pending, send, call, strip_usage=not client_wants_usage)
-    call.backend = upstream.backend
-    call.attempts = upstream.attempts
-    call.status = upstream.status
-    call.accepted = upstream.status < 400
+    opened_by(call, upstream)
 
     if upstream.status >= 400 or not (
         stream and upstream.content_type.startswith("text/event-stream")
@@ -138,7 +172,16 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
     )
     response[OVERHEAD_HEADER] = ms(call.overhead_seconds)
     response[BACKEND_HEADER] = call.backend
+    response[QUEUE_HEADER] = ms(call.queued_seconds)
     return response
+
+
+def _estimate(body: dict[str, Any], size: int) -> int:
+    """The tokens a request may cost, before its usage is known: its body's size over
+    four (about a token's bytes) plus what it asks to generate (else a modest guess)."""
+    wanted = body.get("max_completion_tokens") or body.get("max_tokens")
+    generate = wanted if isinstance(wanted, int) and 0 < wanted < 1_000_000 else 64
+    return size // 4 + generate
 
 
 def _session_of(request: HttpRequest, body: dict[str, Any]) -> str | None:
@@ -170,18 +213,20 @@ async def _whole_response(upstream: vllm.UpstreamResponse, call: Call) -> HttpRe
     await finish(call)
     response[OVERHEAD_HEADER] = ms(time.perf_counter() - call.started - call.upstream_seconds)
     response[BACKEND_HEADER] = call.backend
+    response[QUEUE_HEADER] = ms(call.queued_seconds)
     return response
 
 
 async def list_models(principal: Principal) -> dict[str, Any]:
-    """The models the backends serve (vLLM's own cards; with several backends their
-    union), filtered by the key's allowed models."""
+    """The models the backends serve (vLLM's own cards, the union over the backends,
+    at most MODELS_FRESH_SECONDS old), filtered by the key's allowed models."""
     await pool.ready()
-    if len(pool.replicas) > 1:
-        cards = [card for card in pool.served_cards() if principal.may_use(str(card["id"]))]
-        return {"object": "list", "data": cards}
-    status, data = await vllm.get_json("/v1/models")
-    if status >= 400 or not isinstance(data, dict):
-        raise UpstreamRefused.from_answer(status if status >= 400 else 502, orjson.dumps(data))
-    data["data"] = [card for card in data.get("data", []) if principal.may_use(str(card.get("id")))]
-    return data
+    found = await pool.look(max_age=MODELS_FRESH_SECONDS)
+    if found and not any(record.reachable for _replica, record in found):
+        raise UpstreamUnavailable(
+            "vLLM is unreachable right now; retry shortly.",
+            code="upstream_unreachable",
+            headers={"Retry-After": "5"},
+        )
+    cards = [card for card in pool.served_cards() if principal.may_use(str(card["id"]))]
+    return {"object": "list", "data": cards}

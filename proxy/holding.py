@@ -5,6 +5,7 @@ answered at once and waits inside the stream (SSE comments keep clients and prox
 timing out), then relayed."""
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,8 +14,10 @@ import orjson
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
+from backends.admission import Claim
+from backends.pool import pool
 from modelmgr.models import ModelSwitch, SwitchPhase
-from modelmgr.selectors import active_switch, switch_get
+from modelmgr.selectors import active_switch, active_switches, switch_get
 from modelmgr.services import model_auto_load
 from plumbing import vllm
 from plumbing.db import DATABASE_AWAY, run_sync
@@ -27,8 +30,7 @@ from plumbing.errors import (
     normalise_upstream_error,
     sse_error_event,
 )
-from proxy.accounting import Call, finish
-from proxy.pool import pool
+from proxy.accounting import Call, finish, opened_by
 from proxy.relay import SSE_HEADERS, relay_stream
 
 
@@ -50,6 +52,9 @@ class Sender:
     model: str
     session: str | None
     request_id: str | None
+    claim: Claim | None = None  # its place in a full backend's queue (admission.py)
+    estimate: int = 0  # tokens it may cost, charged to the key until its usage is known
+    prioritized: bytes | None = None  # the body for backends that run priority scheduling
 
     async def __call__(self) -> vllm.UpstreamResponse:
         return await pool.open(
@@ -58,14 +63,19 @@ class Sender:
             model=self.model,
             session=self.session,
             request_id=self.request_id,
+            claim=self.claim,
+            estimate=self.estimate,
+            prioritized=self.prioritized,
         )
 
 
 async def open_through_switch(send: Sender, *, stream: bool) -> vllm.UpstreamResponse:
-    """Open the upstream request on the best backend for the model. While a switch (to
-    that model, or any when vLLM is down) runs, wait for it, bounded, instead of failing;
-    with MODEL_AUTO_LOAD a model downloaded but served nowhere is switched to first. A
-    stream raises SwitchPending instead of waiting here."""
+    """Open the upstream request on the best backend for the model. While a switch runs
+    that brings the model, or that restarts a backend serving it (it is down meanwhile),
+    wait for it, bounded, instead of failing; with no such switch a dead backend's 503
+    comes at once (the pool fails fast). With MODEL_AUTO_LOAD a model downloaded but
+    served nowhere is switched to first. A stream raises SwitchPending instead of
+    waiting here."""
     try:
         upstream = await send()
     except UpstreamTimeout:
@@ -76,7 +86,7 @@ async def open_through_switch(send: Sender, *, stream: bool) -> vllm.UpstreamRes
             raise
     except UpstreamError:
         try:
-            switch = await run_sync(active_switch)
+            switch = _holding_for(send.model, await run_sync(active_switches))
         except DATABASE_AWAY:
             switch = None  # no database, no switch to wait for: vLLM's error stands
         if switch is None:
@@ -91,9 +101,17 @@ async def open_through_switch(send: Sender, *, stream: bool) -> vllm.UpstreamRes
     if stream:
         raise SwitchPending(switch)
     await _wait_for(switch)
-    vllm.forget_served_models()
     await pool.refresh()
     return await send()
+
+
+def _holding_for(model: str, switches: list[ModelSwitch]) -> ModelSwitch | None:
+    """The running switch a request for `model` may wait for: one bringing the model,
+    else one on a backend that serves it (or whose models are not known yet)."""
+    serving = {r.name for r in pool.replicas.values() if r.models is None or r.serves(model)}
+    return next((s for s in switches if s.to_model == model), None) or next(
+        (s for s in switches if s.backend in serving), None
+    )
 
 
 async def _switch_to(model: str) -> ModelSwitch | None:
@@ -150,20 +168,59 @@ def stream_after_switch(
 ) -> StreamingHttpResponse:
     """A stream that waits for a switch: SSE comments while it runs, then the stream."""
 
-    async def events() -> AsyncIterator[bytes]:
+    async def opened() -> AsyncIterator[bytes | vllm.UpstreamResponse]:
+        async for phase in _switch_phases(pending.switch):
+            yield f": loading {pending.switch.to_model} ({phase})\n\n".encode()
+        await pool.refresh()
+        yield await send()
+
+    return _stream_once_opened(opened(), call, strip_usage=strip_usage)
+
+
+def stream_when_admitted(send: Sender, call: Call, *, strip_usage: bool) -> StreamingHttpResponse:
+    """A stream that waits for a slot on a full backend: answered at once, an SSE
+    comment every ADMISSION_KEEPALIVE_SECONDS while it waits (proxies do not cut it),
+    then the stream. A client that leaves cancels the wait: nothing reaches vLLM."""
+
+    async def opened() -> AsyncIterator[bytes | vllm.UpstreamResponse]:
+        task = asyncio.ensure_future(send())
         try:
-            async for phase in _switch_phases(pending.switch):
-                yield f": loading {pending.switch.to_model} ({phase})\n\n".encode()
-            vllm.forget_served_models()
-            await pool.refresh()
-            upstream = await send()
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=settings.ADMISSION_KEEPALIVE_SECONDS)
+                if done:
+                    break
+                yield b": queued: the backend is full, waiting for a slot\n\n"
+        finally:
+            if not task.done():
+                task.cancel()  # the client left: out of the queue
+                with contextlib.suppress(BaseException):
+                    await task
+        yield task.result()
+
+    return _stream_once_opened(opened(), call, strip_usage=strip_usage)
+
+
+def _stream_once_opened(
+    opened: AsyncIterator[bytes | vllm.UpstreamResponse], call: Call, *, strip_usage: bool
+) -> StreamingHttpResponse:
+    """A stream answered before vLLM was asked: `opened` yields keep-alive comments, then
+    the upstream response, which is relayed; an error on the way is an SSE error event."""
+
+    async def events() -> AsyncIterator[bytes]:
+        upstream: vllm.UpstreamResponse | None = None
+        try:
+            async for step in opened:
+                if isinstance(step, bytes):
+                    yield step
+                else:
+                    upstream = step
         except TalkTuahError as exc:
             call.status, call.error = exc.status, True
             await finish(call)
             yield sse_error_event(exc.message, str(exc.code), exc.status)
             return
-        call.backend, call.attempts = upstream.backend, upstream.attempts
-        call.status, call.accepted = upstream.status, upstream.status < 400
+        assert upstream is not None
+        opened_by(call, upstream)
         if upstream.status >= 400:
             try:
                 content = await upstream.read()

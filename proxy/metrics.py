@@ -65,15 +65,3 @@ UPSTREAM_UP = Gauge(
     "1 when vLLM answered the last probe or request, else 0.",
     multiprocess_mode="mostrecent",
 )
-BACKEND_UP = Gauge(
-    "talktuah_backend_up",
-    "1 while a backend passes its polls and requests, 0 while it is ejected.",
-    ["backend"],
-    multiprocess_mode="mostrecent",
-)
-BACKEND_IN_FLIGHT = Gauge(
-    "talktuah_backend_in_flight",
-    "Requests sent to a backend and not finished.",
-    ["backend"],
-    multiprocess_mode="livesum",
-)

@@ -1,6 +1,6 @@
 """The pure core of the streaming relay: vLLM's SSE bytes, cut anywhere by the network,
 regrouped into whole events, with the usage chunk read (and dropped when the client did
-not ask for it). No I/O here: `relay_stream` in services.py feeds it what the socket
+not ask for it). No I/O here: `relay_stream` in relay.py feeds it what the socket
 gives, and the tests feed it every way of cutting a stream."""
 
 from dataclasses import dataclass

@@ -16,6 +16,8 @@ from ninja.security import HttpBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from backends.health import BackendHealth
+from backends.pool import Replica, pool
 from modelmgr.metrics import LifecycleCollector
 from modelmgr.schemas import SwitchOut
 from modelmgr.selectors import active_switch, switch_summary
@@ -23,7 +25,6 @@ from plumbing import gpu, vllm
 from plumbing.db import run_sync
 from plumbing.errors import Forbidden, Unauthenticated
 from proxy.metrics import UPSTREAM_UP
-from proxy.pool import Replica, pool
 from proxy.shutdown import is_draining
 
 HEALTH_CACHE_SECONDS = 1.0
@@ -64,7 +65,9 @@ class BackendHealthOut(Schema):
     detail: str
     models: list[str]
     in_flight: int  # requests this gateway process has sent it and not finished
-    queue: dict[str, float] | None  # waiting, running, kv_cache_usage
+    queue: dict[str, float] | None  # waiting, running, kv_cache_usage (vLLM's own)
+    # The gateway's admission queue in this process: capacity, running, waiting by tier.
+    admission: dict[str, Any]
 
 
 class HealthOut(Schema):
@@ -81,39 +84,34 @@ _cached: tuple[float, int, dict[str, Any]] | None = None
 _lock: asyncio.Lock | None = None
 
 
-def _backend_status(probe: vllm.Health) -> str:
-    if not probe.reachable:
-        return "down"
-    if not probe.healthy or not probe.models or probe.metrics_text is None:
-        return "degraded"
-    return "ok"
-
-
-def _backend_entry(replica: Replica, probe: vllm.Health) -> dict[str, Any]:
+def _backend_entry(replica: Replica, found: BackendHealth) -> dict[str, Any]:
     return {
         "name": replica.name,
-        "status": _backend_status(probe),
-        "reachable": probe.reachable,
-        "healthy": probe.healthy,
+        "status": found.status,
+        "reachable": found.reachable,
+        "healthy": found.healthy,
         "ejected": replica.ejected,
         "draining": replica.draining,
-        "latency_ms": probe.latency_ms,
-        "detail": probe.detail,
-        "models": [str(card.get("id")) for card in probe.models],
+        "latency_ms": found.latency_ms,
+        "detail": found.detail,
+        "models": list(found.models),
         "in_flight": replica.in_flight,
-        "queue": vllm.queue_figures(probe.metrics_text),
+        "queue": found.queue,
+        "admission": replica.queue.figures(),
     }
 
 
 async def _compute() -> tuple[int, dict[str, Any]]:
     await pool.ready()
-    replicas = list(pool.replicas.values())
-    probes = await asyncio.gather(*(vllm.health_check(upstream=r.upstream) for r in replicas))
-    probe = probes[0] if probes else await vllm.health_check()
+    # Each backend looked at afresh once per answer (the answer itself is cached for
+    # HEALTH_CACHE_SECONDS): what it says is vLLM's now, and its records are refreshed.
+    looked = await pool.look(max_age=0.0)
+    first = looked[0][1] if looked else None
     switch = await run_sync(active_switch)
     gpus = await asyncio.to_thread(gpu.gpus)
-    served = probe.models[0] if probe.models else None
-    statuses = [_backend_status(found) for found in probes] or [_backend_status(probe)]
+    cards = first.cards if first is not None and first.healthy else ()
+    served = cards[0] if cards else None
+    statuses = [found.status for _replica, found in looked] or ["down"]
     if switch is not None and not (served and served.get("id") == switch.to_model):
         status = "loading"
     elif all(found == "ok" for found in statuses):
@@ -122,24 +120,22 @@ async def _compute() -> tuple[int, dict[str, Any]]:
         status = "down"
     else:
         status = "degraded"
-    UPSTREAM_UP.set(1 if probe.healthy else 0)
+    UPSTREAM_UP.set(1 if first is not None and first.healthy else 0)
     body = {
         "status": status,
         "upstream": {
-            "reachable": probe.reachable,
-            "healthy": probe.healthy,
-            "latency_ms": probe.latency_ms,
-            "detail": probe.detail,
+            "reachable": first.reachable if first else False,
+            "healthy": first.healthy if first else False,
+            "latency_ms": first.latency_ms if first else None,
+            "detail": first.detail if first else "no backend is configured",
         },
         "model": {"id": served.get("id"), "max_model_len": served.get("max_model_len")}
         if served
         else None,
         "switch": switch_summary(switch) if switch is not None else None,
-        "queue": vllm.queue_figures(probe.metrics_text),
+        "queue": first.queue if first else None,
         "gpu": gpus if gpus is not None else "unknown",
-        "backends": [
-            _backend_entry(replica, found) for replica, found in zip(replicas, probes, strict=True)
-        ],
+        "backends": [_backend_entry(replica, found) for replica, found in looked],
     }
     return (200 if status == "ok" else 503), body
 
@@ -240,11 +236,10 @@ async def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus exposition: the gateway's families, then vLLM's `vllm:*` ones of every
     backend, each sample labelled with its backend."""
     await pool.ready()
-    replicas = list(pool.replicas.values())
-    scraped = await asyncio.gather(*(vllm.metrics_text(upstream=r.upstream) for r in replicas))
-    UPSTREAM_UP.set(1 if scraped and scraped[0] is not None else 0)
+    looked = await pool.look(max_age=0.0)  # a scrape shows vLLM's figures of now
+    UPSTREAM_UP.set(1 if looked and looked[0][1].metrics_text is not None else 0)
     own = await run_sync(gateway_exposition)
-    found = [(r.name, text) for r, text in zip(replicas, scraped, strict=True) if text]
+    found = [(r.name, record.metrics_text) for r, record in looked if record.metrics_text]
     return HttpResponse(
         own + vllm.labelled_families(found).encode(), content_type=CONTENT_TYPE_LATEST
     )

@@ -90,6 +90,7 @@ INSTALLED_APPS = [
     "corsheaders",
     "django_prometheus",
     "ninja",
+    "backends",
     "proxy",
     "modelmgr",
     "devtools",
@@ -253,16 +254,36 @@ UPSTREAM_RETRY_SECONDS = envfloat("UPSTREAM_RETRY_SECONDS", 30.0)
 UPSTREAM_TRANSPORT = os.getenv("UPSTREAM_TRANSPORT", "aiohttp")
 if UPSTREAM_TRANSPORT not in ("httpx", "aiohttp"):
     raise ImproperlyConfigured("UPSTREAM_TRANSPORT must be httpx or aiohttp")
-# How long the served model list (used for a missing "model") is cached.
-UPSTREAM_MODELS_CACHE_SECONDS = envfloat("UPSTREAM_MODELS_CACHE_SECONDS", 5.0)
 
-# Several backends (Backend rows in the admin, beside the one VLLM_BASE_URL names): how
-# often each is polled (/health, /v1/models), how long one that failed is left out
-# before it is probed again, and how many failed requests in a row take it out.
+# The backends (Backend rows in the admin, beside the one VLLM_BASE_URL names; one alone
+# too): how often each is looked at (/health, /v1/models, /metrics), how long one look
+# may take, how long one that failed is left out before it is looked at again, and how
+# many failed requests in a row take it out.
 BACKEND_POLL_SECONDS = envfloat("BACKEND_POLL_SECONDS", 5.0)
 BACKEND_POLL_TIMEOUT = envfloat("BACKEND_POLL_TIMEOUT", 2.0)
 BACKEND_COOLDOWN_SECONDS = envfloat("BACKEND_COOLDOWN_SECONDS", 10.0)
 BACKEND_MAX_FAILURES = envint("BACKEND_MAX_FAILURES", 3)
+
+# Admission (backends/admission.py): how many requests a backend runs at once (a row's
+# own capacity overrides; vLLM's default --max-num-seqs is 256 on a GPU), beyond which
+# requests wait in the gateway in fair order; with WEB_CONCURRENCY workers each admits
+# an equal part. No key takes the last ADMISSION_HEADROOM free slots while it holds one.
+BACKEND_CAPACITY = envint("BACKEND_CAPACITY", 256)
+WEB_CONCURRENCY = envint("WEB_CONCURRENCY", 1)
+ADMISSION_HEADROOM = envint("ADMISSION_HEADROOM", 1)
+# Requests that may wait per backend and tier, and how long (seconds) per tier; past
+# either, 429 with Retry-After. A batch request waiting ADMISSION_PROMOTE_SECONDS goes
+# ahead as if interactive (bounded starvation). Waiting streams get an SSE comment
+# every ADMISSION_KEEPALIVE_SECONDS.
+ADMISSION_MAX_QUEUE = envint("ADMISSION_MAX_QUEUE", 1000)
+ADMISSION_MAX_WAIT_SECONDS = envfloat("ADMISSION_MAX_WAIT_SECONDS", 60.0)
+ADMISSION_BATCH_MAX_WAIT_SECONDS = envfloat("ADMISSION_BATCH_MAX_WAIT_SECONDS", 600.0)
+ADMISSION_PROMOTE_SECONDS = envfloat("ADMISSION_PROMOTE_SECONDS", 30.0)
+ADMISSION_KEEPALIVE_SECONDS = envfloat("ADMISSION_KEEPALIVE_SECONDS", 5.0)
+# A key's requests in flight at once (running or queued), unless the key sets its own.
+KEY_MAX_PARALLEL_REQUESTS = envint("KEY_MAX_PARALLEL_REQUESTS", 64)
+# VLLM_BASE_URL's vLLM runs --scheduling-policy priority: the gateway sets `priority`.
+VLLM_PRIORITY_SCHEDULING = envbool("VLLM_PRIORITY_SCHEDULING", False)
 
 # Kubernetes. BACKEND_DISCOVERY=kubernetes: the backends are also the ready pods matching
 # K8S_BACKEND_SELECTOR in K8S_NAMESPACE (watched), each at http://<pod IP>:K8S_BACKEND_PORT,

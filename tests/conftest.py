@@ -13,12 +13,12 @@ import uvicorn
 from django.core.cache import cache
 from django.db import connection
 
+from backends.pool import pool
 from devtools.fakehub import FakeHub
 from modelmgr import auth
 from modelmgr.models import Scope
 from modelmgr.services import api_key_create
-from plumbing import counters, vllm
-from proxy.pool import pool
+from plumbing import counters
 from tests.net import free_port
 from tests.simulator_process import SimulatorProcess
 
@@ -84,13 +84,11 @@ def _clean_process_state(settings: Any) -> Iterator[None]:
     cache.clear()
     counters.forget()
     auth.forget_cached_keys()
-    vllm.forget_served_models()
     pool.forget()
     yield
     cache.clear()
     counters.forget()
     auth.forget_cached_keys()
-    vllm.forget_served_models()
     pool.forget()
 
 

@@ -5,6 +5,7 @@ at start-up, so a test must set them all)."""
 from pathlib import Path
 from typing import Any
 
+from backends.spec import default_spec
 from modelmgr import engines
 from tests.net import free_port
 
@@ -26,4 +27,4 @@ def use_process_engine(
     ).strip()
     settings.ENGINE_STOP_GRACE_SECONDS = 5
     settings.SWITCH_TIMEOUT_SECONDS = 30
-    return engines.get_engine()
+    return engines.engine_for(default_spec())

@@ -1,5 +1,7 @@
 """The layout rules the code keeps (read from the source, so a stray import fails here):
-`modelmgr` never imports `proxy`, the shared `plumbing` imports neither app, and no
+`modelmgr` never imports `proxy`, `backends` (the backend's own room: its row, spec,
+discovery, health records and pool) imports neither app, the shared `plumbing` imports
+no app, and no
 product module imports the development app `devtools`, which alone holds the simulator,
 the fake Hub and the demo's commands."""
 
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PRODUCT = ("plumbing", "proxy", "modelmgr", "talktuah_site")
+PRODUCT = ("plumbing", "backends", "proxy", "modelmgr", "talktuah_site")
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -31,7 +33,8 @@ def modules_of(package: str) -> list[Path]:
     ("package", "forbidden"),
     [
         ("modelmgr", {"proxy", "devtools"}),
-        ("plumbing", {"proxy", "modelmgr", "talktuah_site", "devtools"}),
+        ("backends", {"proxy", "modelmgr", "talktuah_site", "devtools"}),
+        ("plumbing", {"backends", "proxy", "modelmgr", "talktuah_site", "devtools"}),
         ("proxy", {"devtools"}),
         ("talktuah_site", {"devtools"}),
     ],
@@ -84,6 +87,24 @@ def test_the_request_path_keeps_a_room_per_concept():
     ]:
         upward = proxy_modules_imported(rooms[lower]) & upper
         assert not upward, f"proxy/{lower}.py imports {sorted(upward)}, which build on it"
+
+
+def test_the_backend_has_one_home():
+    # One spec, one pool, one health record per backend: no second copy elsewhere, and
+    # no lifecycle service that falls back to a silent `default` backend.
+    assert not (REPO / "proxy" / "pool.py").exists()
+    for room in ("models", "spec", "discovery", "health", "pool"):
+        assert (REPO / "backends" / f"{room}.py").is_file(), room
+    services = ast.parse((REPO / "modelmgr" / "services.py").read_text())
+    for node in ast.walk(services):
+        if isinstance(node, ast.FunctionDef):
+            names = [a.arg for a in node.args.kwonlyargs]
+            if "backend" in names:
+                default = node.args.kw_defaults[names.index("backend")]
+                assert default is None, f"{node.name}(backend=...) has a default"
+    source = (REPO / "plumbing" / "vllm.py").read_text()
+    for gone in ("def probe(", "def open_request(", "_models_cache", "def default_upstream("):
+        assert gone not in source, f"plumbing/vllm.py still has {gone}"
 
 
 DEV_COMMANDS = {"vllm_simulator", "fake_hub", "demo_setup", "run_demo"}

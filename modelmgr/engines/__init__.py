@@ -1,7 +1,8 @@
 """The engine controller: starts, stops and inspects vLLM, whatever runs it.
 
-`get_engine()` picks one of four engines by `settings.TALKTUAH_ENGINE`, one module
-each (as httpx keeps one module per transport):
+`engine_for(spec)` builds one of four engines from a backend's spec (its engine kind and
+settings: `backends.spec.EngineConfig`), one module each (as httpx keeps one module per
+transport):
 
 * ``process`` (`process.ProcessEngine`): vLLM (by default the in-repo simulator) as a
   child process on this host, its pid and model recorded in a state file so that a
@@ -21,8 +22,9 @@ and every failure leaves it as a `plumbing.errors.EngineError` whose message a p
 understands.
 """
 
-from django.conf import settings
+from collections.abc import Callable
 
+from backends.spec import BackendSpec, EngineConfig
 from modelmgr.engines.base import Engine, EngineState
 from modelmgr.engines.docker import DockerEngine
 from modelmgr.engines.external import ExternalEngine
@@ -37,10 +39,11 @@ __all__ = [
     "ExternalEngine",
     "KubernetesEngine",
     "ProcessEngine",
-    "get_engine",
+    "engine_for",
+    "engine_of",
 ]
 
-ENGINES: dict[str, type[Engine]] = {
+ENGINES: dict[str, Callable[[EngineConfig], Engine]] = {
     "process": ProcessEngine,
     "docker": DockerEngine,
     "kubernetes": KubernetesEngine,
@@ -48,12 +51,15 @@ ENGINES: dict[str, type[Engine]] = {
 }
 
 
-def get_engine() -> Engine:
-    """The engine named by settings.TALKTUAH_ENGINE (process, docker, kubernetes or
-    external)."""
-    name = settings.TALKTUAH_ENGINE
-    if name not in ENGINES:
+def engine_of(config: EngineConfig) -> Engine:
+    """The engine `config.kind` names (process, docker, kubernetes or external)."""
+    if config.kind not in ENGINES:
         raise EngineError(
-            f"unknown TALKTUAH_ENGINE {name!r}: use one of {', '.join(sorted(ENGINES))}"
+            f"unknown engine {config.kind!r}: use one of {', '.join(sorted(ENGINES))}"
         )
-    return ENGINES[name]()
+    return ENGINES[config.kind](config)
+
+
+def engine_for(spec: BackendSpec) -> Engine:
+    """The engine that runs a backend's vLLM, built from its spec."""
+    return engine_of(spec.engine)

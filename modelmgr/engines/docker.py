@@ -11,8 +11,8 @@ from typing import Any
 import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
 import docker.utils  # type: ignore[import-untyped]
-from django.conf import settings
 
+from backends.spec import EngineConfig
 from modelmgr.engines.base import EngineState
 from modelmgr.engines.docker_args import create_config, endpoints
 from modelmgr.engines.vllm_args import args_with_model, model_from_args
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 class DockerEngine:
-    """The vLLM container (settings.VLLM_CONTAINER_NAME), recreated with a new model.
+    """The vLLM container (VLLM_CONTAINER_NAME), recreated with a new model.
 
     Docker is found like the docker CLI does (DOCKER_HOST, else the local socket);
     tests inject a client.
@@ -31,12 +31,13 @@ class DockerEngine:
     name = "docker"
     read_only = False
 
-    def __init__(self, client: Any = None) -> None:
+    def __init__(self, config: EngineConfig, client: Any = None) -> None:
+        self.config = config
         self._client = client
 
     @property
     def container_name(self) -> str:
-        return str(settings.VLLM_CONTAINER_NAME)
+        return self.config.container_name
 
     def serve(self, *, model: str, served_name: str) -> None:
         with self._docker() as client:
@@ -129,7 +130,7 @@ class DockerEngine:
 
     def _stop_timeout(self) -> int:
         # Docker takes whole seconds.
-        return max(0, math.ceil(settings.ENGINE_STOP_GRACE_SECONDS))
+        return max(0, math.ceil(self.config.stop_grace_seconds))
 
     @contextlib.contextmanager
     def _docker(self) -> Iterator[Any]:

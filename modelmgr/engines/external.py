@@ -1,5 +1,6 @@
 """The external engine: vLLM is started and switched by someone else (read-only)."""
 
+from backends.spec import EngineConfig
 from modelmgr.engines.base import EngineState
 from plumbing.errors import EngineReadOnly
 
@@ -9,6 +10,9 @@ class ExternalEngine:
 
     name = "external"
     read_only = True
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
 
     def serve(self, *, model: str, served_name: str) -> None:
         raise EngineReadOnly(

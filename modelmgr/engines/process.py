@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 from django.conf import settings
 
+from backends.spec import EngineConfig
 from modelmgr.engines.base import EngineState
 from plumbing.errors import EngineError
 
@@ -125,25 +126,25 @@ class ProcessEngine:
     name = "process"
     read_only = False
 
-    def __init__(self) -> None:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
         self._child: subprocess.Popen[bytes] | None = None
 
-    # settings are read on each call, so that overrides (tests) apply.
     @property
     def state_file(self) -> Path:
-        return Path(settings.ENGINE_STATE_FILE)
+        return Path(self.config.state_file)
 
     @property
     def log_file(self) -> Path:
-        return Path(settings.ENGINE_LOG_FILE)
+        return Path(self.config.log_file)
 
     @property
     def port(self) -> int:
-        return int(settings.VLLM_PORT)
+        return self.config.port
 
     def command(self, *, model: str, served_name: str) -> list[str]:
         """ENGINE_PROCESS_COMMAND with its placeholders filled in, as an argv."""
-        template: str = settings.ENGINE_PROCESS_COMMAND
+        template = self.config.process_command
         values = {
             "model": model,
             "served_name": served_name,
@@ -166,7 +167,7 @@ class ProcessEngine:
         command = self.command(model=model, served_name=served_name)
         with self._locked():
             self._stop_locked()
-            if "{port}" in settings.ENGINE_PROCESS_COMMAND:
+            if "{port}" in self.config.process_command:
                 self._wait_for_free_port(self.port)
             self._start(command, model=model, served_name=served_name)
 
@@ -257,7 +258,7 @@ class ProcessEngine:
 
     def _terminate(self, pid: int) -> None:
         """SIGTERM, SIGKILL after the grace period; returns once the process is gone."""
-        grace = float(settings.ENGINE_STOP_GRACE_SECONDS)
+        grace = self.config.stop_grace_seconds
         logger.info("stopping vLLM (pid %s), SIGKILL after %s s", pid, grace)
         _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace

@@ -15,6 +15,8 @@ from django.utils import timezone
 from textual.pilot import Pilot
 from textual.widgets import Markdown, Static
 
+from backends.discovery import backend_get
+from backends.services import backend_create
 from modelmgr import services
 from talktuah_chat.app import ChatApp
 from talktuah_chat.config import Config
@@ -137,11 +139,11 @@ def two_backends(simulator, fake_hub):
     simulator(model="org/old")
     download(fake_hub, "org/old")
     second = SimulatorProcess(model="org/other").start()
-    services.backend_create(name="gpu-2", base_url=second.url, engine="process")
+    backend_create(name="gpu-2", base_url=second.url, engine="process")
     services.worker_beat(
         name="gpu-2-host:7",
         started_at=timezone.now(),
-        backend="gpu-2",
+        backend=backend_get("gpu-2"),
         inventory=[
             {"repo_id": "org/other", "commit": "abc", "size_bytes": 3 * 1024**3, "path": "/x"},
             {"repo_id": "org/new", "commit": "def", "size_bytes": 512 * 1024**2, "path": "/y"},

@@ -6,6 +6,7 @@ import time
 import pytest
 from textual.widgets import Select
 
+from backends.spec import default_spec
 from modelmgr import services
 from talktuah_chat.gateway import RetryPolicy
 from talktuah_chat.store import Store
@@ -187,14 +188,19 @@ def test_it_waits_through_a_model_switch(chat_app, fake_hub, process_engine, mak
     download(fake_hub, "org/model-a")
     download(fake_hub, "org/model-b")
     process_engine.serve(model="org/model-a", served_name="org/model-a")
-    assert services.wait_until_serving("org/model-a", timeout=20) is None
-    services.model_switch_request(repo_id="org/model-b", requested_by="tester")
+    backend = default_spec()
+    assert services.wait_until_serving("org/model-a", backend=backend, timeout=20) is None
+    services.model_switch_request(repo_id="org/model-b", backend=backend, requested_by="tester")
     app = chat_app(make_key())
     app.gateway.retry = RetryPolicy(max_seconds=2)
     threads = []
 
     def run_the_switch():
-        services.model_switch_run(switch=services.model_switch_claim(worker="test"))
+        services.model_switch_run(
+            switch=services.model_switch_claim(worker="test", backend=backend),
+            backend=backend,
+            engine=process_engine,
+        )
 
     async def scenario(pilot):
         chat_screen(pilot).conversation.model = "org/model-b"

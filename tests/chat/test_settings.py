@@ -6,6 +6,7 @@ every backend shown and a switch or a download sent to the one picked."""
 import pytest
 from textual.widgets import DataTable, Select, Static
 
+from backends.spec import default_spec
 from modelmgr import services
 from modelmgr.models import DownloadJob, ModelSwitch, Scope
 from talktuah_chat.screens.settings import SettingsScreen, health_text
@@ -76,14 +77,15 @@ def test_a_switch_is_followed_until_ready(chat_app, fake_hub, process_engine, ma
     download(fake_hub, "org/model-a")
     download(fake_hub, "org/model-b")
     process_engine.serve(model="org/model-a", served_name="org/model-a")
-    assert services.wait_until_serving("org/model-a", timeout=20) is None
+    backend = default_spec()
+    assert services.wait_until_serving("org/model-a", backend=backend, timeout=20) is None
     app = chat_app(make_key(scopes=ADMIN))
     threads: list = []
 
     def run_the_switch():
-        claimed = services.model_switch_claim(worker="test")
+        claimed = services.model_switch_claim(worker="test", backend=backend)
         assert claimed is not None
-        services.model_switch_run(switch=claimed)
+        services.model_switch_run(switch=claimed, backend=backend, engine=process_engine)
 
     async def scenario(pilot):
         screen = await open_settings(pilot)
@@ -122,7 +124,10 @@ def test_a_download_shows_its_progress_to_100_percent(chat_app, fake_hub, make_k
     percents: list[float] = []
 
     def run_the_download():
-        services.download_run(job=services.download_claim(worker="test"))
+        backend = default_spec()
+        claimed = services.download_claim(worker="test", backend=backend)
+        assert claimed is not None
+        services.download_run(job=claimed, backend=backend)
 
     async def scenario(pilot):
         screen = await open_settings(pilot)

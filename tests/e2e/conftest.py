@@ -27,6 +27,7 @@ import pytest
 from django.test import override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
+from backends.spec import EngineConfig
 from modelmgr import engines
 from plumbing.errors import EngineError
 from tests import waiting
@@ -164,7 +165,8 @@ def metrics_of(base_url: str, http: httpx.Client | None = None) -> dict[str, flo
 
 class RealVllm:
     """Real vLLM on 127.0.0.1:<port>, run by the process engine from a state directory of
-    its own; `engine_settings` are the Django settings under which the engine finds it."""
+    its own; `engine_settings` are the Django settings under which the engine finds it
+    (`engine()` builds it from them)."""
 
     def __init__(self, python: str, models: dict[str, Path], var_dir: Path) -> None:
         self.python = python
@@ -193,6 +195,11 @@ class RealVllm:
             "VLLM_BASE_URL": self.url,
         }
 
+    def engine(self) -> engines.Engine:
+        """The process engine that runs this vLLM (its config read from `engine_settings`)."""
+        with override_settings(**self.engine_settings):
+            return engines.engine_of(EngineConfig.from_settings())
+
     @property
     def log_file(self) -> Path:
         return self.var_dir / "engine.log"
@@ -216,8 +223,7 @@ class RealVllm:
     def wait_serving(self, name: str, *, timeout: float = VLLM_READY_SECONDS) -> None:
         deadline = time.monotonic() + timeout
         while name not in self.served():
-            with override_settings(**self.engine_settings):
-                state = engines.get_engine().state()
+            state = self.engine().state()
             if not state.running:
                 raise RuntimeError(
                     f"vLLM exited before serving {name}: {state.detail}\n{self.log_tail()}"
@@ -242,7 +248,7 @@ class RealVllm:
                 ):
                     for variable, value in VLLM_ENV.items():
                         mp.setenv(variable, value)
-                    engine = engines.get_engine()
+                    engine = self.engine()
                     engine.serve(model=str(self.models[name]), served_name=name)
                 self.wait_serving(name)
             except (RuntimeError, EngineError) as exc:
@@ -250,8 +256,7 @@ class RealVllm:
                 raise
 
     def stop(self) -> None:
-        with override_settings(**self.engine_settings):
-            engines.get_engine().stop()
+        self.engine().stop()
 
     def kill(self) -> None:
         """SIGKILL vLLM's whole process group (the API server and its engine core), as

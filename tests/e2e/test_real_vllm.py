@@ -26,7 +26,8 @@ from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelmgr import hub, services
+from backends.spec import default_spec
+from modelmgr import engines, hub, services
 from modelmgr.models import DownloadJob, DownloadStatus, ModelSwitch, Scope, SwitchPhase, UsageDaily
 from plumbing import vllm
 from talktuah_site import monitoring
@@ -465,9 +466,10 @@ def test_a_downloaded_model_is_switched_to_while_a_chat_waits_for_it(
         timeout=10,
     )
     assert response.status_code == 202, response.text
-    services.download_start(repo_id="tiny/a")
-    while (job := services.download_claim(worker="e2e")) is not None:
-        services.download_run(job=job)
+    default = default_spec()
+    services.download_start(repo_id="tiny/a", backend=default)
+    while (job := services.download_claim(worker="e2e", backend=default)) is not None:
+        services.download_run(job=job, backend=default)
     for job in DownloadJob.objects.all():
         assert job.status == DownloadStatus.SUCCEEDED, job.error
     status = httpx.get(f"{gateway.url}/api/model-status", headers=auth(admin), timeout=10).json()
@@ -481,6 +483,9 @@ def test_a_downloaded_model_is_switched_to_while_a_chat_waits_for_it(
     settings.SWITCH_WAIT_SECONDS = 600
     for variable, value in VLLM_ENV.items():
         monkeypatch.setenv(variable, value)  # the engine's child inherits os.environ
+    # The default backend as the worker holds it: these settings, its engine built once.
+    backend = default_spec()
+    engine = engines.engine_for(backend)
 
     response = httpx.post(
         f"{gateway.url}/api/switch-model",
@@ -491,12 +496,12 @@ def test_a_downloaded_model_is_switched_to_while_a_chat_waits_for_it(
     assert response.status_code == 202, response.text
     switch_id = response.json()["id"]
     assert response.json()["from_model"] == "tiny/a"
-    claimed = services.model_switch_claim(worker="e2e-worker")
+    claimed = services.model_switch_claim(worker="e2e-worker", backend=backend)
     assert claimed is not None and claimed.pk == switch_id
 
     def run() -> None:  # what the worker does
         try:
-            services.model_switch_run(switch=claimed)
+            services.model_switch_run(switch=claimed, backend=backend, engine=engine)
         finally:
             close_old_connections()
             connection.close()
@@ -540,7 +545,6 @@ def test_a_downloaded_model_is_switched_to_while_a_chat_waits_for_it(
     assert loading["ready"] is True and loading["model"] == "tiny/b"
     assert loading["switch"]["phase"] == SwitchPhase.READY
     # The new vLLM serves the snapshot that the download put in the Hugging Face cache.
-    engine = services.engines.get_engine()
     state = engine.state()
     assert state.running and state.served_name == "tiny/b"
     assert state.model == str(hub.snapshot_path("tiny/b"))

@@ -9,7 +9,7 @@ import pytest
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
-from modelmgr.services import backend_create
+from backends.services import backend_create
 from tests.e2e.conftest import RealVllm, vllm_python
 
 # Two vLLM starts (about 70 s each on 2 cores) come before the test body.

@@ -26,6 +26,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 
+from backends.spec import default_spec
 from modelmgr import services
 from modelmgr.models import Scope
 from tests.faults.conftest import report
@@ -140,8 +141,11 @@ def test_fuzzing_every_route_finds_no_5xx_no_misshapen_error_and_nothing_slow(
     simulator(token_delay=0.001)
     # A downloaded model, so model-status and the switch route have something to show.
     fake_hub.add_repo("org/tiny", {"config.json": b"{}", "model.safetensors": b"\0" * 64})
-    services.download_start(repo_id="org/tiny")
-    services.download_run(job=services.download_claim(worker="fuzz"))
+    backend = default_spec()
+    services.download_start(repo_id="org/tiny", backend=backend)
+    claimed = services.download_claim(worker="fuzz", backend=backend)
+    assert claimed is not None
+    services.download_run(job=claimed, backend=backend)
     identities = {
         "inference key": {"Authorization": f"Bearer {make_key(rpm_limit=10**6)}"},
         "admin key": {"x-api-key": make_key(name="ops", scopes=(Scope.ADMIN,))},

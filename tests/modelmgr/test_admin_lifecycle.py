@@ -1,7 +1,7 @@
 """The model lifecycle in the Django admin: downloads with live progress, the downloaded
 models and their switch confirm page, the switch history, workers and the dashboard.
 The Hub cache, the engine and vLLM are patched at their adapters; everything else
-(the lifecycle services, the database, the admin) runs for real."""
+(the lifecycle services, the health records, the database, the admin) runs for real."""
 
 import re
 from datetime import timedelta
@@ -14,7 +14,10 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from modelmgr import admin_views, selectors, services
+from backends import health
+from backends.services import backend_create
+from backends.spec import default_spec
+from modelmgr import selectors, services
 from modelmgr.models import (
     DownloadJob,
     DownloadStatus,
@@ -62,18 +65,39 @@ class FakeCache:
         return Path("/hf/hub") / repo_id / "snapshots" / "c0ffee"
 
 
+class FakeVllm:
+    """What every vLLM answers a look (mutable: tests set the models and the metrics)."""
+
+    def __init__(self) -> None:
+        self.models = ["org/old"]
+        self.metrics_text: str | None = None
+
+    def health_check_sync(
+        self, upstream: vllm.Upstream, *, wait: float = 2.0, with_metrics: bool = True
+    ) -> vllm.Health:
+        if not self.models:
+            return vllm.Health(False, False, None, [], None, "connection refused")
+        cards = [{"id": model, "object": "model"} for model in self.models]
+        return vllm.Health(True, True, 3.0, cards, self.metrics_text, "healthy", listed=True)
+
+
+# The vLLM metrics a busy backend exposes (the queue figures the dashboard shows).
+BUSY_METRICS = """\
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{model_name="org/old"} 7.0
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{model_name="org/old"} 2.0
+"""
+
+
 @pytest.fixture
 def served(monkeypatch):
-    """What vLLM reports it serves (mutable: tests set the list)."""
-    models = ["org/old"]
-
-    def probe(timeout: float = 2.0, upstream: vllm.Upstream | None = None) -> vllm.Probe:
-        if not models:
-            return vllm.Probe(False, [], "connection refused", None)
-        return vllm.Probe(True, list(models), "healthy", 3.0)
-
-    monkeypatch.setattr("plumbing.vllm.probe", probe)
-    return models
+    """What vLLM reports it serves (mutable: tests set `models`)."""
+    fake = FakeVllm()
+    monkeypatch.setattr("plumbing.vllm.health_check_sync", fake.health_check_sync)
+    # A record from an earlier look would be shown instead of what the fake answers.
+    health.forget()
+    return fake
 
 
 @pytest.fixture
@@ -85,14 +109,16 @@ def hf_cache(monkeypatch, served):
 
 
 @pytest.fixture
-def engine(monkeypatch):
+def engine(monkeypatch, settings):
+    """The default backend's engine: one that can switch (patched at its adapter)."""
+    settings.TALKTUAH_ENGINE = "process"
     fake = SimpleNamespace(read_only=False, state=lambda: SimpleNamespace(served_name=None))
-    monkeypatch.setattr("modelmgr.services.engines.get_engine", lambda: fake)
+    monkeypatch.setattr("modelmgr.engines.engine_for", lambda spec: fake)
     return fake
 
 
 def make_job(**fields) -> DownloadJob:
-    defaults = {"repo_id": "org/tiny", "requested_by": "admin:admin"}
+    defaults = {"repo_id": "org/tiny", "backend": "default", "requested_by": "admin:admin"}
     return DownloadJob.objects.create(**{**defaults, **fields})
 
 
@@ -111,7 +137,12 @@ def running_job(**fields) -> DownloadJob:
 
 
 def beat() -> None:
-    services.worker_beat(name="host:1", started_at=timezone.now())
+    services.worker_beat(name="host:1", started_at=timezone.now(), backend=default_spec())
+
+
+def worker_missing() -> str:
+    """The warning shown while no worker of the default backend runs."""
+    return selectors.worker_missing("default")
 
 
 def page(response) -> str:
@@ -149,15 +180,15 @@ def test_the_download_list_shows_a_live_progress_bar(admin_client):
 @pytest.mark.django_db
 def test_it_warns_when_a_job_waits_for_a_worker_that_is_not_running(admin_client):
     make_job()
-    assert admin_views.WORKER_MISSING in shown_messages(admin_client.get(JOBS))
+    assert worker_missing() in shown_messages(admin_client.get(JOBS))
     beat()
-    assert admin_views.WORKER_MISSING not in shown_messages(admin_client.get(JOBS))
+    assert worker_missing() not in shown_messages(admin_client.get(JOBS))
 
 
 @pytest.mark.django_db
 def test_it_does_not_warn_about_the_worker_when_nothing_is_queued(admin_client):
     make_job(status=DownloadStatus.SUCCEEDED)
-    assert admin_views.WORKER_MISSING not in shown_messages(admin_client.get(JOBS))
+    assert worker_missing() not in shown_messages(admin_client.get(JOBS))
 
 
 @pytest.mark.django_db
@@ -166,14 +197,17 @@ def test_the_add_form_starts_a_download_through_the_service(admin_client):
     assert 'name="repo_id"' in form
     assert 'name="revision" value="main"' in form
     assert 'name="auto_switch"' in form
+    assert '<option value="default" selected>' in form
 
     response = admin_client.post(
-        JOBS + "add/", {"repo_id": " org/tiny ", "revision": "main", "auto_switch": "on"}
+        JOBS + "add/",
+        {"backend": "default", "repo_id": " org/tiny ", "revision": "main", "auto_switch": "on"},
     )
     assert response.status_code == 302
     assert response["Location"] == JOBS
     job = DownloadJob.objects.get()
     assert (job.repo_id, job.revision, job.status) == ("org/tiny", "main", DownloadStatus.QUEUED)
+    assert job.backend == "default"
     assert job.auto_switch
     assert job.requested_by == "admin:admin"
     assert any(
@@ -184,7 +218,9 @@ def test_the_add_form_starts_a_download_through_the_service(admin_client):
 @pytest.mark.django_db
 def test_the_add_form_returns_the_running_job_for_a_duplicate(admin_client):
     first = running_job()
-    response = admin_client.post(JOBS + "add/", {"repo_id": "org/tiny"}, follow=True)
+    response = admin_client.post(
+        JOBS + "add/", {"backend": "default", "repo_id": "org/tiny"}, follow=True
+    )
     assert DownloadJob.objects.count() == 1
     notes = shown_messages(response)
     assert any(f"already running (job {first.pk})" in m for m in notes), notes
@@ -192,7 +228,9 @@ def test_the_add_form_returns_the_running_job_for_a_duplicate(admin_client):
 
 @pytest.mark.django_db
 def test_the_add_form_shows_the_services_refusal(admin_client):
-    response = admin_client.post(JOBS + "add/", {"repo_id": "../etc/passwd", "revision": "main"})
+    response = admin_client.post(
+        JOBS + "add/", {"backend": "default", "repo_id": "../etc/passwd", "revision": "main"}
+    )
     html = page(response)
     assert "is not a Hugging Face repo id" in " ".join(shown_messages(response))
     assert 'value="../etc/passwd"' in html  # the form is shown again with what was typed
@@ -285,7 +323,7 @@ def test_the_progress_json_returns_the_services_progress(admin_client):
     assert first["label"].startswith("100.0\xa0MB / 400.0\xa0MB · 25.0%")
     assert re.fullmatch(r"(9\.\d|10\.0)\xa0MB/s, 3\d s left", first["speed_label"])
     assert jobs[1]["status"] == "queued"
-    assert jobs[1]["note"] == admin_views.WORKER_MISSING + "."
+    assert jobs[1]["note"] == worker_missing()
 
     # The bar moves as the worker writes progress.
     DownloadJob.objects.filter(pk=job.pk).update(bytes_done=300 * 1024**2, files_done=3)
@@ -329,14 +367,14 @@ def test_the_downloaded_models_page_lists_the_cache(admin_client, hf_cache):
     assert "c0ffee000000" in html
     # One button: the model vLLM serves already has none.
     assert html.count("Serve this model") == 1
-    assert f'href="{SERVE}?model={quote("org/new", safe="")}"' in html
-    assert f'href="{SERVE}?model={quote("org/old", safe="")}"' not in html
+    assert f'href="{SERVE}?model={quote("org/new", safe="")}&amp;backend=default"' in html
+    assert f'href="{SERVE}?model={quote("org/old", safe="")}' not in html
     assert "vLLM serves now:\n    <strong>org/old</strong>" in html
 
 
 @pytest.mark.django_db
 def test_the_downloaded_models_page_says_when_the_cache_is_empty(admin_client, hf_cache, served):
-    served.clear()
+    served.models.clear()
     html = page(admin_client.get(MODELS))
     assert "No complete model in the cache yet" in html
     assert "connection refused" in html
@@ -352,6 +390,7 @@ def test_the_confirm_page_explains_and_creates_nothing(admin_client, hf_cache, e
     assert "to <strong>org/new</strong>" in html
     assert "requests wait" in html
     assert 'name="model" value="org/new"' in html
+    assert 'name="backend" value="default"' in html
     assert not ModelSwitch.objects.exists()
 
 
@@ -360,7 +399,7 @@ def test_confirming_requests_the_switch(admin_client, hf_cache, engine):
     hf_cache.add("org/new", GB)
     beat()
 
-    response = admin_client.post(SERVE, {"model": "org/new"})
+    response = admin_client.post(SERVE, {"model": "org/new", "backend": "default"})
 
     assert response.status_code == 302
     assert response["Location"] == SWITCHES
@@ -373,14 +412,16 @@ def test_confirming_requests_the_switch(admin_client, hf_cache, engine):
     assert switch.requested_by == "admin:admin"
     history = admin_client.get(SWITCHES)
     assert "org/old → org/new" in page(history)
-    assert any("Switch requested: org/old → org/new" in m for m in shown_messages(history))
+    assert any(
+        "Switch requested on default: org/old → org/new" in m for m in shown_messages(history)
+    )
 
 
 @pytest.mark.django_db
 def test_serving_a_model_that_is_not_downloaded_shows_an_error(admin_client, hf_cache, engine):
     response = admin_client.post(SERVE, {"model": "org/missing"}, follow=True)
     assert response.status_code == 200
-    assert response.redirect_chain[-1][0] == MODELS
+    assert response.redirect_chain[-1][0] == MODELS + "?backend=default"
     assert any("'org/missing' is not downloaded" in m for m in shown_messages(response))
     assert not ModelSwitch.objects.exists()
 
@@ -392,7 +433,7 @@ def test_serving_a_model_that_is_not_downloaded_shows_an_error(admin_client, hf_
 @pytest.mark.django_db
 def test_a_second_switch_is_refused_while_one_runs(admin_client, hf_cache, engine):
     hf_cache.add("org/new", GB)
-    ModelSwitch.objects.create(to_model="org/other", phase=SwitchPhase.LOADING)
+    ModelSwitch.objects.create(backend="default", to_model="org/other", phase=SwitchPhase.LOADING)
 
     response = admin_client.post(SERVE, {"model": "org/new"}, follow=True)
 
@@ -402,9 +443,9 @@ def test_a_second_switch_is_refused_while_one_runs(admin_client, hf_cache, engin
 
 
 @pytest.mark.django_db
-def test_an_external_engine_refuses_switches(admin_client, hf_cache, engine):
+def test_an_external_engine_refuses_switches(admin_client, hf_cache, engine, settings):
     hf_cache.add("org/new", GB)
-    engine.read_only = True
+    settings.TALKTUAH_ENGINE = "external"
     response = admin_client.post(SERVE, {"model": "org/new"}, follow=True)
     assert any("managed outside TalkTuah" in m for m in shown_messages(response))
     assert not ModelSwitch.objects.exists()
@@ -427,6 +468,7 @@ def test_users_without_the_switch_permission_cannot_switch(hf_cache, engine):
 def test_the_switch_history_is_read_only(admin_client):
     now = timezone.now()
     switch = ModelSwitch.objects.create(
+        backend="default",
         from_model="org/old",
         to_model="org/new",
         phase=SwitchPhase.FAILED,
@@ -466,7 +508,9 @@ def test_the_worker_list_is_read_only(admin_client):
 def test_the_dashboard_shows_the_served_model_and_the_current_job(admin_client, served):
     make_job(repo_id="org/finished", status=DownloadStatus.SUCCEEDED)
     job = running_job()
-    ModelSwitch.objects.create(from_model="org/a", to_model="org/old", phase=SwitchPhase.LOADING)
+    ModelSwitch.objects.create(
+        backend="default", from_model="org/a", to_model="org/old", phase=SwitchPhase.LOADING
+    )
 
     html = page(admin_client.get(DASHBOARD))
 
@@ -476,25 +520,26 @@ def test_the_dashboard_shows_the_served_model_and_the_current_job(admin_client, 
     assert "org/finished" not in html  # the current job, not the last one
     assert "Switch in progress" in html and "<strong>loading</strong>" in html
     assert "vLLM queue figures are not available yet" in html
-    assert admin_views.WORKER_MISSING in html
+    assert worker_missing() in html
     assert f'data-progress-url="{PROGRESS}"' in html
 
 
 @pytest.mark.django_db
-def test_the_dashboard_shows_queue_figures_when_there_are_some(admin_client, served, monkeypatch):
-    monkeypatch.setattr(admin_views, "queue_figures", lambda: {"waiting": 7, "running": 2})
+def test_the_dashboard_shows_queue_figures_when_there_are_some(admin_client, served):
+    served.metrics_text = BUSY_METRICS
     beat()
     html = page(admin_client.get(DASHBOARD))
-    assert '<th scope="row">waiting</th><td>7</td>' in html
+    assert '<th scope="row">waiting</th><td>7.0</td>' in html
+    assert '<th scope="row">running</th><td>2.0</td>' in html
     assert "not available yet" not in html
-    assert admin_views.WORKER_MISSING not in html
+    assert worker_missing() not in html
     assert "No download has been requested" in html
     assert "No switch has been requested" in html
 
 
 @pytest.mark.django_db
 def test_the_dashboard_says_when_vllm_is_down(admin_client, served):
-    served.clear()
+    served.models.clear()
     html = page(admin_client.get(DASHBOARD))
     assert "<strong>none</strong>" in html
     assert "down" in html and "connection refused" in html
@@ -519,7 +564,7 @@ def test_the_pages_need_a_login(client):
 
 @pytest.mark.django_db
 def test_the_dashboard_shows_every_backend_with_its_switch(admin_client, served):
-    services.backend_create(name="gpu-2", base_url="http://gpu-2:8000", engine="process")
+    backend_create(name="gpu-2", base_url="http://gpu-2:8000", engine="process")
     ModelSwitch.objects.create(
         backend="gpu-2", from_model="org/x", to_model="org/y", phase=SwitchPhase.STARTING
     )
@@ -528,4 +573,4 @@ def test_the_dashboard_shows_every_backend_with_its_switch(admin_client, served)
     assert "<strong>default</strong>" in table and "<strong>gpu-2</strong>" in table
     assert "http://gpu-2:8000" in table
     assert "org/x → org/y: <strong>starting</strong>" in table
-    assert table.count("org/old") == 2  # what each backend's probe found
+    assert table.count("org/old") == 2  # what each backend's look found

@@ -10,9 +10,10 @@ import httpx
 import pytest
 from django.db import close_old_connections, connection
 
-from modelmgr import services
+from backends.spec import BackendSpec, default_spec
+from modelmgr import engines, services
 from modelmgr.models import ModelSwitch, SwitchPhase
-from tests.modelmgr.test_lifecycle import tiny_model_files
+from tests.modelmgr.test_lifecycle import run_download, tiny_model_files
 from tests.process_engine import use_process_engine
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,27 +30,31 @@ def slow_engine(settings, tmp_path, fake_hub):
     settings.UPSTREAM_RETRY_SECONDS = 1.0
     for repo in ("org/model-a", "org/model-b"):
         fake_hub.add_repo(repo, tiny_model_files())
-        services.download_start(repo_id=repo)
-        services.download_run(job=services.download_claim(worker="w"))
+        run_download(repo)
     engine.serve(model="org/model-a", served_name="org/model-a")
-    assert services.wait_until_serving("org/model-a", timeout=20) is None
+    assert services.wait_until_serving("org/model-a", backend=default_spec(), timeout=20) is None
     yield engine
     engine.stop()
 
 
 class SwitchWorker:
-    """The worker's switch loop, in a thread of the test process."""
+    """The worker's switch loop for one backend and its engine, in a thread of the test
+    process."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: BackendSpec, engine: engines.Engine) -> None:
+        self.backend = backend
+        self.engine = engine
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
         try:
             while not self.stop.is_set():
-                switch = services.model_switch_claim(worker="auto-load-test")
+                switch = services.model_switch_claim(worker="auto-load-test", backend=self.backend)
                 if switch is not None:
-                    services.model_switch_run(switch=switch)
+                    services.model_switch_run(
+                        switch=switch, backend=self.backend, engine=self.engine
+                    )
                 self.stop.wait(0.1)
         finally:
             close_old_connections()
@@ -109,7 +114,7 @@ def test_a_request_loads_its_model_after_the_old_ones_drain(
             plain = await client.post(url, json=chat("org/model-b", stream=False))
             return await asyncio.gather(*olds), plain, await waiting_stream
 
-    with SwitchWorker():
+    with SwitchWorker(default_spec(), slow_engine):
         started = time.monotonic()
         old_bodies, plain, streamed = asyncio.run(scenario())
         elapsed = time.monotonic() - started

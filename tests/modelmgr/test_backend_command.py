@@ -5,8 +5,8 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from modelmgr.models import Backend
-from modelmgr.selectors import backend_upstreams
+from backends.discovery import row_specs
+from backends.models import Backend
 
 pytestmark = pytest.mark.django_db
 
@@ -16,11 +16,11 @@ def test_add_change_list_remove(capsys: pytest.CaptureFixture[str], monkeypatch)
     call_command("backend", "add", "gpu-2", "http://gpu-2:8000/", "--api-key-env", "GPU2_KEY")
     row = Backend.objects.get(name="gpu-2")
     assert row.base_url == "http://gpu-2:8000" and "k-123" not in row.api_key_sealed
-    assert [u.api_key for u, _, _ in backend_upstreams()] == ["k-123"]
+    assert [spec.upstream.api_key for spec in row_specs()] == ["k-123"]
     call_command("backend", "add", "gpu-2", "http://gpu-2:8001", "--weight", "3", "--draining")
     row.refresh_from_db()
     assert (row.base_url, row.weight, row.draining) == ("http://gpu-2:8001", 3, True)
-    assert [u.api_key for u, _, _ in backend_upstreams()] == ["k-123"]  # kept
+    assert [spec.upstream.api_key for spec in row_specs()] == ["k-123"]  # kept
     call_command("backend", "list")
     out = capsys.readouterr().out
     assert "gpu-2\thttp://gpu-2:8001\tweight 3" in out and "API key set" in out

@@ -6,6 +6,8 @@ import httpx
 import pytest
 from django.utils import timezone
 
+from backends.discovery import backend_get
+from backends.services import backend_create
 from modelmgr import selectors, services
 from modelmgr.models import DownloadJob, ModelSwitch, Scope
 from tests.simulator_process import SimulatorProcess
@@ -24,7 +26,7 @@ def two_backends(simulator, settings):
     engine on another host) serving org/other."""
     simulator(model="org/old")
     second = SimulatorProcess(model="org/other").start()
-    services.backend_create(name="gpu-2", base_url=second.url, engine="process")
+    backend_create(name="gpu-2", base_url=second.url, engine="process")
     yield second
     second.stop()
 
@@ -54,18 +56,19 @@ def test_with_several_backends_a_write_must_name_one(gateway, admin_headers, two
 
 
 def test_a_worker_claims_only_its_backends_jobs(two_backends):
-    theirs, _ = services.download_start(repo_id="org/a", backend="gpu-2")
-    ours, _ = services.download_start(repo_id="org/b")
-    assert services.download_claim(worker="w1").pk == ours.pk
-    assert services.download_claim(worker="w1") is None
-    assert services.download_claim(worker="w2", backend="gpu-2").pk == theirs.pk
+    default, gpu_2 = backend_get("default"), backend_get("gpu-2")
+    theirs, _ = services.download_start(repo_id="org/a", backend=gpu_2)
+    ours, _ = services.download_start(repo_id="org/b", backend=default)
+    assert services.download_claim(worker="w1", backend=default).pk == ours.pk
+    assert services.download_claim(worker="w1", backend=default) is None
+    assert services.download_claim(worker="w2", backend=gpu_2).pk == theirs.pk
 
 
 def test_status_reports_every_backend(gateway, admin_headers, two_backends):
     services.worker_beat(
         name="gpu-2-host:7",
         started_at=timezone.now(),
-        backend="gpu-2",
+        backend=backend_get("gpu-2"),
         inventory=[{"repo_id": "org/other", "commit": "abc", "size_bytes": 1234, "path": "/x"}],
     )
     status = httpx.get(f"{gateway.url}/api/model-status", headers=admin_headers).json()
@@ -92,8 +95,9 @@ def test_a_switch_on_another_host_needs_its_worker_and_its_download(
     no_worker = httpx.post(url, params=params, headers=admin_headers)
     assert no_worker.status_code == 409
     assert "run_worker --backend gpu-2" in no_worker.json()["error"]["message"]
+    gpu_2 = backend_get("gpu-2")
     services.worker_beat(
-        name="gpu-2-host:7", started_at=timezone.now(), backend="gpu-2", inventory=[]
+        name="gpu-2-host:7", started_at=timezone.now(), backend=gpu_2, inventory=[]
     )
     not_there = httpx.post(url, params=params, headers=admin_headers)
     assert not_there.status_code == 404
@@ -101,7 +105,7 @@ def test_a_switch_on_another_host_needs_its_worker_and_its_download(
     services.worker_beat(
         name="gpu-2-host:7",
         started_at=timezone.now(),
-        backend="gpu-2",
+        backend=gpu_2,
         inventory=[{"repo_id": "org/new", "commit": "abc", "size_bytes": 1, "path": "/x"}],
     )
     accepted = httpx.post(url, params=params, headers=admin_headers)
@@ -115,13 +119,13 @@ def test_a_switch_on_another_host_needs_its_worker_and_its_download(
     # One switch at a time per backend, not across backends.
     assert httpx.post(url, params=params, headers=admin_headers).status_code == 409
     assert selectors.active_switch("default") is None
-    assert services.model_switch_claim(worker="w") is None
-    assert services.model_switch_claim(worker="w", backend="gpu-2").pk == body["id"]
+    assert services.model_switch_claim(worker="w", backend=backend_get("default")) is None
+    assert services.model_switch_claim(worker="w", backend=gpu_2).pk == body["id"]
     assert ModelSwitch.objects.get(pk=body["id"]).worker == "w"
 
 
 def test_an_external_backend_cannot_be_switched(gateway, admin_headers, two_backends):
-    services.backend_create(name="outside", base_url=two_backends.url)
+    backend_create(name="outside", base_url=two_backends.url)
     response = httpx.post(
         f"{gateway.url}/api/switch-model",
         params={"model_id": "org/x", "backend": "outside"},

@@ -14,7 +14,8 @@ import httpx
 import pytest
 from django.db import close_old_connections, connection
 
-from modelmgr import hub, selectors, services
+from backends.spec import default_spec
+from modelmgr import engines, hub, selectors, services
 from modelmgr.models import DownloadJob, DownloadStatus, ModelSwitch, ServedModel, SwitchPhase
 from plumbing.errors import Conflict, InvalidRepoId, ModelNotDownloaded
 from tests.gateway_process import database_url
@@ -41,26 +42,30 @@ def job_row(job_id):
 
 
 def test_it_queues_one_job_per_repo(fake_hub):
-    first, created = services.download_start(repo_id="org/a")
-    again, created_again = services.download_start(repo_id="org/a", auto_switch=True)
+    backend = default_spec()
+    first, created = services.download_start(repo_id="org/a", backend=backend)
+    again, created_again = services.download_start(
+        repo_id="org/a", backend=backend, auto_switch=True
+    )
     assert created and not created_again
     assert again.pk == first.pk
     assert DownloadJob.objects.count() == 1
     with pytest.raises(InvalidRepoId):
-        services.download_start(repo_id="../etc/passwd")
+        services.download_start(repo_id="../etc/passwd", backend=backend)
 
 
 def test_it_downloads_with_rising_progress(fake_hub, settings):
     settings.DOWNLOAD_PROGRESS_WRITES_PER_SECOND = 20
     fake_hub.add_repo("org/big", tiny_model_files(os.urandom(6 * MB)))
     fake_hub.slow("org/big", "model.safetensors", 0.05, chunk=256 * 1024)
-    job, _ = services.download_start(repo_id="org/big", requested_by="tester")
-    claimed = services.download_claim(worker="test-worker")
+    backend = default_spec()
+    job, _ = services.download_start(repo_id="org/big", backend=backend, requested_by="tester")
+    claimed = services.download_claim(worker="test-worker", backend=backend)
     assert claimed is not None and claimed.pk == job.pk
 
     seen: list[int] = []
     runner = threading.Thread(
-        target=lambda: (services.download_run(job=claimed), connection.close())
+        target=lambda: (services.download_run(job=claimed, backend=backend), connection.close())
     )
     runner.start()
     while runner.is_alive():
@@ -76,7 +81,7 @@ def test_it_downloads_with_rising_progress(fake_hub, settings):
     assert len(set(rising)) >= 3, f"progress did not rise in steps: {seen}"
     assert rising == sorted(rising)
     assert fake_hub.served("org/big", "pytorch_model.bin") == 0
-    models = selectors.downloaded_models()
+    models = selectors.downloaded_models(backend=backend)
     assert [m.repo_id for m in models] == ["org/big"]
     assert models[0].size_bytes >= 6 * MB
     assert ServedModel.objects.get(repo_id="org/big").downloaded_by == "tester"
@@ -92,26 +97,26 @@ def test_it_downloads_with_rising_progress(fake_hub, settings):
 def test_a_failed_job_keeps_a_clear_error_and_can_be_retried(fake_hub, setup, expected):
     setup(fake_hub)
     repo = "org/gated" if expected == "gated" else "org/missing"
-    job, _ = services.download_start(repo_id=repo)
-    services.download_run(job=services.download_claim(worker="w"))
-    row = job_row(job.pk)
+    row = run_download(repo)
     assert row.status == DownloadStatus.FAILED
     assert expected in row.error.lower()
     assert repo in row.error
     retried = services.download_retry(job=row)
     assert retried.pk != row.pk and retried.status == DownloadStatus.QUEUED
-    assert job_row(job.pk).error == row.error
+    assert retried.backend == row.backend == "default"
+    assert job_row(row.pk).error == row.error
 
 
 def test_two_workers_claim_disjoint_jobs(fake_hub):
-    ids = {services.download_start(repo_id=f"org/m{i}")[0].pk for i in range(12)}
+    backend = default_spec()
+    ids = {services.download_start(repo_id=f"org/m{i}", backend=backend)[0].pk for i in range(12)}
     claimed: dict[str, list[int]] = {"a": [], "b": []}
     barrier = threading.Barrier(2)
 
     def claim_all(name):
         barrier.wait()
         try:
-            while (job := services.download_claim(worker=name)) is not None:
+            while (job := services.download_claim(worker=name, backend=backend)) is not None:
                 claimed[name].append(job.pk)
         finally:
             connection.close()
@@ -153,7 +158,7 @@ def test_a_killed_worker_leaves_nothing_stuck_and_the_download_resumes(fake_hub,
     content = os.urandom(8 * MB)
     fake_hub.add_repo("org/resume", tiny_model_files(content))
     fake_hub.slow("org/resume", "model.safetensors", 0.05, chunk=256 * 1024)
-    job, _ = services.download_start(repo_id="org/resume")
+    job, _ = services.download_start(repo_id="org/resume", backend=default_spec())
     worker = start_worker(fake_hub, tmp_path)
     try:
         wait_for(lambda: job_row(job.pk).bytes_done > MB, message="bytes to arrive")
@@ -182,7 +187,7 @@ def test_a_killed_worker_leaves_nothing_stuck_and_the_download_resumes(fake_hub,
 def test_sigterm_puts_a_running_download_back_in_the_queue(fake_hub, tmp_path):
     fake_hub.add_repo("org/pause", tiny_model_files(os.urandom(8 * MB)))
     fake_hub.slow("org/pause", "model.safetensors", 0.05, chunk=256 * 1024)
-    job, _ = services.download_start(repo_id="org/pause")
+    job, _ = services.download_start(repo_id="org/pause", backend=default_spec())
     worker = start_worker(fake_hub, tmp_path)
     try:
         wait_for(lambda: job_row(job.pk).bytes_done > MB, message="bytes to arrive")
@@ -199,15 +204,16 @@ def test_sigterm_puts_a_running_download_back_in_the_queue(fake_hub, tmp_path):
 
 def test_the_worker_reports_when_none_is_alive(fake_hub, tmp_path, settings):
     fake_hub.add_repo("org/q", tiny_model_files())
-    job, _ = services.download_start(repo_id="org/q")
+    backend = default_spec()
+    job, _ = services.download_start(repo_id="org/q", backend=backend)
     progress = selectors.download_progress(job)
     assert progress["worker_alive"] is False
     assert "run_worker" in progress["note"]
-    assert selectors.model_status()["worker_alive"] is False
+    assert selectors.model_status(backend)["worker_alive"] is False
     worker = start_worker(fake_hub, tmp_path)
     try:
         wait_for(lambda: job_row(job.pk).status == DownloadStatus.SUCCEEDED, message="download")
-        assert selectors.worker_alive()
+        assert selectors.worker_alive("default")
     finally:
         worker.terminate()
         worker.wait(10)
@@ -220,11 +226,19 @@ def process_engine(settings, tmp_path):
     engine.stop()
 
 
+def run_download(repo_id):
+    """Queue a download on the default backend and run it as its worker would."""
+    backend = default_spec()
+    job, _ = services.download_start(repo_id=repo_id, backend=backend)
+    claimed = services.download_claim(worker="w", backend=backend)
+    assert claimed is not None and claimed.pk == job.pk
+    services.download_run(job=claimed, backend=backend)
+    return job_row(job.pk)
+
+
 def download(fake_hub, repo_id):
     fake_hub.add_repo(repo_id, tiny_model_files())
-    job, _ = services.download_start(repo_id=repo_id)
-    services.download_run(job=services.download_claim(worker="w"))
-    assert job_row(job.pk).status == DownloadStatus.SUCCEEDED
+    assert run_download(repo_id).status == DownloadStatus.SUCCEEDED
 
 
 def test_a_switch_restarts_vllm_on_the_new_model_while_chat_waits(
@@ -233,19 +247,22 @@ def test_a_switch_restarts_vllm_on_the_new_model_while_chat_waits(
     settings.UPSTREAM_RETRY_SECONDS = 1.0  # rely on the switch wait, not on retries
     download(fake_hub, "org/model-a")
     download(fake_hub, "org/model-b")
+    backend = default_spec()
     process_engine.serve(model="org/model-a", served_name="org/model-a")
-    assert services.wait_until_serving("org/model-a", timeout=20) is None
+    assert services.wait_until_serving("org/model-a", backend=backend, timeout=20) is None
 
-    switch = services.model_switch_request(repo_id="org/model-b", requested_by="tester")
+    switch = services.model_switch_request(
+        repo_id="org/model-b", backend=backend, requested_by="tester"
+    )
     assert switch.from_model == "org/model-a"
     with pytest.raises(Conflict):
-        services.model_switch_request(repo_id="org/model-a")
-    claimed = services.model_switch_claim(worker="test")
+        services.model_switch_request(repo_id="org/model-a", backend=backend)
+    claimed = services.model_switch_claim(worker="test", backend=backend)
     assert claimed is not None
 
     def run():
         try:
-            services.model_switch_run(switch=claimed)
+            services.model_switch_run(switch=claimed, backend=backend, engine=process_engine)
         finally:
             close_old_connections()
             connection.close()
@@ -281,25 +298,32 @@ def test_a_switch_restarts_vllm_on_the_new_model_while_chat_waits(
 
 def test_a_switch_refuses_a_model_not_downloaded(fake_hub, process_engine):
     with pytest.raises(ModelNotDownloaded):
-        services.model_switch_request(repo_id="org/nowhere")
+        services.model_switch_request(repo_id="org/nowhere", backend=default_spec())
 
 
 def test_a_failed_switch_keeps_its_error(fake_hub, process_engine, settings):
     download(fake_hub, "org/model-a")
     download(fake_hub, "org/model-b")
+    backend = default_spec()
     process_engine.serve(model="org/model-a", served_name="org/model-a")
-    assert services.wait_until_serving("org/model-a", timeout=20) is None
-    switch = services.model_switch_request(repo_id="org/model-b")
-    # The new model never becomes ready: the command serves another name.
+    assert services.wait_until_serving("org/model-a", backend=backend, timeout=20) is None
+    switch = services.model_switch_request(repo_id="org/model-b", backend=backend)
+    # The new model never becomes ready: the command serves another name. (A backend's
+    # engine settings are read once, into its spec: take them again.)
     settings.ENGINE_PROCESS_COMMAND = (
         "{python} {manage} vllm_simulator --model wrong-name --port {port}"
     )
     settings.SWITCH_TIMEOUT_SECONDS = 3
-    services.model_switch_run(switch=services.model_switch_claim(worker="t"))
+    backend = default_spec()
+    services.model_switch_run(
+        switch=services.model_switch_claim(worker="t", backend=backend),
+        backend=backend,
+        engine=engines.engine_for(backend),
+    )
     failed = ModelSwitch.objects.get(pk=switch.pk)
     assert failed.phase == SwitchPhase.FAILED
     assert "not ready" in failed.error
-    status = selectors.loading_status()
+    status = selectors.loading_status(backend)
     assert status["last_error"] == failed.error
 
 
@@ -307,7 +331,5 @@ def test_a_finished_download_reports_every_file_whole(fake_hub, settings):
     # Progress writes so rare that the last one predates most of the bytes.
     settings.DOWNLOAD_PROGRESS_WRITES_PER_SECOND = 0.1
     fake_hub.add_repo("org/whole", tiny_model_files(weights=b"\0" * (3 * MB)))
-    job, _ = services.download_start(repo_id="org/whole")
-    services.download_run(job=services.download_claim(worker="w"))
-    files = selectors.download_progress(job_row(job.pk))["files"]
+    files = selectors.download_progress(run_download("org/whole"))["files"]
     assert files and all(f["bytes_completed"] == f["bytes_total"] for f in files), files

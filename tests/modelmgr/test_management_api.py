@@ -5,8 +5,8 @@ restart."""
 import httpx
 import pytest
 
-from modelmgr import services
-from modelmgr.models import DownloadJob, ModelSwitch, Scope
+from modelmgr.models import DownloadJob, DownloadStatus, ModelSwitch, Scope
+from tests.modelmgr.test_lifecycle import run_download
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,8 +56,8 @@ def test_download_progress_reports_a_finished_job(gateway, admin_headers, fake_h
     idle = httpx.get(f"{gateway.url}/api/download-progress", headers=admin_headers).json()
     assert idle["status"] == "idle"
     fake_hub.add_repo("org/tiny", {"config.json": b"{}", "model.safetensors": b"\0" * 4096})
-    job, _ = services.download_start(repo_id="org/tiny")
-    services.download_run(job=services.download_claim(worker="w"))
+    job = run_download("org/tiny")
+    assert job.status == DownloadStatus.SUCCEEDED, job.error
     progress = httpx.get(
         f"{gateway.url}/api/download-progress", params={"job_id": job.pk}, headers=admin_headers
     ).json()
@@ -85,8 +85,7 @@ def test_switch_model_answers_404_409_and_202(
     assert response.status_code == 404
     assert "not downloaded" in response.json()["error"]["message"]
     fake_hub.add_repo("org/tiny", {"config.json": b"{}", "model.safetensors": b"\0" * 64})
-    services.download_start(repo_id="org/tiny")
-    services.download_run(job=services.download_claim(worker="w"))
+    assert run_download("org/tiny").status == DownloadStatus.SUCCEEDED
     accepted = httpx.post(url, params={"model_id": "org/tiny"}, headers=admin_headers)
     assert accepted.status_code == 202, accepted.text
     assert accepted.json()["phase"] == "requested"

@@ -12,11 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
-from modelmgr.models import Backend
-from modelmgr.selectors import backend_upstreams
-from modelmgr.services import backend_create
+from backends import health
+from backends.discovery import row_specs
+from backends.models import Backend
+from backends.pool import Replica, pool
+from backends.services import backend_create
+from backends.spec import BackendSpec, EngineConfig
 from plumbing import vllm
-from proxy.pool import Replica, pool
 from tests.conftest import ThreadedServer
 from tests.simulator_process import SimulatorProcess
 
@@ -124,8 +126,7 @@ def test_a_backend_whose_models_are_unknown_passes_on_a_model_it_does_not_serve(
     # for alpha is tried on any backend, and beta's 404 must not be the answer.
     settings.BACKEND_POLL_SECONDS = 3600  # nothing learns the models again meanwhile
     assert farm.chat("alpha").status_code == 200  # the pool is loaded
-    for replica in pool.replicas.values():
-        replica.models = None
+    health.forget()  # every record gone: no backend's models are known
     answers = [farm.chat("alpha") for _ in range(15)]
     assert [r.status_code for r in answers] == [200] * 15, [r.text for r in answers]
     assert {r.headers[BACKEND] for r in answers} <= {"default", "alpha-2"}
@@ -252,7 +253,7 @@ def test_the_vllm_api_key_is_sealed_at_rest(farm: Farm) -> None:
     backend_create(name="guarded", base_url="http://127.0.0.1:9", api_key="vllm-secret-123")
     row = Backend.objects.get(name="guarded")
     assert row.api_key_sealed and "vllm-secret-123" not in row.api_key_sealed
-    upstreams = {upstream.name: upstream for upstream, _, _ in backend_upstreams()}
+    upstreams = {spec.name: spec.upstream for spec in row_specs()}
     assert upstreams["guarded"].api_key == "vllm-secret-123"
     assert upstreams["beta"].api_key == "" and upstreams["beta"].base_url == farm.sims["beta"].url
 
@@ -284,14 +285,15 @@ def test_a_model_list_that_fails_leaves_a_backends_models_as_last_learned() -> N
     server = ThreadedServer(_lists_no_models).start()
     try:
         upstream = vllm.Upstream("beta", server.url)
-        found = asyncio.run(vllm.health_check(upstream=upstream, with_metrics=False))
+        found = asyncio.run(vllm.health_check(upstream, with_metrics=False))
         assert found.healthy and not found.listed, found
         assert "did not list its models" in found.detail
-        known = Replica(upstream, models=("beta",), cards=({"id": "beta"},))
-        never = Replica(upstream)
+        known, never = Replica(spec_at("beta", server.url)), Replica(spec_at("new", server.url))
+        health._store(known.spec, listing("beta"))  # an earlier look listed beta
         for replica in (known, never):
             asyncio.run(pool._check(replica))
-        assert known.models == ("beta",) and known.cards == ({"id": "beta"},)
+        assert known.health is not None and known.health.cards == ({"id": "beta"},)
+        assert known.models == ("beta",)
         assert never.models is None  # still unknown: tried for any model
         assert not known.ejected  # its /health answered
     finally:
@@ -300,8 +302,57 @@ def test_a_model_list_that_fails_leaves_a_backends_models_as_last_learned() -> N
 
 def test_a_listed_backend_learns_its_models(farm: Farm) -> None:
     upstream = vllm.Upstream("beta", farm.sims["beta"].url)
-    found = asyncio.run(vllm.health_check(upstream=upstream, with_metrics=False))
+    found = asyncio.run(vllm.health_check(upstream, with_metrics=False))
     assert found.listed and [card["id"] for card in found.models] == ["beta"]
-    replica = Replica(upstream, models=("old",))
+    replica = Replica(spec_at("beta", farm.sims["beta"].url))
+    health._store(replica.spec, listing("old"))
     asyncio.run(pool._check(replica))
     assert replica.models == ("beta",)
+
+
+def spec_at(name: str, url: str) -> BackendSpec:
+    return BackendSpec(name, vllm.Upstream(name, url), EngineConfig.from_settings())
+
+
+def listing(*models: str) -> vllm.Health:
+    cards = [{"id": model} for model in models]
+    return vllm.Health(True, True, 1.0, cards, None, "ok", listed=True)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_model_whose_only_backend_died_is_503_at_once(
+    farm: Farm, settings: Any, stream: bool
+) -> None:
+    # Every request for beta used to wait the whole retry budget (about 30 s) before
+    # its 502, even after the health check had marked beta down.
+    settings.UPSTREAM_RETRY_SECONDS = 30.0
+    settings.BACKEND_MAX_FAILURES = 3
+    assert farm.chat("beta").status_code == 200  # seen up
+    farm.sims["beta"].kill()
+    wait_for(lambda: farm.backend_health("beta")["ejected"])
+    for _ in range(3):
+        started = time.monotonic()
+        response = farm.chat("beta", stream=stream)
+        took = time.monotonic() - started
+        assert response.status_code == 503, response.text
+        assert took < 2.0, took
+        assert response.headers["Retry-After"].isdigit()
+        error = response.json()["error"]
+        assert error["code"] == "backend_down" and "beta" in error["message"]
+    # alpha, on the live backends, is untouched.
+    assert farm.chat("alpha").status_code == 200
+
+
+def test_a_backend_not_yet_found_down_fails_fast_after_a_few_tries(
+    farm: Farm, settings: Any
+) -> None:
+    # Killed between two looks: the requests themselves find it down and eject it.
+    settings.UPSTREAM_RETRY_SECONDS = 30.0
+    settings.BACKEND_POLL_SECONDS = 3600.0
+    settings.BACKEND_MAX_FAILURES = 3
+    assert farm.chat("beta").status_code == 200
+    farm.sims["beta"].kill()
+    started = time.monotonic()
+    response = farm.chat("beta")
+    assert response.status_code == 503 and time.monotonic() - started < 2.0
+    assert response.json()["error"]["code"] == "backend_down"

@@ -13,8 +13,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from backends.spec import default_spec
 from devtools.management.commands.demo_setup import demo_key_file
-from modelmgr.engines import ProcessEngine
+from modelmgr.engines import engine_for
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -116,4 +117,4 @@ Ctrl-C stops everything.
                     child.kill()
             # The worker leaves vLLM running on purpose (a restarted worker adopts it);
             # the demo stops it with everything else.
-            ProcessEngine().stop()
+            engine_for(default_spec()).stop()

@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from modelmgr.models import Scope
+from modelmgr.models import Scope, Tier
 from modelmgr.services import api_key_create
 
 
@@ -27,12 +27,28 @@ class Command(BaseCommand):
         parser.add_argument("--rpm", type=int, help="requests per minute (default: the setting)")
         parser.add_argument("--tpm", type=int, help="tokens per minute (default: the setting)")
         parser.add_argument("--expires-days", type=int, help="expire after this many days")
+        parser.add_argument(
+            "--tier",
+            choices=Tier.values,
+            default=Tier.INTERACTIVE,
+            help="when a backend is full, interactive requests leave its queue first",
+        )
+        parser.add_argument(
+            "--share", type=int, default=1, help="share of a full backend (relative, >= 1)"
+        )
+        parser.add_argument(
+            "--max-parallel",
+            type=int,
+            help="requests in flight at once (default: KEY_MAX_PARALLEL_REQUESTS)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         scopes = set(options["scope"] or [Scope.INFERENCE])
         if Scope.ADMIN in scopes:
             scopes.add(Scope.INFERENCE)
-        for limit in ("rpm", "tpm", "expires_days"):
+        if options["share"] < 1:
+            raise CommandError("--share must be at least 1")
+        for limit in ("rpm", "tpm", "expires_days", "max_parallel"):
             if options[limit] is not None and options[limit] < 0:
                 raise CommandError(f"--{limit.replace('_', '-')} must not be negative")
         expires_at = None
@@ -45,6 +61,9 @@ class Command(BaseCommand):
             rpm_limit=options["rpm"],
             tpm_limit=options["tpm"],
             expires_at=expires_at,
+            tier=options["tier"],
+            share=options["share"],
+            max_parallel_requests=options["max_parallel"],
         )
         self.stderr.write(
             f"Created key {key.prefix} for {key.name!r} with scopes {', '.join(key.scopes)}. "

@@ -2,8 +2,9 @@
 
 One worker per GPU host: `--backend NAME` (default: `default`, VLLM_BASE_URL's) claims
 only that backend's jobs, downloads into this host's Hugging Face cache, drives this
-host's engine with the backend's engine settings, and reports the cache's models with
-its heartbeat (the gateway cannot read another host's cache).
+host's engine with the backend's engine settings (its spec: the worker holds it and
+never writes to the settings), and reports the cache's models with its heartbeat (the
+gateway cannot read another host's cache).
 
 The database rows are the queue. The worker recovers what a dead worker left running,
 starts the configured model (process engine, VLLM_MODEL), then loops: heartbeat, claim
@@ -17,6 +18,7 @@ import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from django.conf import settings
@@ -24,8 +26,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
+from backends.discovery import backend_get
+from backends.models import DEFAULT_BACKEND
+from backends.spec import BackendSpec
 from modelmgr import engines, hub, selectors, services
-from modelmgr.models import DEFAULT_BACKEND
 from plumbing.errors import EngineError, TalkTuahError
 
 logger = logging.getLogger("modelmgr.worker")
@@ -47,13 +51,15 @@ class Command(BaseCommand):
         self.stopping = threading.Event()
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
-        backend = options["backend"]
         try:
-            for setting, value in selectors.worker_settings(backend).items():
-                # This process drives one backend: its settings are that backend's.
-                setattr(settings, setting, value)
+            # On its own host a backend's Hugging Face cache is this one: what it holds
+            # is read from disk, not from a worker's report.
+            backend = replace(backend_get(options["backend"]), local_cache=True)
         except TalkTuahError as exc:
             raise CommandError(exc.message) from exc
+        # One engine for the worker's lifetime: the process engine then also knows the
+        # exit code of the vLLM it started.
+        engine = engines.engine_for(backend)
         name = services.worker_name()
         started_at = timezone.now()
         recovered = services.worker_recover()
@@ -69,11 +75,11 @@ class Command(BaseCommand):
 
         beat("starting")
         self.stdout.write(
-            f"worker {name} started for backend {backend} at {settings.VLLM_BASE_URL} "
-            f"(engine {settings.TALKTUAH_ENGINE}; recovered {recovered} job(s) left by "
+            f"worker {name} started for backend {backend.name} at {backend.base_url} "
+            f"(engine {backend.engine.kind}; recovered {recovered} job(s) left by "
             "stopped workers)"
         )
-        self._start_configured_model()
+        self._start_configured_model(backend, engine)
 
         pool = ThreadPoolExecutor(max_workers=max(options["downloads"], 1))
         running: set[Future[None]] = set()
@@ -87,14 +93,14 @@ class Command(BaseCommand):
                 switch = services.model_switch_claim(worker=name, backend=backend)
                 if switch is not None:
                     beat(f"switch to {switch.to_model}")
-                    services.model_switch_run(switch=switch)
+                    services.model_switch_run(switch=switch, backend=backend, engine=engine)
                     continue
                 running = {f for f in running if not f.done()}
                 if len(running) < options["downloads"]:
                     job = services.download_claim(worker=name, backend=backend)
                     if job is not None:
                         self.stdout.write(f"downloading {job.repo_id} (job {job.pk})")
-                        running.add(pool.submit(self._download, job))
+                        running.add(pool.submit(self._download, job, backend))
                         continue
                 self.stopping.wait(options["poll"])
         finally:
@@ -106,18 +112,17 @@ class Command(BaseCommand):
         logger.info("worker stopping (signal %s)", signum)
         self.stopping.set()
 
-    def _download(self, job: Any) -> None:
+    def _download(self, job: Any, backend: BackendSpec) -> None:
         try:
-            services.download_run(job=job, should_stop=self.stopping.is_set)
+            services.download_run(job=job, backend=backend, should_stop=self.stopping.is_set)
         finally:
             close_old_connections()
             connection.close()
 
-    def _start_configured_model(self) -> None:
-        model = settings.VLLM_MODEL
-        if not model or settings.TALKTUAH_ENGINE != "process":
+    def _start_configured_model(self, backend: BackendSpec, engine: engines.Engine) -> None:
+        model = backend.engine.model
+        if not model or backend.engine.kind != "process":
             return
-        engine = engines.get_engine()
         if engine.state().running:
             return
         snapshot = hub.snapshot_path(model)

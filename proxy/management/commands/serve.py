@@ -60,4 +60,6 @@ class Command(BaseCommand):
             f"serving on http://{options['host']}:{options['port']} with {workers} worker(s)"
         )
         self.stdout.flush()
+        # Each worker admits its part of a backend's capacity (backends/admission.py).
+        os.environ["WEB_CONCURRENCY"] = str(workers)
         os.execv(sys.executable, command)

@@ -10,6 +10,7 @@ import docker  # type: ignore[import-untyped]
 import httpx
 import pytest
 
+from backends.spec import EngineConfig
 from modelmgr.engines import DockerEngine
 from plumbing.errors import EngineError
 from tests.fake_docker_api import FakeDockerAPI
@@ -32,7 +33,9 @@ def fake_docker(settings: Any) -> Iterator[FakeDockerAPI]:
 
 
 def docker_engine(fake: FakeDockerAPI) -> DockerEngine:
-    return DockerEngine(client=docker.DockerClient(base_url=fake.base_url))
+    return DockerEngine(
+        EngineConfig.from_settings(), client=docker.DockerClient(base_url=fake.base_url)
+    )
 
 
 def test_it_recreates_the_container_with_the_new_model(fake_docker: FakeDockerAPI) -> None:
@@ -177,7 +180,10 @@ def test_it_names_the_missing_container(settings: Any, fake_docker: FakeDockerAP
 def test_it_says_docker_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     closed = f"tcp://127.0.0.1:{free_port()}"
     # A client made earlier (its API version known): every call is refused.
-    engine = DockerEngine(client=docker.DockerClient(base_url=closed, version="1.45"))
+    engine = DockerEngine(
+        EngineConfig.from_settings(),
+        client=docker.DockerClient(base_url=closed, version="1.45"),
+    )
     with pytest.raises(EngineError, match="Docker is unreachable"):
         engine.serve(model="B", served_name="B")
     with pytest.raises(EngineError, match="Docker is unreachable"):
@@ -185,7 +191,7 @@ def test_it_says_docker_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     # From the environment, as in production.
     monkeypatch.setenv("DOCKER_HOST", closed)
     with pytest.raises(EngineError, match=f"Docker is unreachable at {closed}"):
-        DockerEngine().state()
+        DockerEngine(EngineConfig.from_settings()).state()
 
 
 # --- the docker engine for real ---------------------------------------------------
@@ -254,7 +260,7 @@ def test_it_switches_a_real_vllm_container(
             shm_size="64m",
         ),
     )
-    engine = DockerEngine()
+    engine = DockerEngine(EngineConfig.from_settings())
     try:
         client.api.start(name)
         wait_until_container_serves(client, name, port, "A")

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from modelmgr.engines import KubernetesEngine, get_engine
+from backends.spec import EngineConfig, default_spec
+from modelmgr.engines import KubernetesEngine, engine_for
 from plumbing.errors import EngineError
 from tests.fake_kube_api import FakeKubeAPI, deployment
 
@@ -31,7 +32,7 @@ def api(settings: Any, tmp_path: Any) -> Iterator[FakeKubeAPI]:
 
 
 def test_it_reads_what_the_deployment_serves(api: FakeKubeAPI) -> None:
-    engine = get_engine()
+    engine = engine_for(default_spec())
     assert isinstance(engine, KubernetesEngine) and not engine.read_only
     state = engine.state()
     assert (state.running, state.model, state.served_name) == (True, "/models/a", "org/a")
@@ -40,7 +41,7 @@ def test_it_reads_what_the_deployment_serves(api: FakeKubeAPI) -> None:
 
 def test_a_switch_patches_the_args_and_waits_for_the_rollout(api: FakeKubeAPI) -> None:
     api.rollout_seconds = 0.5
-    KubernetesEngine().serve(model="/models/b", served_name="org/b")
+    KubernetesEngine(EngineConfig.from_settings()).serve(model="/models/b", served_name="org/b")
     [patch] = api.patches
     [container] = patch["body"]["spec"]["template"]["spec"]["containers"]
     assert container == {
@@ -52,17 +53,17 @@ def test_a_switch_patches_the_args_and_waits_for_the_rollout(api: FakeKubeAPI) -
     assert found["status"]["observedGeneration"] == found["metadata"]["generation"] == 2
     sidecar = found["spec"]["template"]["spec"]["containers"][0]
     assert sidecar["args"] == ["sleep", "inf"]  # the other container is untouched
-    assert KubernetesEngine().state().served_name == "org/b"
+    assert KubernetesEngine(EngineConfig.from_settings()).state().served_name == "org/b"
 
 
 def test_a_stalled_rollout_is_an_error(api: FakeKubeAPI) -> None:
     api.stall = True
     with pytest.raises(EngineError, match=r"did not finish: ReplicaSet .* timed out progressing"):
-        KubernetesEngine().serve(model="/models/b", served_name="org/b")
+        KubernetesEngine(EngineConfig.from_settings()).serve(model="/models/b", served_name="org/b")
 
 
 def test_stop_scales_to_zero_and_serve_scales_back(api: FakeKubeAPI) -> None:
-    engine = KubernetesEngine()
+    engine = KubernetesEngine(EngineConfig.from_settings())
     engine.stop()
     assert api.deployments["vllm"]["spec"]["replicas"] == 0
     assert api.patches[-1]["path"].endswith("/deployments/vllm/scale")
@@ -83,10 +84,10 @@ def test_its_errors_say_what_to_do(
 ) -> None:
     setup(api, settings)
     with pytest.raises(EngineError, match=message):
-        KubernetesEngine().serve(model="/models/b", served_name="org/b")
+        KubernetesEngine(EngineConfig.from_settings()).serve(model="/models/b", served_name="org/b")
 
 
 def test_an_unreachable_api_server_is_an_engine_error(api: FakeKubeAPI) -> None:
     api.stop()
     with pytest.raises(EngineError, match="unreachable"):
-        KubernetesEngine().state()
+        KubernetesEngine(EngineConfig.from_settings()).state()

@@ -13,6 +13,7 @@ import httpx
 import psutil
 import pytest
 
+from backends.spec import EngineConfig
 from modelmgr.engines import ProcessEngine
 from modelmgr.engines import process as process_module
 from plumbing.errors import EngineError
@@ -28,6 +29,11 @@ STUBBORN_COMMAND = (
 )
 
 
+def process_engine() -> ProcessEngine:
+    """The process engine of the settings as they are now (its config is read once)."""
+    return ProcessEngine(EngineConfig.from_settings())
+
+
 def served_models(port: int) -> list[str] | None:
     try:
         response = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1.0)
@@ -38,7 +44,7 @@ def served_models(port: int) -> list[str] | None:
 
 def wait_until_served(port: int, model: str, timeout: float = 20.0) -> None:
     """Poll /v1/models as the switch does; fail early (with vLLM's log) if it died."""
-    engine = ProcessEngine()
+    engine = process_engine()
     deadline = time.monotonic() + timeout
     while served_models(port) != [model]:
         state = engine.state()
@@ -78,7 +84,7 @@ def process_settings(settings: Any, tmp_path: Path) -> Iterator[Any]:
     settings.ENGINE_STOP_GRACE_SECONDS = 5
     settings.TALKTUAH_ENGINE = "process"
     yield settings
-    ProcessEngine().stop()
+    process_engine().stop()
 
 
 # --- the process engine -----------------------------------------------------------
@@ -86,7 +92,7 @@ def process_settings(settings: Any, tmp_path: Path) -> Iterator[Any]:
 
 def test_it_serves_switches_and_stops_the_simulator(process_settings: Any) -> None:
     port = process_settings.VLLM_PORT
-    engine = ProcessEngine()
+    engine = process_engine()
     assert engine.state().running is False
 
     engine.serve(model="/snapshots/org--model-a", served_name="model-a")
@@ -117,12 +123,12 @@ def test_it_serves_switches_and_stops_the_simulator(process_settings: Any) -> No
 
 def test_it_stops_the_orphan_of_a_crashed_worker(process_settings: Any) -> None:
     port = process_settings.VLLM_PORT
-    ProcessEngine().serve(model="model-a", served_name="model-a")
+    process_engine().serve(model="model-a", served_name="model-a")
     wait_until_served(port, "model-a")
     orphan_pid = recorded_pid(process_settings)
 
     # A restarted worker knows nothing but the state file.
-    restarted = ProcessEngine()
+    restarted = process_engine()
     assert restarted.state().running is True
     assert restarted.state().model == "model-a"
     restarted.serve(model="model-b", served_name="model-b")
@@ -143,7 +149,7 @@ def test_it_leaves_alone_a_process_that_reused_the_recorded_pid(process_settings
             "create_time": 1.0,
         }
         (Path(process_settings.VAR_DIR) / "engine.json").write_text(json.dumps(record))
-        engine = ProcessEngine()
+        engine = process_engine()
         assert engine.state().running is False
         engine.stop()
         assert stranger.poll() is None
@@ -156,7 +162,7 @@ def test_it_kills_a_child_that_ignores_sigterm(process_settings: Any) -> None:
     process_settings.ENGINE_PROCESS_COMMAND = STUBBORN_COMMAND
     process_settings.ENGINE_STOP_GRACE_SECONDS = 1
     log = Path(process_settings.VAR_DIR) / "engine.log"
-    engine = ProcessEngine()
+    engine = process_engine()
     engine.serve(model="model-a", served_name="model-a")
     pid = recorded_pid(process_settings)
     # (The log's header line holds the command, hence a whole line.)
@@ -174,7 +180,7 @@ def test_it_reports_a_crashed_vllm_with_its_last_words(process_settings: Any) ->
     process_settings.ENGINE_PROCESS_COMMAND = (
         "{python} -c \"import sys; print('CUDA out of memory'); sys.exit(3)\""
     )
-    engine = ProcessEngine()
+    engine = process_engine()
     engine.serve(model="model-a", served_name="model-a")
     wait_for(lambda: not engine.state().running)
     state = engine.state()
@@ -185,14 +191,14 @@ def test_it_reports_a_crashed_vllm_with_its_last_words(process_settings: Any) ->
 
 def test_it_keeps_a_value_with_spaces_one_argument(process_settings: Any) -> None:
     process_settings.ENGINE_PROCESS_COMMAND = "vllm serve {model} --served-model-name {served_name}"
-    command = ProcessEngine().command(model="/models/my model; rm -rf /", served_name="m")
+    command = process_engine().command(model="/models/my model; rm -rf /", served_name="m")
     assert command == ["vllm", "serve", "/models/my model; rm -rf /", "--served-model-name", "m"]
 
 
 def test_it_rejects_an_unknown_placeholder(process_settings: Any) -> None:
     process_settings.ENGINE_PROCESS_COMMAND = "vllm serve {modle}"
     with pytest.raises(EngineError, match=r"ENGINE_PROCESS_COMMAND.*\{model\}"):
-        ProcessEngine().serve(model="m", served_name="m")
+        process_engine().serve(model="m", served_name="m")
 
 
 def test_it_refuses_a_port_held_by_another_program(
@@ -203,10 +209,10 @@ def test_it_refuses_a_port_held_by_another_program(
         squatter.bind(("127.0.0.1", process_settings.VLLM_PORT))
         squatter.listen()
         with pytest.raises(EngineError, match=f"port {process_settings.VLLM_PORT} is in use"):
-            ProcessEngine().serve(model="m", served_name="m")
+            process_engine().serve(model="m", served_name="m")
 
 
 def test_it_explains_a_missing_program(process_settings: Any) -> None:
     process_settings.ENGINE_PROCESS_COMMAND = "/nonexistent/vllm serve {model}"
     with pytest.raises(EngineError, match="could not start vLLM"):
-        ProcessEngine().serve(model="m", served_name="m")
+        process_engine().serve(model="m", served_name="m")

@@ -1,4 +1,5 @@
-"""The external engine's refusals, and get_engine() picking an engine by setting."""
+"""The external engine's refusals, and engine_for() picking a backend's engine by its
+kind (TALKTUAH_ENGINE for VLLM_BASE_URL's `default`)."""
 
 import runpy
 from pathlib import Path
@@ -6,12 +7,14 @@ from typing import Any
 
 import pytest
 
+from backends.spec import EngineConfig, default_spec
 from modelmgr.engines import (
     DockerEngine,
     ExternalEngine,
     KubernetesEngine,
     ProcessEngine,
-    get_engine,
+    engine_for,
+    engine_of,
 )
 from plumbing.errors import EngineError, EngineReadOnly
 from tests.private_dockerd import (
@@ -20,7 +23,7 @@ from tests.private_dockerd import (
 
 
 def test_the_external_engine_refuses_changes() -> None:
-    engine = ExternalEngine()
+    engine = ExternalEngine(EngineConfig.from_settings(kind="external"))
     assert engine.read_only is True
     with pytest.raises(EngineReadOnly, match="TALKTUAH_ENGINE=external"):
         engine.serve(model="m", served_name="m")
@@ -38,22 +41,22 @@ def test_the_external_engine_refuses_changes() -> None:
         ("external", ExternalEngine),
     ],
 )
-def test_get_engine_picks_by_setting(settings: Any, name: str, engine_class: type) -> None:
+def test_engine_for_picks_by_setting(settings: Any, name: str, engine_class: type) -> None:
     settings.TALKTUAH_ENGINE = name
-    engine = get_engine()
+    engine = engine_for(default_spec())
     assert isinstance(engine, engine_class)
     assert engine.name == name
 
 
-def test_get_engine_defaults_to_process(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_for_defaults_to_process(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # The default lives in settings.py: read it as a fresh process would.
     monkeypatch.delenv("TALKTUAH_ENGINE", raising=False)
     defaults = runpy.run_path(str(Path(settings.BASE_DIR) / "talktuah_site" / "settings.py"))
     settings.TALKTUAH_ENGINE = defaults["TALKTUAH_ENGINE"]
-    assert isinstance(get_engine(), ProcessEngine)
+    assert isinstance(engine_for(default_spec()), ProcessEngine)
 
 
-def test_get_engine_rejects_an_unknown_name(settings: Any) -> None:
+def test_engine_of_rejects_an_unknown_name(settings: Any) -> None:
     settings.TALKTUAH_ENGINE = "podman"
-    with pytest.raises(EngineError, match="unknown TALKTUAH_ENGINE 'podman'"):
-        get_engine()
+    with pytest.raises(EngineError, match="unknown engine 'podman': use one of docker, external"):
+        engine_of(EngineConfig.from_settings())

@@ -8,8 +8,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from modelmgr.models import Backend, EngineKind
-from modelmgr.services import backend_create, backend_save
+from backends.models import Backend, EngineKind
+from backends.services import backend_create, backend_save
 
 
 class Command(BaseCommand):
@@ -31,6 +31,17 @@ class Command(BaseCommand):
             help="read vLLM's --api-key from this environment variable (never from the "
             "command line, which shells keep in their history)",
         )
+        add.add_argument(
+            "--capacity",
+            type=int,
+            help="requests it runs at once; beyond, they wait in the gateway "
+            "(default: BACKEND_CAPACITY)",
+        )
+        add.add_argument(
+            "--priority-scheduling",
+            action="store_true",
+            help="vLLM runs --scheduling-policy priority: set `priority` from the key's tier",
+        )
         add.add_argument("--disabled", action="store_true", help="add it switched off")
         add.add_argument("--draining", action="store_true", help="take no new requests")
         commands.add_parser("list", help="one line per backend")
@@ -44,9 +55,10 @@ class Command(BaseCommand):
                 state = "enabled" if row.enabled else "disabled"
                 extra = ", draining" if row.draining else ""
                 key = ", API key set" if row.has_api_key else ""
+                capacity = f"capacity {row.capacity}" if row.capacity else "capacity default"
                 self.stdout.write(
-                    f"{row.name}\t{row.base_url}\tweight {row.weight}\t{row.engine}\t"
-                    f"{state}{extra}{key}"
+                    f"{row.name}\t{row.base_url}\tweight {row.weight}\t{capacity}\t"
+                    f"{row.engine}\t{state}{extra}{key}"
                 )
             return
         if action == "remove":
@@ -66,6 +78,8 @@ class Command(BaseCommand):
             raise CommandError("--engine-settings must be a JSON object")
         if options["weight"] < 1:
             raise CommandError("--weight must be at least 1")
+        if options["capacity"] is not None and options["capacity"] < 1:
+            raise CommandError("--capacity must be at least 1")
         api_key = None
         if options["api_key_env"]:
             api_key = os.environ.get(options["api_key_env"])
@@ -76,6 +90,8 @@ class Command(BaseCommand):
             "engine": options["engine"],
             "engine_settings": engine_settings,
             "weight": options["weight"],
+            "capacity": options["capacity"],
+            "priority_scheduling": options["priority_scheduling"],
             "enabled": not options["disabled"],
             "draining": options["draining"],
         }

@@ -1,18 +1,21 @@
 """The vLLM backends this process routes to, held in memory: the hot path reads this
 state and never the database.
 
-The backends are the enabled `Backend` rows plus, unless a row is named `default`, the
-one VLLM_BASE_URL describes (with BACKEND_DISCOVERY=kubernetes: the ready pods instead);
-a single backend behaves exactly as TalkTuah always did (no polling, every request goes
-to it). With several, a background task polls each one's /health and /v1/models every
-BACKEND_POLL_SECONDS (and re-reads the rows): a backend that fails a poll, or
-BACKEND_MAX_FAILURES requests in a row, is ejected for BACKEND_COOLDOWN_SECONDS, probed
-again, and put back once healthy.
+The backends are what `backends.discovery` lists (the enabled rows, VLLM_BASE_URL's
+`default`, or with BACKEND_DISCOVERY=kubernetes the ready pods). One backend is a pool
+of one: a background task looks at every backend every BACKEND_POLL_SECONDS (and
+re-reads the rows), keeping its health record (`backends.health`); a backend that fails
+a look, or BACKEND_MAX_FAILURES requests in a row, is ejected for
+BACKEND_COOLDOWN_SECONDS, looked at again, and put back once healthy.
 
 A request goes to a backend serving its model: the one its session hashes to (stable
 rendezvous hashing, so a conversation keeps its prefix cache), else the less busy of two
 picked at random (power of two choices on requests in flight per unit of weight). The
-other candidates follow in order, for failover before the first byte.
+other candidates follow in order, for failover before the first byte; ejected ones come
+last, as a last resort. When every backend that serves the model is ejected, and each was
+seen up before (so it is not starting), the request fails at once (503, Retry-After)
+instead of retrying for UPSTREAM_RETRY_SECONDS: the switch hold (proxy/holding.py) is
+what waits for a backend known to be coming back.
 """
 
 import asyncio
@@ -23,45 +26,76 @@ import math
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
 
-from modelmgr.models import DEFAULT_BACKEND
-from modelmgr.selectors import backend_upstreams
+from backends import health
+from backends.admission import BackendQueue, Claim, Ticket, worker_share
+from backends.discovery import row_specs, with_default
+from backends.health import BackendHealth
+from backends.metrics import BACKEND_ADMITTED, BACKEND_CAPACITY, BACKEND_IN_FLIGHT, BACKEND_UP
+from backends.spec import BackendSpec
 from plumbing import kube, vllm
 from plumbing.db import run_sync
 from plumbing.errors import ModelNotServed, UpstreamTimeout, UpstreamUnavailable
-from proxy.metrics import BACKEND_IN_FLIGHT, BACKEND_UP
 
 log = logging.getLogger("talktuah.pool")
+
+# A request that finds no backend serving its model looks at them again if what is known
+# is older than this, before it answers 404 (a switch made by another process).
+MODELS_FRESH_SECONDS = 1.0
 
 
 @dataclass(eq=False, slots=True)
 class Replica:
-    """One backend as this process sees it."""
+    """One backend as this process routes to it: its spec and its routing state."""
 
-    upstream: vllm.Upstream
-    weight: int = 1
-    draining: bool = False
-    models: tuple[str, ...] | None = None  # None: not learned yet
-    cards: tuple[dict[str, Any], ...] = ()  # its /v1/models entries
+    spec: BackendSpec
+    queue: BackendQueue = field(init=False)
     ejected_until: float = 0.0  # monotonic; while ejected it is only a last resort
     failures: int = 0  # requests in a row that found it unreachable
     in_flight: int = 0
+    # Seen healthy by this process: until then it is taken to be starting (a vLLM loads
+    # for minutes after the gateway and it were started together), and requests wait
+    # for it; once it was up, its being down is news, and requests fail fast.
+    seen_up: bool = False
+
+    def __post_init__(self) -> None:
+        self.queue = BackendQueue(self.spec.name, worker_share(self.spec.capacity))
+        BACKEND_CAPACITY.labels(self.spec.name).set(self.queue.capacity)
 
     @property
     def name(self) -> str:
-        return self.upstream.name
+        return self.spec.name
+
+    @property
+    def weight(self) -> int:
+        return self.spec.weight
+
+    @property
+    def draining(self) -> bool:
+        return self.spec.draining
+
+    @property
+    def health(self) -> BackendHealth | None:
+        return health.record(self.name)
+
+    @property
+    def models(self) -> tuple[str, ...] | None:
+        """What it was last seen serving; None while that is not known."""
+        found = self.health
+        return found.known_models if found is not None else None
 
     @property
     def ejected(self) -> bool:
         return self.ejected_until > 0.0
 
     def serves(self, model: str) -> bool:
-        return self.models is not None and model in self.models
+        models = self.models
+        return models is not None and model in models
 
     def eject(self, reason: str) -> None:
         if not self.ejected:
@@ -74,21 +108,15 @@ class Replica:
             log.warning("backend %s is healthy again", self.name)
         self.failures = 0
         self.ejected_until = 0.0
+        self.seen_up = True
         BACKEND_UP.labels(self.name).set(1)
-
-
-@dataclass(frozen=True, slots=True)
-class BackendConfig:
-    upstream: vllm.Upstream
-    weight: int = 1
-    draining: bool = False
 
 
 class Pool:
     def __init__(self) -> None:
         self.replicas: dict[str, Replica] = {}
-        self._default_source: vllm.Upstream | None = None
-        self._rows: list[BackendConfig] = []
+        self._default_source: tuple[str, str] | None = None
+        self._rows: list[BackendSpec] = []
         self._loaded = False
         self._load_lock: asyncio.Lock | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -100,14 +128,13 @@ class Pool:
 
     async def ready(self) -> None:
         """Load the backends once per process (and event loop), look at them all once
-        and start the poller when there are several, and follow a changed
-        VLLM_BASE_URL; one comparison when nothing changed (every request but the
-        first)."""
+        and start the poller, and follow a changed VLLM_BASE_URL; two comparisons when
+        nothing changed (every request but the first)."""
         loop = asyncio.get_running_loop()
         if (
             self._loop is loop
             and self._loaded
-            and self._default_source is vllm.default_upstream()
+            and self._default_source == (settings.VLLM_BASE_URL, settings.VLLM_API_KEY)
             and (self._watcher is None or self._pods_version == self._watcher.version)
         ):
             return
@@ -124,25 +151,15 @@ class Pool:
                 # False while the database is away: the next request reads it again.
                 self._loaded = await self._read_rows()
             self._apply()
-            if self._polled and self._poller is None:
+            if self._poller is None:
                 # The first look happens before the first request is routed; then
                 # every BACKEND_POLL_SECONDS in the background.
                 await self._check_all()
                 self._poller = loop.create_task(self._poll_forever(), name="backend-poller")
 
-    @property
-    def _polled(self) -> bool:
-        # One fixed backend needs no polling: every request goes to it anyway.
-        return len(self.replicas) > 1 or self._watcher is not None
-
-    async def refresh(self) -> None:
-        """Look at every backend now (after a switch, say), when there are several."""
-        if self._polled:
-            await self.poll_once()
-
     async def _read_rows(self) -> bool:
         try:
-            self._rows = await run_sync(_rows)
+            self._rows = await run_sync(row_specs)
         except DatabaseError as exc:
             # Routing keeps the backends it knows (at least VLLM_BASE_URL's) while the
             # database is away; the next request or poll reads them again.
@@ -151,34 +168,25 @@ class Pool:
         return True
 
     def _apply(self) -> None:
-        configs = list(self._rows)
-        default = vllm.default_upstream()
-        self._default_source = default
+        self._default_source = (settings.VLLM_BASE_URL, settings.VLLM_API_KEY)
+        pods = None
         if self._watcher is not None:
             # Discovered pods take the place of VLLM_BASE_URL's backend.
             self._pods_version = self._watcher.version
-            configs += [
-                BackendConfig(
-                    vllm.Upstream(
-                        pod.name, f"http://{pod.ip}:{settings.K8S_BACKEND_PORT}", default.api_key
-                    )
-                )
-                for pod in self._watcher.pods()
-                if pod.usable
-            ]
-        elif default.base_url and not any(c.upstream.name == DEFAULT_BACKEND for c in configs):
-            configs.insert(0, BackendConfig(default))
-        self.sync(configs)
+            pods = self._watcher.pods()
+        self.sync(with_default(list(self._rows), pods))
 
-    def sync(self, configs: Iterable[BackendConfig]) -> None:
+    def sync(self, specs: Iterable[BackendSpec]) -> None:
         """Take a new list of backends, keeping what was learned about unchanged ones."""
         fresh: dict[str, Replica] = {}
-        for config in configs:
-            known = self.replicas.get(config.upstream.name)
-            if known is None or known.upstream != config.upstream:
-                known = Replica(config.upstream)
-            known.weight, known.draining = max(config.weight, 1), config.draining
-            fresh[config.upstream.name] = known
+        for spec in specs:
+            known = self.replicas.get(spec.name)
+            if known is None or known.spec.upstream != spec.upstream:
+                known = Replica(spec)
+            else:
+                known.spec = spec  # a new weight, draining flag or capacity
+                known.queue.resize(worker_share(spec.capacity))
+            fresh[spec.name] = known
         self.replicas = fresh
 
     def forget(self) -> None:
@@ -189,8 +197,9 @@ class Pool:
         self.replicas, self._rows = {}, []
         self._default_source, self._poller, self._loaded = None, None, False
         self._watcher, self._pods_version = None, -1
+        health.forget()
 
-    # --- routing -------------------------------------------------------------------
+    # --- what the backends serve ---------------------------------------------------
 
     def served_models(self) -> list[str]:
         """Every model some backend serves, in backend order, each once."""
@@ -204,26 +213,53 @@ class Pool:
         """vLLM's model cards of every served model, the first backend's card of each."""
         cards: dict[str, dict[str, Any]] = {}
         for replica in self.replicas.values():
-            for card in replica.cards:
+            found = replica.health
+            for card in (found.known_cards or ()) if found is not None else ():
                 cards.setdefault(str(card["id"]), card)
         return list(cards.values())
+
+    @property
+    def schedules_by_priority(self) -> bool:
+        """Some backend runs vLLM's priority scheduling (the gateway then sets it)."""
+        return any(r.spec.priority_scheduling for r in self.replicas.values())
+
+    def records(self) -> list[tuple[Replica, BackendHealth | None]]:
+        return [(replica, replica.health) for replica in self.replicas.values()]
+
+    async def look(self, *, max_age: float) -> list[tuple[Replica, BackendHealth]]:
+        """Every backend with a health record no older than `max_age` (the stale ones
+        looked at now, in parallel); ejects and restores like the poller."""
+        replicas = list(self.replicas.values())
+        found = await asyncio.gather(*(self._check(r, max_age=max_age) for r in replicas))
+        return list(zip(replicas, found, strict=True))
+
+    # --- routing -------------------------------------------------------------------
 
     def routes(self, model: str, session: str | None = None) -> list[Replica]:
         """The backends to try for `model`, best first; raises ModelNotServed when no
         backend serves it (and every backend's models are known)."""
         replicas = list(self.replicas.values())
-        if len(replicas) <= 1:
-            return replicas
+        if not replicas:
+            return []  # nothing configured or discovered: a 503, not a 404
         serving = [r for r in replicas if r.serves(model) and not r.draining]
-        live = [r for r in serving if not r.ejected]
         unknown = [r for r in replicas if r.models is None and not r.draining]
         if not serving and not unknown:
             served = ", ".join(self.served_models()) or "none right now"
             raise ModelNotServed(
                 f"The model `{model}` does not exist. Served models: {served}.", param="model"
             )
+        live = [r for r in serving if not r.ejected]
         ejected = [r for r in serving if r.ejected]
         return _order(live, session) + _order(unknown, session) + ejected
+
+    async def _routes(self, model: str, session: str | None) -> list[Replica]:
+        try:
+            return self.routes(model, session)
+        except ModelNotServed:
+            # What is known may predate a switch another process made: look again
+            # (once, and only if it is not fresh) before answering 404.
+            await self.look(max_age=MODELS_FRESH_SECONDS)
+            return self.routes(model, session)
 
     async def open(
         self,
@@ -233,39 +269,56 @@ class Pool:
         model: str,
         session: str | None = None,
         request_id: str | None = None,
+        claim: Claim | None = None,
+        estimate: int = 0,
+        prioritized: bytes | None = None,
     ) -> vllm.UpstreamResponse:
-        """Send a POST to the best backend for `model`, failing over to the next before
-        any response byte (connection refused or reset, a 503 from a starting vLLM);
-        round after round with backoff for UPSTREAM_RETRY_SECONDS. Once a backend has
-        started answering, the request is never sent again."""
+        """Send a POST to the best backend for `model` (after its admission queue gave
+        `claim` a slot: backends with room first; `prioritized` is the body sent to
+        backends that run priority scheduling), failing over to the next before
+        any response byte (connection refused or reset, a 503 from a starting vLLM).
+        When every backend serving the model is ejected (down by its health record or
+        by requests in a row) after it was seen up, 503 at once; else (one is starting,
+        or not yet found down) round after round with backoff for UPSTREAM_RETRY_SECONDS,
+        each failure counting towards an ejection. Once a backend has started
+        answering, the request is never sent again."""
         deadline = time.monotonic() + settings.UPSTREAM_RETRY_SECONDS
         delay = 0.05
         attempts = 0
         last_error: vllm.NotReached | None = None
         while True:
-            candidates = self.routes(model, session)
+            candidates = await self._routes(model, session)
             if not candidates:
                 raise UpstreamUnavailable(
                     "No vLLM backend is configured or discovered right now.",
                     code="no_backend",
                     headers={"Retry-After": "5"},
                 )
+            if claim is not None:
+                candidates = _with_room_first(candidates, claim)
             for index, replica in enumerate(candidates):
+                ticket = (
+                    None if claim is None else await replica.queue.admit(claim, estimate=estimate)
+                )
                 attempts += 1
-                _begin(replica)
+                _begin(replica, ticket)
+                body = prioritized if prioritized and replica.spec.priority_scheduling else content
                 try:
                     response = await vllm.send(
-                        replica.upstream, "POST", path, content=content, request_id=request_id
+                        replica.spec.upstream, "POST", path, content=body, request_id=request_id
                     )
                 except UpstreamTimeout as exc:
-                    _end(replica)
+                    _end(replica, ticket)
                     exc.attempts = attempts
                     raise
                 except vllm.NotReached as exc:
-                    _end(replica)
+                    _end(replica, ticket)
                     self._failed(replica, exc.message)
                     last_error = exc
                     continue
+                except BaseException:
+                    _end(replica, ticket)  # cancelled (the client left) before headers
+                    raise
                 # The next backend answers instead of a 503, and instead of a 404 from a
                 # backend whose models are not known yet (its first look failed), tried in
                 # case it serves the model (CI: a request for a model two replicas serve
@@ -273,23 +326,28 @@ class Pool:
                 unknown_model = response.status == 404 and replica.models is None
                 if (response.status == 503 or unknown_model) and index < len(candidates) - 1:
                     await response.aclose()
-                    _end(replica)
+                    _end(replica, ticket)
                     if response.status == 503:
                         self._failed(replica, "answered 503")
                     continue
                 replica.failures = 0
                 response.attempts = attempts
-                response.on_close = functools.partial(_end, replica)
+                response.on_close = functools.partial(_end, replica, ticket)
+                if ticket is not None:
+                    response.queued_seconds = ticket.waited
+                    response.on_tokens = ticket.settle
                 return response
+            if all(replica.ejected and replica.seen_up for replica in candidates):
+                raise _down(model, attempts)
             if time.monotonic() + delay > deadline:
-                where = candidates[0].upstream.base_url if len(candidates) == 1 else "every backend"
+                where = candidates[0].spec.base_url if len(candidates) == 1 else "every backend"
                 raise vllm.unreachable(where, attempts, last_error) from last_error
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
     def _failed(self, replica: Replica, reason: str) -> None:
         replica.failures += 1
-        if len(self.replicas) > 1 and replica.failures >= settings.BACKEND_MAX_FAILURES:
+        if replica.failures >= settings.BACKEND_MAX_FAILURES:
             replica.eject(f"{replica.failures} requests in a row failed ({reason})")
 
     # --- polling -------------------------------------------------------------------
@@ -308,35 +366,70 @@ class Pool:
         self._apply()
         await self._check_all()
 
+    async def refresh(self) -> None:
+        """Look at every backend now (after a switch, say)."""
+        await self.poll_once()
+
     async def _check_all(self) -> None:
         now = time.monotonic()
         due = [r for r in self.replicas.values() if r.ejected_until <= now]
         await asyncio.gather(*(self._check(replica) for replica in due))
 
-    async def _check(self, replica: Replica) -> None:
-        found = await vllm.health_check(
-            wait=settings.BACKEND_POLL_TIMEOUT, upstream=replica.upstream, with_metrics=False
-        )
+    async def _check(self, replica: Replica, *, max_age: float = 0.0) -> BackendHealth:
+        found = await health.look(replica.spec, max_age=max_age)
         if not found.healthy:
             replica.eject(found.detail)
-            return
-        if found.listed:
-            replica.cards = tuple(card for card in found.models if "id" in card)
-            replica.models = tuple(str(card["id"]) for card in replica.cards)
-        # else its models stay as last learned (unknown if never): a list that did not
-        # come in time made a backend serve nothing until the next look, and requests
-        # for its model got 404 (CI, a loaded machine: "Served models: alpha." of three).
-        replica.restore()
+        else:
+            replica.restore()
+            saturated = found.queue is not None and found.queue.get("waiting", 0) > 0
+            running = int(found.queue.get("running", 0)) if found.queue else 0
+            replica.queue.observe(
+                worker_share(replica.spec.capacity),
+                worker_share(running) if saturated else None,
+            )
+            BACKEND_CAPACITY.labels(replica.name).set(replica.queue.capacity)
+        return found
+
+    def would_wait(self, model: str, session: str | None, claim: Claim) -> bool:
+        """Whether a request for `model` would wait for a slot now (no backend serving
+        it has room): a stream is then answered at once and waits inside."""
+        try:
+            candidates = self.routes(model, session)
+        except ModelNotServed:
+            return False
+        return bool(candidates) and all(r.queue.would_wait(claim) for r in candidates)
 
 
-def _begin(replica: Replica) -> None:
+def _down(model: str, attempts: int) -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        f"No vLLM backend that serves '{model}' is up right now; retry shortly.",
+        code="backend_down",
+        attempts=attempts,
+        headers={"Retry-After": str(max(1, round(settings.BACKEND_POLL_SECONDS)))},
+    )
+
+
+def _begin(replica: Replica, ticket: Ticket | None) -> None:
     replica.in_flight += 1
     BACKEND_IN_FLIGHT.labels(replica.name).inc()
+    if ticket is not None:
+        BACKEND_ADMITTED.labels(replica.name).inc()
 
 
-def _end(replica: Replica) -> None:
+def _end(replica: Replica, ticket: Ticket | None) -> None:
     replica.in_flight -= 1
     BACKEND_IN_FLIGHT.labels(replica.name).dec()
+    if ticket is not None and not ticket.released:
+        ticket.release()  # the slot goes to the next waiter at once
+        BACKEND_ADMITTED.labels(replica.name).dec()
+
+
+def _with_room_first(candidates: list[Replica], claim: Claim) -> list[Replica]:
+    """The candidates whose queue would admit `claim` at once first, in order."""
+    room = [r for r in candidates if not r.queue.would_wait(claim)]
+    if not room or len(room) == len(candidates):
+        return candidates
+    return room + [r for r in candidates if r not in room]
 
 
 def _order(replicas: list[Replica], session: str | None) -> list[Replica]:
@@ -359,13 +452,6 @@ def _rendezvous(session: str, replica: Replica) -> float:
     digest = hashlib.blake2b(f"{session}\x00{replica.name}".encode(), digest_size=8).digest()
     unit = (int.from_bytes(digest, "big") + 1) / 2.0**64  # in (0, 1]
     return -replica.weight / math.log(unit) if unit < 1.0 else math.inf
-
-
-def _rows() -> list[BackendConfig]:
-    return [
-        BackendConfig(upstream, weight=weight, draining=draining)
-        for upstream, weight, draining in backend_upstreams()
-    ]
 
 
 pool = Pool()
