@@ -132,6 +132,12 @@ test-vllm:
 # `make bench`: the gateway (with one backend and with three) against a direct connection
 # and LiteLLM, side by side; writes docs/benchmarks.md. BENCH_ARGS=--quick (short) or
 # --with-litellm (install LiteLLM).
-.PHONY: bench
+.PHONY: bench bench-fairness
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# `make bench-fairness`: a busy vLLM (the simulator at --max-num-seqs 4) shared by a key
+# holding 16 long streams and a quiet key, through TalkTuah and direct, in one run.
+# FAIRNESS_ARGS='--vllm http://127.0.0.1:8000 --model NAME' measures a running vLLM.
+bench-fairness: venv
+	$(PY) bench/fairness.py $(FAIRNESS_ARGS)
