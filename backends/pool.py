@@ -244,6 +244,10 @@ class Pool:
         serving = [r for r in replicas if r.serves(model) and not r.draining]
         unknown = [r for r in replicas if r.models is None and not r.draining]
         if not serving and not unknown:
+            if len(replicas) == 1 and not replicas[0].draining:
+                # One backend answers for itself: vLLM's own 404 (its message, type and
+                # code) reaches the client, as it always did.
+                return replicas
             served = ", ".join(self.served_models()) or "none right now"
             raise ModelNotServed(
                 f"The model `{model}` does not exist. Served models: {served}.", param="model"
