@@ -94,9 +94,10 @@ async def ttft(client: httpx.AsyncClient, url: str, key: str, model: str) -> flo
         response.raise_for_status()
         first = None
         async for line in response.aiter_lines():
-            if first is None and line.startswith("data: {") and '"content":"' in line:
-                if '"content":""' not in line:  # the role chunk has none
-                    first = time.perf_counter() - started
+            # The first chunk with content (the role chunk's is empty).
+            content = '"content":"' in line and '"content":""' not in line
+            if first is None and line.startswith("data: {") and content:
+                first = time.perf_counter() - started
     if first is None:
         raise RuntimeError("the stream had no content")
     return first
