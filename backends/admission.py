@@ -199,10 +199,8 @@ class BackendQueue:
             raise
         waited = time.monotonic() - waiter.enqueued
         QUEUE_WAIT.labels(self.backend, claim.tier).observe(waited)
-        ticket = Ticket(self, claim, waited=waited)
         self._charge(claim, estimate)
-        ticket.charged = float(estimate)
-        return ticket
+        return Ticket(self, claim, waited=waited, charged=float(estimate))
 
     def _eligible(self, claim: Claim) -> bool:
         free = self.capacity - self.running

@@ -32,10 +32,6 @@ def backend_specs() -> list[BackendSpec]:
     return with_default(row_specs())
 
 
-def backend_names() -> list[str]:
-    return [spec.name for spec in backend_specs()]
-
-
 def backend_get(name: str) -> BackendSpec:
     """The backend of that name (enabled or not: a worker may drive a disabled one),
     its engine settings checked."""

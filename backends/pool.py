@@ -223,9 +223,6 @@ class Pool:
         """Some backend runs vLLM's priority scheduling (the gateway then sets it)."""
         return any(r.spec.priority_scheduling for r in self.replicas.values())
 
-    def records(self) -> list[tuple[Replica, BackendHealth | None]]:
-        return [(replica, replica.health) for replica in self.replicas.values()]
-
     async def look(self, *, max_age: float) -> list[tuple[Replica, BackendHealth]]:
         """Every backend with a health record no older than `max_age` (the stale ones
         looked at now, in parallel); ejects and restores like the poller."""
