@@ -266,13 +266,16 @@ class Pool:
         self,
         path: str,
         *,
-        content: bytes,
+        content: bytes | None,
         model: str,
         session: str | None = None,
         request_id: str | None = None,
         claim: Claim | None = None,
         estimate: int = 0,
         prioritized: bytes | None = None,
+        method: str = "POST",
+        content_type: str = vllm.JSON,
+        backend: str | None = None,
     ) -> vllm.UpstreamResponse:
         """Send a POST to the best backend for `model` (after its admission queue gave
         `claim` a slot: backends with room first; `prioritized` is the body sent to
@@ -282,13 +285,16 @@ class Pool:
         by requests in a row) after it was seen up, 503 at once; else (one is starting,
         or not yet found down) round after round with backoff for UPSTREAM_RETRY_SECONDS,
         each failure counting towards an ejection. Once a backend has started
-        answering, the request is never sent again."""
+        answering, the request is never sent again. `backend` names the one backend to
+        send to (what it stored, such as a Responses API response, lives there only)."""
         deadline = time.monotonic() + settings.UPSTREAM_RETRY_SECONDS
         delay = 0.05
         attempts = 0
         last_error: vllm.NotReached | None = None
         while True:
-            candidates = await self._routes(model, session)
+            candidates = (
+                await self._pinned(backend) if backend else await self._routes(model, session)
+            )
             if not candidates:
                 raise UpstreamUnavailable(
                     "No vLLM backend is configured or discovered right now.",
@@ -306,7 +312,12 @@ class Pool:
                 body = prioritized if prioritized and replica.spec.priority_scheduling else content
                 try:
                     response = await vllm.send(
-                        replica.spec.upstream, "POST", path, content=body, request_id=request_id
+                        replica.spec.upstream,
+                        method,
+                        path,
+                        content=body,
+                        request_id=request_id,
+                        content_type=content_type,
                     )
                 except UpstreamTimeout as exc:
                     _end(replica, ticket)
@@ -345,6 +356,18 @@ class Pool:
                 raise vllm.unreachable(where, attempts, last_error) from last_error
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    async def _pinned(self, name: str) -> list[Replica]:
+        replica = self.replicas.get(name)
+        if replica is None:
+            await self.look(max_age=MODELS_FRESH_SECONDS)
+            replica = self.replicas.get(name)
+        if replica is None:
+            raise UpstreamUnavailable(
+                f"Backend {name}, which holds this, is not configured any more.",
+                code="backend_gone",
+            )
+        return [replica]
 
     def _failed(self, replica: Replica, reason: str) -> None:
         replica.failures += 1

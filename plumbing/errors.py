@@ -32,10 +32,29 @@ SDKs can parse it.
         └── EngineReadOnly (409)
 """
 
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from django.http import HttpResponse
+
+# The shape of an API the gateway relays: OpenAI's (chat, completions and the rest),
+# Anthropic's Messages API, or OpenAI's Responses API. Errors on Anthropic's route take
+# its own shape; a stream's error event takes each API's.
+Dialect = Literal["openai", "anthropic", "responses"]
+
+# Anthropic's error `type` for an HTTP status (its SDKs pick the exception by status).
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
 
 
 class TalkTuahError(Exception):
@@ -274,15 +293,53 @@ def error_body(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def error_response(exc: TalkTuahError) -> HttpResponse:
-    body = error_body(exc.message, exc.type, param=exc.param, code=exc.code)
+def anthropic_error_body(
+    message: str, status: int, *, code: str | int | None = None
+) -> dict[str, Any]:
+    """Anthropic's error shape; `code` (the gateway's own, stable) rides along."""
+    error: dict[str, Any] = {"type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message}
+    if code is not None and code != status:
+        error["code"] = code
+    return {"type": "error", "error": error}
+
+
+def error_response(exc: TalkTuahError, dialect: Dialect = "openai") -> HttpResponse:
+    body = (
+        anthropic_error_body(exc.message, exc.status, code=exc.code)
+        if dialect == "anthropic"
+        else error_body(exc.message, exc.type, param=exc.param, code=exc.code)
+    )
     response = HttpResponse(orjson.dumps(body), status=exc.status, content_type="application/json")
     for name, value in exc.headers.items():
         response[name] = value
     return response
 
 
-def normalise_upstream_error(status: int, content: bytes) -> bytes:
+def normalise_upstream_error(status: int, content: bytes, dialect: Dialect = "openai") -> bytes:
+    """vLLM's error body in the route's shape (Anthropic's on its route, else OpenAI's),
+    whatever vLLM sent."""
+    if dialect == "anthropic":
+        return _anthropic_upstream_error(status, content)
+    return _openai_upstream_error(status, content)
+
+
+def _anthropic_upstream_error(status: int, content: bytes) -> bytes:
+    # vLLM answers its Anthropic route in that shape already; anything else (a plain
+    # FastAPI 404, an OpenAI-shape error from its middleware) is rewritten into it.
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict) and data.get("type") == "error":
+        inner = data.get("error")
+        if isinstance(inner, dict) and "message" in inner:
+            inner.setdefault("type", ANTHROPIC_TYPES.get(status, "api_error"))
+            return orjson.dumps({"type": "error", "error": inner})
+    message = orjson.loads(_openai_upstream_error(status, content))["error"]["message"]
+    return orjson.dumps(anthropic_error_body(str(message), status))
+
+
+def _openai_upstream_error(status: int, content: bytes) -> bytes:
     """vLLM's error body in OpenAI's shape, whatever vLLM sent.
 
     vLLM 0.32 sends the nested shape already; older servers send a flat
@@ -319,6 +376,14 @@ def normalise_upstream_error(status: int, content: bytes) -> bytes:
     return orjson.dumps(error_body(f"upstream: {text}", "upstream_error", code=status))
 
 
-def sse_error_event(message: str, type_: str, code: int) -> bytes:
-    """The event that ends a stream that broke after it started, followed by [DONE]."""
+def sse_error_event(message: str, type_: str, code: int, dialect: Dialect = "openai") -> bytes:
+    """The event that ends a stream that broke after it started, in the API's own way:
+    OpenAI's error chunk followed by [DONE]; Anthropic's `event: error`; the Responses
+    API's `error` event."""
+    if dialect == "anthropic":
+        body = anthropic_error_body(message, code, code=type_)
+        return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
+    if dialect == "responses":
+        event = {"type": "error", "code": type_, "message": message, "param": None}
+        return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
     return b"data: " + orjson.dumps(error_body(message, type_, code=code)) + b"\n\ndata: [DONE]\n\n"

@@ -127,8 +127,13 @@ def _aiohttp_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
     )
 
 
-def _headers(upstream: Upstream, request_id: str | None = None) -> dict[str, str]:
-    headers = {"content-type": "application/json"}
+JSON = "application/json"
+
+
+def _headers(
+    upstream: Upstream, request_id: str | None = None, content_type: str = JSON
+) -> dict[str, str]:
+    headers = {"content-type": content_type}
     if upstream.api_key:
         headers["authorization"] = f"Bearer {upstream.api_key}"
     if request_id:
@@ -233,11 +238,12 @@ async def send(
     *,
     content: bytes | None = None,
     request_id: str | None = None,
+    content_type: str = JSON,
 ) -> UpstreamResponse:
     """One attempt: send a request and return once the response headers arrived."""
     state = _client_state()
     connect, read = settings.UPSTREAM_CONNECT_TIMEOUT, settings.UPSTREAM_READ_TIMEOUT
-    headers = _headers(upstream, request_id)
+    headers = _headers(upstream, request_id, content_type)
     body: _Body
     try:
         if isinstance(state.client, aiohttp.ClientSession):

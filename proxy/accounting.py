@@ -55,6 +55,7 @@ class Call:
     completion_tokens: int = 0
     error: bool = False
     queued_seconds: float = 0.0  # waited for a slot on a full backend
+    response_id: str | None = None  # a Responses API response it created (stored.py)
     # Tells the backend's admission queue the tokens served (the key's fair share).
     on_tokens: Callable[[int], None] | None = None
 

@@ -10,7 +10,9 @@ upstream stream without copying it, and counts every answer, refusals included, 
 
 import time
 from typing import Any
+from urllib.parse import quote
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
@@ -19,6 +21,7 @@ from backends.pool import MODELS_FRESH_SECONDS, pool
 from modelmgr.auth import Principal
 from plumbing import vllm
 from plumbing.errors import (
+    BadRequest,
     Forbidden,
     TalkTuahError,
     UpstreamError,
@@ -26,8 +29,20 @@ from plumbing.errors import (
     UpstreamUnreachable,
     normalise_upstream_error,
 )
+from proxy import stored
 from proxy.accounting import Call, finish, ms, opened_by
-from proxy.bodies import Endpoint, encode_body, parse_body, wants_stream
+from proxy.bodies import (
+    RESPONSE_CANCEL,
+    RESPONSE_GET,
+    RESPONSES,
+    Endpoint,
+    Form,
+    encode_body,
+    parse_body,
+    parse_form,
+    response_id_of,
+    wants_stream,
+)
 from proxy.holding import (
     Sender,
     SwitchPending,
@@ -37,6 +52,7 @@ from proxy.holding import (
 )
 from proxy.ratelimit import check_request_rate, check_token_rate
 from proxy.relay import SSE_HEADERS, relay_stream
+from proxy.salt import cache_salt
 from proxy.sse import usage_of
 
 OVERHEAD_HEADER = "X-TalkTuah-Overhead-Ms"
@@ -84,9 +100,14 @@ async def forward(
 
 async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
     endpoint, principal = call.endpoint, call.principal
-    body = parse_body(
-        content_type=request.content_type or "", raw=lambda: request.body, endpoint=endpoint
-    )
+    form: Form | None = None
+    if endpoint.multipart:
+        form = parse_form(request, endpoint)
+        body: dict[str, Any] = form.fields
+    else:
+        body = parse_body(
+            content_type=request.content_type or "", raw=lambda: request.body, endpoint=endpoint
+        )
     await pool.ready()
     changed = False
     model = body.get("model")
@@ -105,7 +126,7 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
 
     stream = call.stream = wants_stream(body, endpoint)
     client_wants_usage = True
-    if stream:
+    if stream and endpoint.stream_usage:
         # Ask vLLM for the usage chunk so usage can be recorded; strip it again below
         # when the client did not ask for it.
         options = body.get("stream_options")
@@ -121,7 +142,28 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
         # that schedule by it): a client's own would let it jump everyone's queue.
         del body["priority"]
         changed = True
-    content = encode_body(body) if changed else request.body
+    if endpoint.salted and settings.PREFIX_CACHE_ISOLATION == "key":
+        # vLLM's prefix cache, shared, would let one key time another's prompts: each
+        # key's requests are salted with its own secret value, whatever the client sent.
+        salt = cache_salt(principal)
+        if body.get("cache_salt") != salt:
+            body["cache_salt"] = salt
+            changed = True
+    backend = None
+    if endpoint is RESPONSES and body.get("previous_response_id") is not None:
+        previous = body["previous_response_id"]
+        if not isinstance(previous, str):
+            raise BadRequest(
+                "'previous_response_id' must be a string.",
+                param="previous_response_id",
+                code="invalid_field",
+            )
+        # Only the key's own, and on the backend that holds it.
+        backend = await stored.backend_of(previous, principal)
+    if form is not None:
+        content, content_type = form.encoded(body) if changed else (request.body, form.type)
+    else:
+        content, content_type = (encode_body(body) if changed else request.body), vllm.JSON
     claim = Claim(
         principal.prefix,
         tier=principal.tier,
@@ -129,7 +171,7 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
         max_parallel=principal.max_parallel_requests,
     )
     prioritized = None
-    if pool.schedules_by_priority:
+    if pool.schedules_by_priority and form is None:
         prioritized = encode_body({**body, "priority": claim.rank})
 
     call.upstream_started = time.perf_counter()
@@ -143,6 +185,8 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
         claim=claim,
         estimate=_estimate(body, len(content)),
         prioritized=prioritized,
+        content_type=content_type,
+        backend=backend,
     )
     if stream and pool.would_wait(model, session, claim):
         return stream_when_admitted(send, call, strip_usage=not client_wants_usage)
@@ -202,12 +246,16 @@ async def _whole_response(upstream: vllm.UpstreamResponse, call: Call) -> HttpRe
     if upstream.status >= 400:
         call.error = True
         response = HttpResponse(
-            normalise_upstream_error(upstream.status, content),
+            normalise_upstream_error(upstream.status, content, call.endpoint.dialect),
             status=upstream.status,
             content_type="application/json",
         )
     else:
-        call.prompt_tokens, call.completion_tokens = usage_of(content)
+        if call.endpoint.counts_usage:
+            call.prompt_tokens, call.completion_tokens = usage_of(content)
+        if call.endpoint is RESPONSES:
+            call.response_id = response_id_of(content)
+            await stored.remember(call)
         response = HttpResponse(content, status=upstream.status, content_type=upstream.content_type)
     call.overhead_seconds = (done - call.started) - call.upstream_seconds
     await finish(call)
@@ -230,3 +278,43 @@ async def list_models(principal: Principal) -> dict[str, Any]:
         )
     cards = [card for card in pool.served_cards() if principal.may_use(str(card["id"]))]
     return {"object": "list", "data": cards}
+
+
+async def forward_stored(
+    *, request: HttpRequest, principal: Principal, response_id: str, cancel: bool
+) -> HttpResponseBase:
+    """GET /v1/responses/{id} (streamed again with `?stream=true`) or its cancel, sent
+    to the backend that made the response, for the key that made it only."""
+    endpoint = RESPONSE_CANCEL if cancel else RESPONSE_GET
+    call = Call(principal=principal, endpoint=endpoint, started=_started_at(request))
+    try:
+        await pool.ready()
+        backend = await stored.backend_of(response_id, principal)
+        path = f"{endpoint.path}/{quote(response_id, safe='')}" + ("/cancel" if cancel else "")
+        query = request.META.get("QUERY_STRING", "")
+        send = Sender(
+            path + (f"?{query}" if query and not cancel else ""),
+            b"",
+            "",
+            None,
+            request.headers.get("x-request-id"),
+            backend=backend,
+            method="POST" if cancel else "GET",
+        )
+        call.upstream_started = time.perf_counter()
+        upstream = await send()
+    except TalkTuahError as exc:
+        call.status, call.error = exc.status, True
+        await finish(call)
+        raise
+    opened_by(call, upstream)
+    if upstream.status >= 400 or not upstream.content_type.startswith("text/event-stream"):
+        return await _whole_response(upstream, call)
+    call.stream = True
+    response = StreamingHttpResponse(
+        relay_stream(upstream, call, strip_usage=False),
+        content_type=upstream.content_type,
+        headers=SSE_HEADERS,
+    )
+    response[BACKEND_HEADER] = call.backend
+    return response

@@ -55,6 +55,9 @@ class Sender:
     claim: Claim | None = None  # its place in a full backend's queue (admission.py)
     estimate: int = 0  # tokens it may cost, charged to the key until its usage is known
     prioritized: bytes | None = None  # the body for backends that run priority scheduling
+    content_type: str = vllm.JSON
+    backend: str | None = None  # the one backend to ask (it holds what the request names)
+    method: str = "POST"
 
     async def __call__(self) -> vllm.UpstreamResponse:
         return await pool.open(
@@ -66,6 +69,9 @@ class Sender:
             claim=self.claim,
             estimate=self.estimate,
             prioritized=self.prioritized,
+            method=self.method,
+            content_type=self.content_type,
+            backend=self.backend,
         )
 
 
@@ -217,7 +223,7 @@ def _stream_once_opened(
         except TalkTuahError as exc:
             call.status, call.error = exc.status, True
             await finish(call)
-            yield sse_error_event(exc.message, str(exc.code), exc.status)
+            yield sse_error_event(exc.message, str(exc.code), exc.status, call.endpoint.dialect)
             return
         assert upstream is not None
         opened_by(call, upstream)
@@ -228,8 +234,10 @@ def _stream_once_opened(
                 await upstream.aclose()
             call.error = True
             await finish(call)
-            error = orjson.loads(normalise_upstream_error(upstream.status, content))["error"]
-            yield sse_error_event(error["message"], error["type"], upstream.status)
+            dialect = call.endpoint.dialect
+            body = orjson.loads(normalise_upstream_error(upstream.status, content, dialect))
+            error = body["error"]
+            yield sse_error_event(error["message"], error["type"], upstream.status, dialect)
             return
         async for chunk in relay_stream(upstream, call, strip_usage=strip_usage):
             yield chunk

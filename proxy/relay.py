@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from plumbing import vllm
 from plumbing.errors import UpstreamError, UpstreamTimeout, sse_error_event
+from proxy import stored
 from proxy.accounting import Call, finish
 from proxy.metrics import ACTIVE_STREAMS
 from proxy.shutdown import register_stream, unregister_stream
@@ -24,7 +25,8 @@ async def relay_stream(
     usage chunk is read, and dropped when the client did not ask for it. A client that
     disconnects cancels this generator: the finally closes vLLM's connection at once.
     """
-    relay = EventRelay(strip_usage=strip_usage)
+    dialect = call.endpoint.dialect
+    relay = EventRelay(strip_usage=strip_usage, dialect=dialect)
     shutting_down = False
 
     async def end_for_shutdown() -> None:
@@ -40,8 +42,11 @@ async def relay_stream(
         try:
             async for chunk in upstream.iter_raw():
                 events = relay.feed(chunk)
-                if relay.usage is not None:
+                if relay.usage is not None and call.endpoint.counts_usage:
                     call.prompt_tokens, call.completion_tokens = relay.usage
+                if relay.response_id is not None and call.response_id is None:
+                    call.response_id = relay.response_id
+                    await stored.remember(call)
                 if events:
                     if call.ttft_seconds is None:
                         call.ttft_seconds = time.perf_counter() - call.started
@@ -50,19 +55,22 @@ async def relay_stream(
             if not shutting_down:
                 call.error = True
                 kind = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
-                yield sse_error_event(str(exc), kind, exc.status)
+                yield sse_error_event(exc.message, kind, exc.status, dialect)
                 return
         if shutting_down and not relay.finished:
             call.error = True
             yield sse_error_event(
-                "The gateway is shutting down; send the request again.", "gateway_shutdown", 503
+                "The gateway is shutting down; send the request again.",
+                "gateway_shutdown",
+                503,
+                dialect,
             )
         elif not relay.finished:
             if relay.pending:
                 yield relay.pending
             call.error = True
             yield sse_error_event(
-                "vLLM closed the stream before it finished.", "upstream_error", 502
+                "vLLM closed the stream before it finished.", "upstream_error", 502, dialect
             )
     finally:
         unregister_stream(end_for_shutdown)

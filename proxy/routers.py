@@ -14,6 +14,7 @@ from proxy import accounting, bodies, forwarding
 
 openai_router = Router(tags=["OpenAI-compatible"], auth=inference_auth)
 api_router = Router(tags=["Chat (TalkTuah's original API)"], auth=inference_auth)
+tokens_router = Router(tags=["Tokens (vLLM's own)"], auth=inference_auth)
 
 
 # The bodies are relayed as-is (unknown fields kept), so they are documented, not parsed.
@@ -38,6 +39,94 @@ async def embeddings(request: HttpRequest) -> HttpResponseBase:
     """OpenAI embeddings, when the served model supports them."""
     return await forwarding.forward(
         request=request, principal=principal_of(request), endpoint=bodies.EMBEDDINGS
+    )
+
+
+@openai_router.post("/messages", openapi_extra=bodies.openapi_body(bodies.MESSAGES))
+async def messages(request: HttpRequest) -> HttpResponseBase:
+    """Anthropic's Messages API (Claude Code, the anthropic SDKs: `x-api-key` or a bearer
+    key), streamed with its named events when `stream` is true; errors in its shape."""
+    return await forwarding.forward(
+        request=request, principal=principal_of(request), endpoint=bodies.MESSAGES
+    )
+
+
+@openai_router.post(
+    "/messages/count_tokens", openapi_extra=bodies.openapi_body(bodies.COUNT_TOKENS)
+)
+async def messages_count_tokens(request: HttpRequest) -> HttpResponseBase:
+    """The input tokens a Messages API request would take."""
+    return await forwarding.forward(
+        request=request, principal=principal_of(request), endpoint=bodies.COUNT_TOKENS
+    )
+
+
+@openai_router.post("/responses", openapi_extra=bodies.openapi_body(bodies.RESPONSES))
+async def responses(request: HttpRequest) -> HttpResponseBase:
+    """OpenAI's Responses API (the Agents SDK, Codex), streamed when `stream` is true;
+    `previous_response_id` may name only this key's own responses."""
+    return await forwarding.forward(
+        request=request, principal=principal_of(request), endpoint=bodies.RESPONSES
+    )
+
+
+@openai_router.get("/responses/{response_id}")
+async def response_get(request: HttpRequest, response_id: str) -> HttpResponseBase:
+    """A response this key created (vLLM's `?stream=true&starting_after=N` streams it
+    again); another key's is a 404."""
+    return await forwarding.forward_stored(
+        request=request, principal=principal_of(request), response_id=response_id, cancel=False
+    )
+
+
+@openai_router.post("/responses/{response_id}/cancel")
+async def response_cancel(request: HttpRequest, response_id: str) -> HttpResponseBase:
+    """Cancel a background response this key created; another key's is a 404."""
+    return await forwarding.forward_stored(
+        request=request, principal=principal_of(request), response_id=response_id, cancel=True
+    )
+
+
+@openai_router.post("/rerank", openapi_extra=bodies.openapi_body(bodies.RERANK))
+async def rerank(request: HttpRequest) -> HttpResponseBase:
+    """Rerank documents against a query, when the served model is a reranker."""
+    return await forwarding.forward(
+        request=request, principal=principal_of(request), endpoint=bodies.RERANK
+    )
+
+
+@openai_router.post("/score", openapi_extra=bodies.openapi_body(bodies.SCORE))
+async def score(request: HttpRequest) -> HttpResponseBase:
+    """Score text pairs, when the served model is a cross-encoder or embedding model."""
+    return await forwarding.forward(
+        request=request, principal=principal_of(request), endpoint=bodies.SCORE
+    )
+
+
+@openai_router.post(
+    "/audio/transcriptions", openapi_extra=bodies.openapi_body(bodies.TRANSCRIPTIONS)
+)
+async def audio_transcriptions(request: HttpRequest) -> HttpResponseBase:
+    """Speech to text (a multipart upload, under the body size limit), when the served
+    model transcribes."""
+    return await forwarding.forward(
+        request=request, principal=principal_of(request), endpoint=bodies.TRANSCRIPTIONS
+    )
+
+
+@tokens_router.post("/tokenize", openapi_extra=bodies.openapi_body(bodies.TOKENIZE))
+async def tokenize(request: HttpRequest) -> HttpResponseBase:
+    """The served model's tokens for a prompt or chat messages (vLLM's /tokenize)."""
+    return await forwarding.forward(
+        request=request, principal=principal_of(request), endpoint=bodies.TOKENIZE
+    )
+
+
+@tokens_router.post("/detokenize", openapi_extra=bodies.openapi_body(bodies.DETOKENIZE))
+async def detokenize(request: HttpRequest) -> HttpResponseBase:
+    """The text of a list of token ids (vLLM's /detokenize)."""
+    return await forwarding.forward(
+        request=request, principal=principal_of(request), endpoint=bodies.DETOKENIZE
     )
 
 

@@ -13,12 +13,14 @@ from modelmgr.api import router as management_router
 from plumbing.errors import (
     BadRequest,
     DatabaseUnavailable,
+    Dialect,
     TalkTuahError,
     Unauthenticated,
+    anthropic_error_body,
     error_body,
     error_response,
 )
-from proxy.routers import api_router, openai_router
+from proxy.routers import api_router, openai_router, tokens_router
 from talktuah_site import __version__, monitoring
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,16 @@ ENDPOINTS = {
     "chat_completions": "POST /v1/chat/completions",
     "completions": "POST /v1/completions",
     "embeddings": "POST /v1/embeddings",
+    "messages": "POST /v1/messages",
+    "messages_count_tokens": "POST /v1/messages/count_tokens",
+    "responses": "POST /v1/responses",
+    "responses_get": "GET /v1/responses/{response_id}",
+    "responses_cancel": "POST /v1/responses/{response_id}/cancel",
+    "rerank": "POST /v1/rerank",
+    "score": "POST /v1/score",
+    "audio_transcriptions": "POST /v1/audio/transcriptions",
+    "tokenize": "POST /tokenize",
+    "detokenize": "POST /detokenize",
     "models": "GET /v1/models",
     "chat": "POST /api/chat",
     "api_models": "GET /api/models",
@@ -73,15 +85,24 @@ async def index(request: HttpRequest) -> dict[str, Any]:
 
 
 api.add_router("/v1", openai_router)
+api.add_router("", tokens_router)
 api.add_router("/api", api_router)
 api.add_router("/api", management_router)
 api.add_router("", index_router)
 api.add_router("", monitoring.router)
 
 
+def dialect_of(request: HttpRequest) -> Dialect:
+    """Anthropic's error shape on its Messages API route (its SDKs read no other)."""
+    return "anthropic" if request.path.startswith(ANTHROPIC_PREFIX) else "openai"
+
+
+ANTHROPIC_PREFIX = "/v1/messages"
+
+
 @api.exception_handler(TalkTuahError)
 def on_talktuah_error(request: HttpRequest, exc: TalkTuahError) -> HttpResponse:
-    return error_response(exc)
+    return error_response(exc, dialect_of(request))
 
 
 @api.exception_handler(AuthenticationError)
@@ -92,7 +113,8 @@ def on_authentication_error(request: HttpRequest, exc: AuthenticationError) -> H
         Unauthenticated(
             "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
             code="missing_api_key",
-        )
+        ),
+        dialect_of(request),
     )
 
 
@@ -101,16 +123,19 @@ def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpRespo
     first = exc.errors[0] if exc.errors else {}
     param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
     message = first.get("msg", "Invalid request.")
-    return error_response(BadRequest(f"{message} ({param})" if param else message, param=param))
+    return error_response(
+        BadRequest(f"{message} ({param})" if param else message, param=param), dialect_of(request)
+    )
 
 
 @api.exception_handler(HttpError)
 def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
-    return api.create_response(
-        request,
-        error_body(str(exc), "invalid_request_error", code=exc.status_code),
-        status=exc.status_code,
+    body = (
+        anthropic_error_body(str(exc), exc.status_code)
+        if dialect_of(request) == "anthropic"
+        else error_body(str(exc), "invalid_request_error", code=exc.status_code)
     )
+    return api.create_response(request, body, status=exc.status_code)
 
 
 @api.exception_handler(InterfaceError)
@@ -123,15 +148,18 @@ def on_database_away(request: HttpRequest, exc: DatabaseError) -> HttpResponse:
         DatabaseUnavailable(
             "The gateway's database is unavailable; retry shortly.",
             headers={"Retry-After": "5"},
-        )
+        ),
+        dialect_of(request),
     )
 
 
 @api.exception_handler(Exception)
 def on_unexpected_error(request: HttpRequest, exc: Exception) -> HttpResponse:
     logger.exception("unexpected error on %s %s", request.method, request.path)
-    return api.create_response(
-        request,
-        error_body("Internal error in the gateway.", "internal_error", code=500),
-        status=500,
+    message = "Internal error in the gateway."
+    body = (
+        anthropic_error_body(message, 500)
+        if dialect_of(request) == "anthropic"
+        else error_body(message, "internal_error", code=500)
     )
+    return api.create_response(request, body, status=500)

@@ -285,6 +285,18 @@ KEY_MAX_PARALLEL_REQUESTS = envint("KEY_MAX_PARALLEL_REQUESTS", 64)
 # VLLM_BASE_URL's vLLM runs --scheduling-policy priority: the gateway sets `priority`.
 VLLM_PRIORITY_SCHEDULING = envbool("VLLM_PRIORITY_SCHEDULING", False)
 
+# Prefix-cache isolation (proxy/salt.py): "key" sets vLLM's `cache_salt` to a secret
+# value per key on every route that takes it (overriding the client's), so one key
+# cannot time another's prompts through the shared prefix cache; "none" leaves it to
+# the client (keys then share cached prefixes).
+PREFIX_CACHE_ISOLATION = os.getenv("PREFIX_CACHE_ISOLATION", "key")
+if PREFIX_CACHE_ISOLATION not in ("key", "none"):
+    raise ImproperlyConfigured("PREFIX_CACHE_ISOLATION must be key or none")
+# How long the gateway remembers which key created a Responses API response (and on
+# which backend), so GET /v1/responses/{id}, its cancel and previous_response_id work
+# for that key only (proxy/stored.py; in the cache: Redis shares it between workers).
+RESPONSES_KEEP_SECONDS = envint("RESPONSES_KEEP_SECONDS", 86400)
+
 # Kubernetes. BACKEND_DISCOVERY=kubernetes: the backends are also the ready pods matching
 # K8S_BACKEND_SELECTOR in K8S_NAMESPACE (watched), each at http://<pod IP>:K8S_BACKEND_PORT,
 # and VLLM_BASE_URL is not one of them. TALKTUAH_ENGINE=kubernetes switches models by
@@ -422,5 +434,20 @@ SWITCH_DRAIN_SECONDS = envfloat("SWITCH_DRAIN_SECONDS", 60.0)
 WORKER_HEARTBEAT_SECONDS = envfloat("WORKER_HEARTBEAT_SECONDS", 5.0)
 # A worker silent this long is considered dead (its running jobs are recovered).
 WORKER_STALE_SECONDS = envfloat("WORKER_STALE_SECONDS", 30.0)
+# Engine supervision (the worker watches the vLLM it runs): restart a crashed or hung
+# vLLM always, on-failure (not after a clean exit, code 0) or never, as Docker's restart
+# policy does; the n-th restart in a row waits ENGINE_RESTART_BACKOFF_SECONDS * 2^(n-1),
+# at most ENGINE_RESTART_MAX_BACKOFF_SECONDS (a vLLM that served 10 s resets the count);
+# ENGINE_RESTART_MAX_ATTEMPTS restarts in a row at most (0 = no limit).
+ENGINE_RESTART_POLICY = os.getenv("ENGINE_RESTART_POLICY", "on-failure")
+if ENGINE_RESTART_POLICY not in ("always", "on-failure", "never"):
+    raise ImproperlyConfigured("ENGINE_RESTART_POLICY must be always, on-failure or never")
+ENGINE_RESTART_BACKOFF_SECONDS = envfloat("ENGINE_RESTART_BACKOFF_SECONDS", 1.0)
+ENGINE_RESTART_MAX_BACKOFF_SECONDS = envfloat("ENGINE_RESTART_MAX_BACKOFF_SECONDS", 60.0)
+ENGINE_RESTART_MAX_ATTEMPTS = envint("ENGINE_RESTART_MAX_ATTEMPTS", 0)
+# How often the worker looks at its engine (process, container, pods and /health), and
+# how long a vLLM that was serving may fail /health before it counts as crashed.
+ENGINE_CHECK_SECONDS = envfloat("ENGINE_CHECK_SECONDS", 1.0)
+ENGINE_UNHEALTHY_SECONDS = envfloat("ENGINE_UNHEALTHY_SECONDS", 30.0)
 # Progress writes of a running download, at most this many per second.
 DOWNLOAD_PROGRESS_WRITES_PER_SECOND = envfloat("DOWNLOAD_PROGRESS_WRITES_PER_SECOND", 4.0)

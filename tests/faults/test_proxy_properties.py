@@ -4,7 +4,8 @@ sockets, in front of a scripted vLLM that records what reaches it (tests/scripte
 - any JSON body on any proxied route gets an answer below 500, refusals in OpenAI's
   shape; a body that passes reaches vLLM with every field as sent, but for what the
   gateway documents adding (the served model when none is named; on streams
-  `stream: true` and `stream_options.include_usage`);
+  `stream: true` and `stream_options.include_usage`; the key's `cache_salt`, and no
+  client `priority`);
 - vLLM's stream, cut at random places, reaches the client byte for byte, less the usage
   chunk exactly when the client did not ask for it.
 
@@ -21,7 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modelmgr.models import split_prefix
 from proxy.bodies import API_CHAT, CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, wants_stream
+from proxy.salt import salt_of
 from tests.conftest import ThreadedServer
 from tests.faults.conftest import report
 from tests.proxy.test_body_properties import json_objects, json_values, valid_bodies
@@ -51,17 +54,25 @@ def vllm(settings):
 
 @pytest.fixture
 def client(gateway, make_key):
-    headers = {"Authorization": f"Bearer {make_key(rpm_limit=10**6)}"}
+    key = make_key(rpm_limit=10**6)
+    headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=gateway.url, headers=headers, timeout=10) as http:
+        http.salt = salt_of(split_prefix(key))  # type: ignore[attr-defined]
         yield http
 
 
-def as_forwarded(sent: dict[str, Any], endpoint: Endpoint, served: str) -> dict[str, Any]:
+def as_forwarded(
+    sent: dict[str, Any], endpoint: Endpoint, served: str, salt: str
+) -> dict[str, Any]:
     """What vLLM must receive for `sent`, per the README: the body as is, with the served
-    model when it names none, and on a stream `stream: true` and include_usage."""
+    model when it names none, the key's cache salt, no priority, and on a stream
+    `stream: true` and include_usage."""
     expected = copy.deepcopy(sent)
     if not expected.get("model"):
         expected["model"] = served
+    expected.pop("priority", None)
+    if endpoint.salted:
+        expected["cache_salt"] = salt
     if wants_stream(sent, endpoint):
         options = expected.get("stream_options") or {}
         if not options.get("include_usage") or sent.get("stream") is not True:
@@ -96,7 +107,8 @@ def test_any_json_body_gets_a_4xx_or_reaches_vllm_with_its_fields_intact(vllm, c
             assert len(vllm.received) == before  # refused by the gateway itself
             return
         figures["forwarded"] += 1
-        assert vllm.received[before:] == [as_forwarded(sent, ROUTES[path], vllm.model)]
+        expected = as_forwarded(sent, ROUTES[path], vllm.model, client.salt)
+        assert vllm.received[before:] == [expected]
 
     check()
     report("JSON bodies through the gateway", **figures)

@@ -12,10 +12,35 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plumbing.errors import TalkTuahError, error_body
-from proxy.bodies import API_CHAT, CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, encode_body, parse_body
+from proxy.bodies import (
+    API_CHAT,
+    CHAT,
+    COMPLETIONS,
+    COUNT_TOKENS,
+    DETOKENIZE,
+    EMBEDDINGS,
+    MESSAGES,
+    RERANK,
+    RESPONSES,
+    TOKENIZE,
+    Endpoint,
+    encode_body,
+    parse_body,
+)
 
-ENDPOINTS = [CHAT, API_CHAT, COMPLETIONS, EMBEDDINGS]
-CHECKED = ("messages", "prompt", "input", "model", "stream", "stream_options")
+ENDPOINTS = [
+    CHAT,
+    API_CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    MESSAGES,
+    COUNT_TOKENS,
+    RESPONSES,
+    TOKENIZE,
+    DETOKENIZE,
+    RERANK,
+]
+CHECKED = ("messages", "prompt", "input", "tokens", "query", "model", "stream", "stream_options")
 
 json_values = st.recursive(
     st.none()
@@ -64,7 +89,8 @@ def test_any_body_is_taken_or_refused_with_a_4xx(endpoint, content):
         body = parse(content, endpoint)
     except TalkTuahError as exc:
         error = refusal_of(exc)
-        assert error["param"] in (None, endpoint.required, "model", "stream", "stream_options")
+        fields = (endpoint.required, endpoint.alternative, "model", "stream", "stream_options")
+        assert error["param"] in (None, *fields)
     else:
         assert body == json.loads(content)
 
