@@ -29,6 +29,9 @@ class SimulatorConfig:
     # A fixed reply instead of the token cycle (one token per word with the whitespace
     # after it), so a client can be shown Markdown; `tokens` should be its length.
     reply: str | None = None
+    # Serve /v1/rerank and /v1/score as a pooling (cross-encoder) model does; without it
+    # they are FastAPI's 404, as on vLLM serving a generate-only model.
+    pooling: bool = False
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:

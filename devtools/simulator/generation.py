@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -58,6 +59,11 @@ def _token_json(index: int) -> bytes:
     return _TOKENS_JSON[index % len(_TOKENS)]
 
 
+def token_json(gen: "Generation", index: int) -> bytes:
+    """The index-th token of gen as a JSON string."""
+    return orjson.dumps(gen.text_of(index)) if gen.reply else _token_json(index)
+
+
 def generated_text(n: int) -> str:
     """The whole text of n generated tokens."""
     return "".join(token_text(i) for i in range(n))
@@ -72,7 +78,7 @@ def reply_tokens(reply: str) -> tuple[str, ...]:
 class Generation:
     """One validated generation request, and how far it got."""
 
-    endpoint: str  # "chat" or "completions"
+    endpoint: str  # "chat", "completions", "messages" or "responses"
     model: str
     request_id: str
     created: int
@@ -84,11 +90,17 @@ class Generation:
     continuous_usage: bool
     produced: int = 0
     reply: tuple[str, ...] = ()  # a fixed reply's tokens (reply_tokens), else the cycle
+    # What one API keeps beside (the Responses API: its ids and what it echoes back).
+    extra: Any = None
 
     def text_of(self, index: int) -> str:
         if self.reply:
             return self.reply[index % len(self.reply)]
         return token_text(index)
+
+    def text(self) -> str:
+        """The text produced so far."""
+        return "".join(self.text_of(i) for i in range(self.produced))
 
 
 async def produce(
@@ -212,7 +224,7 @@ async def stream(
 
 def full_response(gen: Generation) -> bytes:
     """The JSON body of a non-streamed generation, once gen has produced its tokens."""
-    text = "".join(gen.text_of(i) for i in range(gen.produced))
+    text = gen.text()
     usage = {
         "prompt_tokens": gen.prompt_tokens,
         "total_tokens": gen.prompt_tokens + gen.produced,

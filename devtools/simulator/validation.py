@@ -24,21 +24,49 @@ CHAT_TOKENS_PER_CONVERSATION = 3
 
 
 class RequestError(Exception):
-    """A request that vLLM would refuse: status and the exact JSON body to send."""
+    """A request that vLLM would refuse: status and the exact JSON body to send.
 
-    def __init__(self, status: int, body: bytes) -> None:
+    message and err_type are set for vLLM's own errors (not FastAPI's validation
+    errors), which the Messages API renders again in Anthropic's shape (`anthropic`).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        message: str | None = None,
+        err_type: str | None = None,
+    ) -> None:
         super().__init__(status)
         self.status = status
         self.body = body
+        self.message = message
+        self.err_type = err_type
+
+    def anthropic(self) -> "RequestError":
+        """This error as vLLM's /v1/messages sends it: FastAPI's validation errors keep
+        OpenAI's shape (a handler for the whole app renders them), vLLM's own errors
+        become Anthropic's {"type": "error", "error": {"type", "message"}}."""
+        if self.message is None or self.err_type is None:
+            return self
+        error = {"type": self.err_type, "message": self.message}
+        return RequestError(self.status, orjson.dumps({"type": "error", "error": error}))
 
 
 def random_hex16() -> str:
     return f"{random.getrandbits(64):016x}"
 
 
-def _openai_error(status: int, message: str, err_type: str, param: str | None) -> RequestError:
+def openai_error(status: int, message: str, err_type: str, param: str | None) -> RequestError:
+    """One of vLLM's own errors (its ErrorResponse), in OpenAI's shape."""
     body = {"error": {"message": message, "type": err_type, "param": param, "code": status}}
-    return RequestError(status, orjson.dumps(body))
+    return RequestError(status, orjson.dumps(body), message, err_type)
+
+
+def _fastapi_error(message: str, param: str | None) -> RequestError:
+    """A 400 from FastAPI's request validation, as vLLM's app-wide handler renders it."""
+    body = {"error": {"message": message, "type": "Bad Request", "param": param, "code": 400}}
+    return RequestError(400, orjson.dumps(body))
 
 
 def _describe_input(value: Any) -> Any:
@@ -50,20 +78,40 @@ def _describe_input(value: Any) -> Any:
     return value
 
 
-def _validation_error(
+def validation_detail(
     err_type: str, loc: str, msg: str, value: Any, ctx: dict[str, Any] | None = None
-) -> RequestError:
-    """A FastAPI request validation error, as vLLM 0.32 renders it."""
+) -> dict[str, Any]:
+    """One of pydantic's errors in a FastAPI validation error, as vLLM 0.32 shows it."""
     detail: dict[str, Any] = {"type": err_type, "loc": loc, "msg": msg}
     detail["input"] = _describe_input(value)
     if ctx is not None:
         detail["ctx"] = ctx
-    return _openai_error(400, f"1 validation error:\n  {detail!r}", "Bad Request", loc)
+    return detail
+
+
+def validation_errors(details: list[dict[str, Any]]) -> RequestError:
+    """A FastAPI request validation error of one or more details, as vLLM 0.32 renders
+    it: `N validation error(s):` and one line per detail; param is the first's loc."""
+    label = "error" if len(details) == 1 else "errors"
+    lines = "".join(f"\n  {detail!r}" for detail in details)
+    return _fastapi_error(f"{len(details)} validation {label}:{lines}", details[0]["loc"])
+
+
+def _validation_error(
+    err_type: str, loc: str, msg: str, value: Any, ctx: dict[str, Any] | None = None
+) -> RequestError:
+    """A FastAPI request validation error of one detail."""
+    return validation_errors([validation_detail(err_type, loc, msg, value, ctx)])
+
+
+def missing(loc: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The detail of a required field that the body lacks."""
+    return validation_detail("missing", loc, "Field required", body)
 
 
 def _bad_request(message: str, param: str, value: Any) -> RequestError:
     """A vLLM BadRequestError about one request parameter."""
-    return _openai_error(
+    return openai_error(
         400, f"{message} (parameter={param}, value={value})", "BadRequestError", param
     )
 
@@ -97,10 +145,8 @@ def parse_json(body: bytes, content_type: str) -> dict[str, Any]:
                     "json_invalid", "body.0", "JSON decode error", {}, {"error": "bad UTF-8"}
                 ) from None
     if media_type != "application/json":
-        raise _openai_error(
-            400,
+        raise _fastapi_error(
             "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed",
-            "Bad Request",
             None,
         )
     if not isinstance(data, dict):
@@ -113,7 +159,8 @@ def parse_json(body: bytes, content_type: str) -> dict[str, Any]:
     return data
 
 
-def _check_model(body: dict[str, Any], served: str) -> None:
+def check_model(body: dict[str, Any], served: str) -> None:
+    """Refuse a model this server does not serve, with vLLM's 404 (None means served)."""
     model = body.get("model")
     if model is None:
         return  # vLLM serves its only model when the request names none
@@ -122,7 +169,7 @@ def _check_model(body: dict[str, Any], served: str) -> None:
             "string_type", "body.model", "Input should be a valid string", model
         )
     if model != served:
-        raise _openai_error(
+        raise openai_error(
             404,
             f"The model `{model}` does not exist. Valid aliases: {served}.",
             "NotFoundError",
@@ -141,7 +188,7 @@ def _optional_number(body: dict[str, Any], key: str) -> float | None:
     return float(value)
 
 
-def _optional_int(body: dict[str, Any], key: str) -> int | None:
+def optional_int(body: dict[str, Any], key: str) -> int | None:
     value = body.get(key)
     if value is None:
         return None
@@ -152,7 +199,8 @@ def _optional_int(body: dict[str, Any], key: str) -> int | None:
     return value
 
 
-def _chat_prompt_tokens(messages: list[Any]) -> int:
+def chat_prompt_tokens(messages: list[Any]) -> int:
+    """Prompt tokens of chat messages: their words plus the chat template's overhead."""
     words = 0
     for message in messages:
         if not isinstance(message, dict):
@@ -188,7 +236,7 @@ def _completion_prompt_tokens(body: dict[str, Any]) -> int:
                     "string_type", "body.prompt", "Input should be a valid string", item
                 )
         return tokens
-    raise _openai_error(
+    raise openai_error(
         400,
         "Either prompt or prompt_embeds must be provided and non-empty.",
         "BadRequestError",
@@ -196,10 +244,95 @@ def _completion_prompt_tokens(body: dict[str, Any]) -> int:
     )
 
 
+def check_temperature(body: dict[str, Any]) -> None:
+    temperature = _optional_number(body, "temperature")
+    if temperature is not None and not 0.0 <= temperature <= 2.0:
+        raise _bad_request(
+            f"temperature must be in [0, 2], got {temperature}.", "temperature", temperature
+        )
+
+
+def check_max_tokens(max_tokens: int | None) -> None:
+    if max_tokens is not None and max_tokens < 1:
+        raise _bad_request(
+            f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens", max_tokens
+        )
+
+
+def check_context(config: SimulatorConfig, prompt_tokens: int) -> None:
+    """Refuse a prompt over the context length, as vLLM does before generating."""
+    max_len = config.max_model_len
+    if prompt_tokens > max_len:
+        raise _bad_request(
+            f"This model's maximum context length is {max_len} tokens. However, your "
+            f"prompt contains at least {prompt_tokens} input tokens, which exceeds this "
+            "limit even without any output tokens. Please reduce the length of the input "
+            "prompt.",
+            "input_tokens",
+            prompt_tokens,
+        )
+
+
+def tokens_to_generate(
+    config: SimulatorConfig, prompt_tokens: int, max_tokens: int | None, ignore_eos: bool
+) -> tuple[int, str]:
+    """How many tokens a valid request gets, and why it stops ("length" or "stop"):
+    config.tokens, then "EOS", unless max_tokens or the context length comes first."""
+    room = config.max_model_len - prompt_tokens
+    if ignore_eos:
+        n = max_tokens if max_tokens is not None else room
+    else:
+        n = min(max_tokens or config.tokens, config.tokens)
+    finish_reason = "length" if n == max_tokens else "stop"
+    if n >= room:  # the context is full: vLLM stops for length
+        n = room
+        finish_reason = "length"
+    return n, finish_reason
+
+
+def new_generation(
+    config: SimulatorConfig,
+    *,
+    endpoint: str,
+    request_id: str,
+    prompt_tokens: int,
+    max_tokens: int | None,
+    ignore_eos: bool = False,
+    stream: bool = False,
+    include_usage: bool = False,
+    continuous_usage: bool = False,
+) -> Generation:
+    """The Generation of a request that passed validation."""
+    n, finish_reason = tokens_to_generate(config, prompt_tokens, max_tokens, ignore_eos)
+    return Generation(
+        endpoint=endpoint,
+        model=config.model,
+        request_id=request_id,
+        created=int(time.time()),
+        prompt_tokens=prompt_tokens,
+        n=n,
+        finish_reason=finish_reason,
+        stream=stream,
+        include_usage=include_usage,
+        continuous_usage=continuous_usage,
+        reply=reply_tokens(config.reply) if config.reply else (),
+    )
+
+
+def completion_id(prefix: str, body: dict[str, Any], request_id: bytes | None) -> str:
+    """vLLM's id for a completion: the X-Request-Id header, else the body's request_id,
+    else 16 random hex digits, after prefix."""
+    if request_id:
+        return prefix + request_id.decode("latin-1")
+    if isinstance(body.get("request_id"), str) and body["request_id"]:
+        return prefix + body["request_id"]
+    return prefix + random_hex16()
+
+
 def plan(
     config: SimulatorConfig, body: dict[str, Any], endpoint: str, request_id: bytes | None
 ) -> Generation:
-    """Validate a generation request the way vLLM does; decide what to generate.
+    """Validate a chat or completions request the way vLLM does; decide what to generate.
 
     endpoint is "chat" or "completions"; request_id is the X-Request-Id header, if any.
     """
@@ -216,41 +349,16 @@ def plan(
         raise _validation_error(
             "value_error", "body", f"Value error, {message}", body, {"error": message}
         )
-    _check_model(body, config.model)
-    temperature = _optional_number(body, "temperature")
-    if temperature is not None and not 0.0 <= temperature <= 2.0:
-        raise _bad_request(
-            f"temperature must be in [0, 2], got {temperature}.", "temperature", temperature
-        )
-    max_tokens = _optional_int(body, "max_tokens")
+    check_model(body, config.model)
+    check_temperature(body)
+    max_tokens = optional_int(body, "max_tokens")
     if endpoint == "chat":
-        max_tokens = _optional_int(body, "max_completion_tokens") or max_tokens
-        prompt_tokens = _chat_prompt_tokens(body["messages"])
+        max_tokens = optional_int(body, "max_completion_tokens") or max_tokens
+        prompt_tokens = chat_prompt_tokens(body["messages"])
     else:
         prompt_tokens = _completion_prompt_tokens(body)
-    if max_tokens is not None and max_tokens < 1:
-        raise _bad_request(
-            f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens", max_tokens
-        )
-    max_len = config.max_model_len
-    if prompt_tokens > max_len:
-        raise _bad_request(
-            f"This model's maximum context length is {max_len} tokens. However, your "
-            f"prompt contains at least {prompt_tokens} input tokens, which exceeds this "
-            "limit even without any output tokens. Please reduce the length of the input "
-            "prompt.",
-            "input_tokens",
-            prompt_tokens,
-        )
-    room = max_len - prompt_tokens
-    if body.get("ignore_eos") is True:
-        n = max_tokens if max_tokens is not None else room
-    else:
-        n = min(max_tokens or config.tokens, config.tokens)
-    finish_reason = "length" if n == max_tokens else "stop"
-    if n >= room:  # the context is full: vLLM stops for length
-        n = room
-        finish_reason = "length"
+    check_max_tokens(max_tokens)
+    check_context(config, prompt_tokens)
 
     stream = body.get("stream") is True
     options = body.get("stream_options")
@@ -258,25 +366,14 @@ def plan(
         options = {}
     # As in vLLM, continuous usage stats are only sent along with include_usage.
     include_usage = options.get("include_usage") is True
-    continuous = include_usage and options.get("continuous_usage_stats") is True
-
-    prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-"
-    if request_id:
-        full_id = prefix + request_id.decode("latin-1")
-    elif isinstance(body.get("request_id"), str) and body["request_id"]:
-        full_id = prefix + body["request_id"]
-    else:
-        full_id = prefix + random_hex16()
-    return Generation(
+    return new_generation(
+        config,
         endpoint=endpoint,
-        model=config.model,
-        request_id=full_id,
-        created=int(time.time()),
+        request_id=completion_id("chatcmpl-" if endpoint == "chat" else "cmpl-", body, request_id),
         prompt_tokens=prompt_tokens,
-        n=n,
-        finish_reason=finish_reason,
+        max_tokens=max_tokens,
+        ignore_eos=body.get("ignore_eos") is True,
         stream=stream,
         include_usage=include_usage,
-        continuous_usage=continuous,
-        reply=reply_tokens(config.reply) if config.reply else (),
+        continuous_usage=include_usage and options.get("continuous_usage_stats") is True,
     )

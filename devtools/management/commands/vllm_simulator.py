@@ -74,6 +74,12 @@ class Command(BaseCommand):
             help="A fixed reply (e.g. Markdown), streamed a word at a time; --tokens is "
             "then its length.",
         )
+        parser.add_argument(
+            "--pooling",
+            action="store_true",
+            help="Also serve /v1/rerank and /v1/score as a pooling (cross-encoder) model; "
+            "without it they are 404, as on vLLM with a generate-only model.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         served_name = options["served_model_name"]
@@ -90,6 +96,7 @@ class Command(BaseCommand):
                 startup_delay=options["startup_delay"],
                 answer_log=options["answer_log"],
                 reply=reply,
+                pooling=options["pooling"],
             )
         except ValueError as exc:  # an option SimulatorConfig refuses, e.g. --max-num-seqs 0
             raise CommandError(str(exc)) from exc
