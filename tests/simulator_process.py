@@ -52,6 +52,7 @@ class SimulatorProcess:
         answer_log: Path | None = None,
         env: dict[str, str] | None = None,
         reply: str | None = None,
+        pooling: bool = False,
     ) -> None:
         self.model = model
         self.host = host
@@ -65,6 +66,7 @@ class SimulatorProcess:
         self.answer_log = answer_log
         self.extra_env = env or {}
         self.reply = reply
+        self.pooling = pooling
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -99,6 +101,7 @@ class SimulatorProcess:
             str(self.max_model_len),
             *(["--answer-log", str(self.answer_log)] if self.answer_log else []),
             *(["--reply", self.reply] if self.reply else []),
+            *(["--pooling"] if self.pooling else []),
         ]
 
     @property
