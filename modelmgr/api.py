@@ -1,5 +1,6 @@
 """Management routes (admin scope) on the paths and query parameters of TalkTuah's
-original API: downloads, switches, loading status, restart. Each view calls one service
+original API: downloads, switches, loading status, restart; and a backend's engine
+restart (`/restart-engine`). Each view calls one service
 or selector and returns its data; the schemas in `schemas.py` give the shapes."""
 
 from django.conf import settings
@@ -86,6 +87,22 @@ async def switch_model(
         backend=await run_sync(backend_resolve, backend),
     )
     return Status(202, selectors.switch_summary(switch))
+
+
+@router.post("/restart-engine", response={202: SwitchOut})
+async def restart_engine(
+    request: HttpRequest, backend: str | None = None
+) -> Status[dict[str, object]]:
+    """Restart a backend's vLLM on the model it serves (after a crash: served), as a
+    switch runs (`backend` may be left out while there is one): 202 with the restart,
+    which the switch history keeps; 409 while a switch runs there or for an external
+    engine. Requests wait for it as for a switch."""
+    restart = await run_sync(
+        services.engine_restart_request,
+        backend=await run_sync(backend_resolve, backend),
+        requested_by=_who(request),
+    )
+    return Status(202, selectors.switch_summary(restart))
 
 
 @router.get("/model-loading-status", response=LoadingStatusOut)

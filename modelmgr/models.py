@@ -204,6 +204,15 @@ class DownloadJob(models.Model):
         return self.status in ACTIVE_DOWNLOAD_STATUSES
 
 
+class SwitchKind(models.TextChoices):
+    """What a row of the switch history records (the worker's supervision writes the
+    last two: see modelmgr/engines/supervisor.py)."""
+
+    SWITCH = "switch", "switch (another model)"
+    CRASH = "crash", "crash (vLLM stopped, or failed its health check)"
+    RESTART = "restart", "restart (the same model again)"
+
+
 class SwitchPhase(models.TextChoices):
     REQUESTED = "requested"
     STOPPING = "stopping"
@@ -222,9 +231,13 @@ ACTIVE_SWITCH_PHASES = (
 
 
 class ModelSwitch(models.Model):
-    """One change of the model vLLM serves: the queue entry and the history."""
+    """One change of the model vLLM serves: the queue entry and the history. Crashes
+    and restarts of the engine are rows of their own kinds: a crash is recorded failed
+    at once (its error says what was seen), a restart runs the phases of a switch to
+    the same model, so requests wait for it as for a switch."""
 
     backend = models.CharField(max_length=50)
+    kind = models.CharField(max_length=16, choices=SwitchKind.choices, default=SwitchKind.SWITCH)
     from_model = models.CharField(max_length=200, blank=True)
     to_model = models.CharField(max_length=200)
     phase = models.CharField(
@@ -251,6 +264,10 @@ class ModelSwitch(models.Model):
         ]
 
     def __str__(self) -> str:
+        if self.kind == SwitchKind.CRASH:
+            return f"crash of {self.to_model}"
+        if self.kind == SwitchKind.RESTART:
+            return f"restart of {self.to_model} ({self.phase})"
         return f"{self.from_model or '—'} → {self.to_model} ({self.phase})"
 
     @property

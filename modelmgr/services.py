@@ -2,11 +2,14 @@
 bookkeeping (the backends' own rows are written by `backends.services`). The API, the
 admin, the commands and the worker all call these (reads are in `selectors.py`).
 
-Requests (`download_start`, `model_switch_request`, cancel, retry) only write rows; the
-worker claims the rows atomically (a conditional UPDATE: of two workers only one sees
-its UPDATE match) and runs the long work (`download_run`, `model_switch_run`).
+Requests (`download_start`, `model_switch_request`, `engine_restart_request`, cancel,
+retry) only write rows; the worker claims the rows atomically (a conditional UPDATE: of
+two workers only one sees its UPDATE match) and runs the long work (`download_run`,
+`model_switch_run`, which also runs restarts). The worker's supervision records what
+it sees of its engine (`engine_crash_record`, `engine_came_back_record`).
 """
 
+import contextlib
 import logging
 import os
 import re
@@ -20,13 +23,14 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from backends import health
 from backends.discovery import backend_get, backend_specs
 from backends.spec import BackendSpec
 from modelmgr import engines, hub
+from modelmgr.engines.supervisor import CameBack, Crashed
 from modelmgr.models import (
     ACTIVE_DOWNLOAD_STATUSES,
     ACTIVE_SWITCH_PHASES,
@@ -36,6 +40,7 @@ from modelmgr.models import (
     ModelSwitch,
     Scope,
     ServedModel,
+    SwitchKind,
     SwitchPhase,
     Tier,
     UsageDaily,
@@ -449,16 +454,33 @@ def _set_phase(switch: ModelSwitch, phase: str, error: str = "") -> None:
     switch.refresh_from_db()
 
 
-def wait_until_serving(served_name: str, *, backend: BackendSpec, timeout: float) -> str | None:
+# While a started vLLM loads, how often its engine is asked whether it still runs.
+ENGINE_LOOK_SECONDS = 1.0
+
+
+def wait_until_serving(
+    served_name: str,
+    *,
+    backend: BackendSpec,
+    timeout: float,
+    engine: engines.Engine | None = None,
+) -> str | None:
     """Look at the backend until /health is 200 and /v1/models lists the model; None
-    when ready, else what was last seen."""
+    when ready, else what was last seen. With `engine`, a vLLM that exits while it loads
+    fails at once (not after the whole timeout), unless what runs it restarts it."""
     deadline = time.monotonic() + timeout
     last = "vLLM did not answer"
+    next_look = time.monotonic() + ENGINE_LOOK_SECONDS
     while time.monotonic() < deadline:
         found = health.look_sync(backend)
         if found.healthy and served_name in found.models:
             return None
         last = found.detail
+        if engine is not None and time.monotonic() >= next_look:
+            next_look = time.monotonic() + ENGINE_LOOK_SECONDS
+            state = engine.state()
+            if not state.running and not state.restarts_itself:
+                return f"vLLM stopped while loading: {state.detail}"
         time.sleep(0.25)
     return f"not ready after {timeout:.0f} s: {last}"
 
@@ -479,8 +501,11 @@ def drain(*, backend: BackendSpec, timeout: float) -> bool:
 def model_switch_run(*, switch: ModelSwitch, backend: BackendSpec, engine: engines.Engine) -> None:
     """Let the requests vLLM is running finish (bounded by SWITCH_DRAIN_SECONDS), stop
     the old model, start the new one, wait until vLLM serves it; on failure restart the
-    old model where possible. `engine` is the backend's (the worker keeps one)."""
-    snapshot = hub.snapshot_path(switch.to_model)
+    old model where possible. A restart (kind restart) does the same with the model the
+    engine was serving, and leaves a failure to the supervisor's next attempt. `engine`
+    is the backend's (the worker keeps one)."""
+    restart = switch.kind == SwitchKind.RESTART
+    snapshot = _restart_model(switch, engine) if restart else hub.snapshot_path(switch.to_model)
     try:
         if snapshot is None:
             raise EngineError(f"'{switch.to_model}' is no longer in the cache.")
@@ -494,20 +519,41 @@ def model_switch_run(*, switch: ModelSwitch, backend: BackendSpec, engine: engin
         engine.serve(model=str(snapshot), served_name=switch.to_model)
         _set_phase(switch, SwitchPhase.LOADING)
         problem = wait_until_serving(
-            switch.to_model, backend=backend, timeout=backend.engine.switch_timeout_seconds
+            switch.to_model,
+            backend=backend,
+            timeout=backend.engine.switch_timeout_seconds,
+            engine=engine,
         )
         if problem:
             raise EngineError(problem)
     except EngineError as exc:
         _set_phase(switch, SwitchPhase.FAILED, str(exc))
-        logger.warning("switch %s to %s failed: %s", switch.pk, switch.to_model, exc)
-        _restore_previous(switch, engine)
+        logger.warning("%s %s of %s failed: %s", switch.kind, switch.pk, switch.to_model, exc)
+        if not restart:
+            _restore_previous(switch, engine)
         return
     _set_phase(switch, SwitchPhase.READY)
-    ServedModel.objects.update_or_create(
-        repo_id=switch.to_model, defaults={"last_served_at": timezone.now()}
-    )
+    if restart:
+        # The demo's model is no downloaded repo: only a known one gets the date.
+        ServedModel.objects.filter(repo_id=switch.to_model).update(last_served_at=timezone.now())
+    else:
+        ServedModel.objects.update_or_create(
+            repo_id=switch.to_model, defaults={"last_served_at": timezone.now()}
+        )
     logger.info("now serving %s (%.1f s)", switch.to_model, switch.duration_seconds or 0)
+
+
+def _restart_model(switch: ModelSwitch, engine: engines.Engine) -> str:
+    """What to start a restart with: the model the engine was told to serve (a snapshot
+    path, say) when it still serves this name, else the cached snapshot, else the name
+    itself (the demo's model, which the simulator takes as it is)."""
+    try:
+        state = engine.state()
+    except EngineError:
+        state = None
+    if state is not None and state.model and state.served_name == switch.to_model:
+        return state.model
+    return str(hub.snapshot_path(switch.to_model) or switch.to_model)
 
 
 def _restore_previous(switch: ModelSwitch, engine: engines.Engine) -> None:
@@ -520,6 +566,107 @@ def _restore_previous(switch: ModelSwitch, engine: engines.Engine) -> None:
         ModelSwitch.objects.filter(pk=switch.pk).update(
             error=f"{switch.error}\nRestarting {switch.from_model} failed too: {exc}"
         )
+
+
+# --- engine supervision and restarts -------------------------------------------------
+
+SUPERVISOR = "supervisor"  # requested_by of what the worker's supervision records
+
+
+def engine_restart_request(
+    *, backend: BackendSpec, requested_by: str = "", served_name: str | None = None
+) -> ModelSwitch:
+    """Ask a backend's worker to restart its vLLM on the model it serves (or, after a
+    crash, served): a row of kind restart, run like a switch, so requests wait for it.
+    The admin's "restart engine" action and POST /api/restart-engine call this."""
+    if backend.engine.read_only:
+        raise Conflict(
+            f"vLLM is managed outside TalkTuah (backend '{backend.name}' has engine external): "
+            "restart it there."
+        )
+    if not backend.local_cache and not worker_alive(backend.name):
+        raise Conflict(
+            f"No worker of backend '{backend.name}' is running: start one on its host with "
+            f"`python manage.py run_worker --backend {backend.name}`."
+        )
+    running = active_switch(backend.name)
+    if running is not None:
+        raise Conflict(f"A {running.kind} to '{running.to_model}' is already {running.phase}.")
+    served = served_name or _last_served(backend)
+    if not served:
+        raise Conflict(
+            f"Backend '{backend.name}' has served no model yet, so there is nothing to restart: "
+            "switch it to a model instead."
+        )
+    try:
+        with transaction.atomic():
+            return ModelSwitch.objects.create(
+                backend=backend.name,
+                kind=SwitchKind.RESTART,
+                from_model=served,
+                to_model=served,
+                requested_by=requested_by,
+            )
+    except IntegrityError:
+        raise Conflict("A switch was requested at the same moment.") from None
+
+
+def _last_served(backend: BackendSpec) -> str | None:
+    """What the backend serves now, else what its engine was told to, else what its
+    history last brought up or saw crash."""
+    served = health.look_sync(backend).served
+    if served is None and backend.local_cache:
+        with contextlib.suppress(EngineError):
+            served = engines.engine_for(backend).state().served_name
+    if served is None:
+        last = (
+            ModelSwitch.objects.filter(backend=backend.name)
+            .filter(Q(phase=SwitchPhase.READY) | Q(kind=SwitchKind.CRASH))
+            .order_by("-created_at")
+            .first()
+        )
+        served = last.to_model if last is not None else None
+    return served
+
+
+def engine_crash_record(*, backend: BackendSpec, worker: str, crashed: Crashed) -> ModelSwitch:
+    """The history's row of a crash the supervision saw: failed at once, its error what
+    was seen and what happens next."""
+    now = timezone.now()
+    return ModelSwitch.objects.create(
+        backend=backend.name,
+        kind=SwitchKind.CRASH,
+        from_model=crashed.served_name,
+        to_model=crashed.served_name,
+        phase=SwitchPhase.FAILED,
+        error=f"{crashed.detail} ({crashed.reason})",
+        requested_by=SUPERVISOR,
+        worker=worker,
+        started_at=now,
+        phase_changed_at=now,
+        finished_at=now,
+    )
+
+
+def engine_came_back_record(
+    *, backend: BackendSpec, worker: str, came_back: CameBack
+) -> ModelSwitch:
+    """The history's row of a restart that what runs vLLM did by itself (Docker's
+    restart policy, the kubelet): ready when the supervision saw it run again."""
+    now = timezone.now()
+    return ModelSwitch.objects.create(
+        backend=backend.name,
+        kind=SwitchKind.RESTART,
+        from_model=came_back.served_name,
+        to_model=came_back.served_name,
+        phase=SwitchPhase.READY,
+        error=came_back.detail,
+        requested_by=f"{backend.engine.kind} (by itself)",
+        worker=worker,
+        started_at=now,
+        phase_changed_at=now,
+        finished_at=now,
+    )
 
 
 # --- workers -----------------------------------------------------------------------

@@ -68,13 +68,30 @@ class DockerEngine:
         model, served_name = model_from_args(
             attrs["Config"].get("Entrypoint") or [], attrs["Config"].get("Cmd") or []
         )
-        status = attrs["State"].get("Status", "unknown")
+        found = attrs["State"]
+        status = found.get("Status", "unknown")
         detail = f"container {self.container_name!r} ({attrs['Config'].get('Image')}) is {status}"
-        if attrs["State"].get("Health"):
-            detail += f", health: {attrs['State']['Health'].get('Status')}"
-        if status == "exited":
-            detail += f" with code {attrs['State'].get('ExitCode')}"
-        return EngineState(status == "running", model, served_name, detail)
+        if found.get("Health"):
+            detail += f", health: {found['Health'].get('Status')}"
+        exit_code = None
+        if status in ("exited", "dead", "restarting"):
+            exit_code = found.get("ExitCode")
+            detail += (
+                f" (it exited with code {exit_code})"
+                if status == "restarting"
+                else f" with code {exit_code}"
+            )
+        return EngineState(
+            status == "running",
+            model,
+            served_name,
+            detail,
+            exit_code=exit_code,
+            # A new container, or the same one started again (by its restart policy).
+            incarnation=f"{attrs['Id'][:12]}@{found.get('StartedAt', '')}",
+            # Its restart policy brings it back: Docker says "restarting" while it waits.
+            restarts_itself=status == "restarting",
+        )
 
     def _recreate(self, client: Any, attrs: dict[str, Any], cmd: list[str], timeout: int) -> None:
         name = self.container_name

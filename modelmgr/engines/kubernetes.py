@@ -44,4 +44,7 @@ class KubernetesEngine:
             model=model,
             served_name=served_name,
             detail=f"Deployment {self.deployment.name}: {found.detail}",
+            # The kubelet restarts a crashed container and the ReplicaSet replaces a lost
+            # pod: a Deployment that wants replicas brings vLLM back by itself.
+            restarts_itself=found.replicas > 0,
         )

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -80,6 +81,17 @@ def _pid_alive(pid: int) -> bool:
         return False
     except psutil.AccessDenied:
         return True
+
+
+def _reap_when_it_exits(child: "subprocess.Popen[bytes]") -> None:
+    """Collect the child's exit status the moment it exits, so it is never left a
+    zombie however long the worker takes to look (a killed vLLM stayed one for 70 s)."""
+    # WNOWAIT waits without reaping, and holds no lock of Popen's (a blocking
+    # child.wait() would, and make poll() in other threads say "running"); poll() then
+    # reaps and keeps the exit code. Another thread reaping first ends the wait too.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+    child.poll()
 
 
 def _signal_group(pid: int, signum: int) -> None:
@@ -179,6 +191,7 @@ class ProcessEngine:
         record = self._read_record()
         if record is None:
             return EngineState(False, None, None, "vLLM is not running (TalkTuah started none)")
+        incarnation = f"{record.pid}@{record.create_time or record.started_at}"
         if self._is_running(record):
             return EngineState(
                 True,
@@ -186,10 +199,13 @@ class ProcessEngine:
                 record.served_name,
                 f"vLLM runs as pid {record.pid} on port {record.port} since "
                 f"{record.started_at}; log: {self.log_file}",
+                incarnation=incarnation,
             )
-        code = ""
+        # Only the worker that started it (its parent) learns how it ended.
+        exit_code = None
         if self._child is not None and self._child.pid == record.pid:
-            code = f" with code {self._child.poll()}"
+            exit_code = self._child.poll()
+        code = "" if exit_code is None else f" with code {exit_code}"
         tail = _log_tail(self.log_file)
         return EngineState(
             False,
@@ -197,6 +213,8 @@ class ProcessEngine:
             record.served_name,
             f"vLLM (pid {record.pid}) exited{code}; see {self.log_file}"
             + (f": {tail}" if tail else ""),
+            exit_code=exit_code,
+            incarnation=incarnation,
         )
 
     @contextlib.contextmanager
@@ -231,6 +249,9 @@ class ProcessEngine:
                     f"could not start vLLM ({command[0]}): {exc.strerror or exc}"
                 ) from exc
         self._child = child
+        threading.Thread(
+            target=_reap_when_it_exits, args=(child,), name=f"reap-vllm-{child.pid}", daemon=True
+        ).start()
         self._write_record(
             _ProcessRecord(
                 pid=child.pid,

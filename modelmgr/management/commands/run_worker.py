@@ -8,9 +8,12 @@ gateway cannot read another host's cache).
 
 The database rows are the queue. The worker recovers what a dead worker left running,
 starts the configured model (process engine, VLLM_MODEL), then loops: heartbeat, claim
-a switch (run in this thread), claim a download (run in a thread, so switches and the
-heartbeat go on during a long download). SIGTERM/SIGINT stop it cleanly: a running
-download is put back in the queue, resumable.
+a switch or restart (run in this thread), look at the engine (every
+ENGINE_CHECK_SECONDS: its process, container or pods and vLLM's /health; a crash is
+recorded in the switch history and in the heartbeat at once, and restarted under
+ENGINE_RESTART_POLICY with backoff: `modelmgr.engines.supervisor`), claim a download
+(run in a thread, so switches and the heartbeat go on during a long download).
+SIGTERM/SIGINT stop it cleanly: a running download is put back in the queue, resumable.
 """
 
 import logging
@@ -26,10 +29,20 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
+from backends import health
 from backends.discovery import backend_get
 from backends.models import DEFAULT_BACKEND
 from backends.spec import BackendSpec
 from modelmgr import engines, hub, selectors, services
+from modelmgr.engines.supervisor import (
+    CameBack,
+    Crashed,
+    Event,
+    RestartDue,
+    RestartPolicy,
+    Supervisor,
+)
+from modelmgr.models import ModelSwitch, SwitchKind, SwitchPhase
 from plumbing.errors import EngineError, TalkTuahError
 
 logger = logging.getLogger("modelmgr.worker")
@@ -80,21 +93,47 @@ class Command(BaseCommand):
             "stopped workers)"
         )
         self._start_configured_model(backend, engine)
+        supervisor = None
+        if not engine.read_only:
+            supervisor = Supervisor(
+                engine,
+                RestartPolicy.from_settings(),
+                probe=lambda: _probe(backend),
+                start_grace=backend.engine.switch_timeout_seconds,
+            )
 
         pool = ThreadPoolExecutor(max_workers=max(options["downloads"], 1))
         running: set[Future[None]] = set()
-        last_beat = 0.0
+        last_beat = last_check = 0.0
+        engine_note = ""  # what the heartbeat says of a crashed engine
         try:
             while not self.stopping.is_set():
                 now = time.monotonic()
                 if now - last_beat >= settings.WORKER_HEARTBEAT_SECONDS:
-                    beat(f"{len(running)} download(s)" if running else "idle")
+                    doing = f"{len(running)} download(s)" if running else "idle"
+                    beat(f"{engine_note}; {doing}" if engine_note else doing)
                     last_beat = now
                 switch = services.model_switch_claim(worker=name, backend=backend)
                 if switch is not None:
-                    beat(f"switch to {switch.to_model}")
+                    beat(f"{switch.kind} to {switch.to_model}")
                     services.model_switch_run(switch=switch, backend=backend, engine=engine)
+                    if supervisor is not None:
+                        switch.refresh_from_db()
+                        supervisor.after_run(
+                            restart=switch.kind == SwitchKind.RESTART,
+                            ready=switch.phase == SwitchPhase.READY,
+                        )
+                        engine_note = _down_note(supervisor, switch)
+                        last_beat = 0.0  # say so now
                     continue
+                if supervisor is not None and now - last_check >= settings.ENGINE_CHECK_SECONDS:
+                    last_check = now
+                    events = self._supervise(supervisor, backend, name)
+                    if events:
+                        # The heartbeat (the admin's worker list) says so at once.
+                        engine_note = _event_note(events[-1])
+                        beat(engine_note or "idle")
+                        last_beat = time.monotonic()
                 running = {f for f in running if not f.done()}
                 if len(running) < options["downloads"]:
                     job = services.download_claim(worker=name, backend=backend)
@@ -107,6 +146,36 @@ class Command(BaseCommand):
             pool.shutdown(wait=True)
             connection.close()
             self.stdout.write(f"worker {name} stopped")
+
+    def _supervise(self, supervisor: Supervisor, backend: BackendSpec, name: str) -> list[Event]:
+        """Look at the engine once; record what happened in the switch history."""
+        try:
+            events = supervisor.check()
+        except EngineError as exc:
+            # Docker or the API server unreachable says nothing about vLLM itself.
+            logger.warning("could not look at the engine: %s", exc)
+            return []
+        for event in events:
+            if isinstance(event, Crashed):
+                services.engine_crash_record(backend=backend, worker=name, crashed=event)
+                self.stderr.write(f"vLLM crashed: {event.detail} ({event.reason})")
+            elif isinstance(event, CameBack):
+                services.engine_came_back_record(backend=backend, worker=name, came_back=event)
+                self.stdout.write(f"vLLM runs again: {event.detail}")
+            elif isinstance(event, RestartDue):
+                try:
+                    services.engine_restart_request(
+                        backend=backend,
+                        requested_by=f"{services.SUPERVISOR} (attempt {event.attempt})",
+                        served_name=event.served_name,
+                    )
+                except TalkTuahError as exc:
+                    # A switch queued meanwhile starts the engine anyway.
+                    logger.info("no restart of %s: %s", event.served_name, exc.message)
+                    supervisor.after_run(restart=False, ready=False)
+                else:
+                    self.stdout.write(f"restarting vLLM on {event.served_name}")
+        return events
 
     def _stop(self, signum: int, frame: object) -> None:
         logger.info("worker stopping (signal %s)", signum)
@@ -131,3 +200,23 @@ class Command(BaseCommand):
             self.stdout.write(f"started vLLM on {model}")
         except EngineError as exc:
             self.stderr.write(f"could not start {model}: {exc}")
+
+
+def _probe(backend: BackendSpec) -> tuple[bool, str]:
+    found = health.look_sync(backend)
+    return found.healthy, found.detail
+
+
+def _event_note(event: Event) -> str:
+    """What the heartbeat says of the engine after `event` (the admin shows it)."""
+    if isinstance(event, Crashed):
+        return f"engine down: {event.detail} ({event.reason})"[:200]
+    if isinstance(event, RestartDue):
+        return f"engine down: restarting {event.served_name}"
+    return ""
+
+
+def _down_note(supervisor: Supervisor, switch: ModelSwitch) -> str:
+    if not supervisor.down:
+        return ""
+    return f"engine down: {switch.kind} failed: {switch.error}"[:200]
