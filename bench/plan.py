@@ -1,6 +1,7 @@
 """What a benchmark run measures and what it is judged against: the endpoints under test
 and the request they get, the load levels, the upstream's pace, the targets of issue 6
-(and of "Several vLLM backends"), and the two plans (the full run and --quick)."""
+(and of "Several vLLM backends", and issue 24's saturating streams), and the two plans
+(the full run and --quick)."""
 
 import json
 from dataclasses import dataclass
@@ -50,6 +51,20 @@ UNSTEADY_CALIBRATION = 1.25
 BACKENDS_TARGET = "TalkTuah, 3 backends"
 BACKENDS_FACTOR = 1.10
 
+# Issue 24, fair inside the gateway: SATURATE_STREAMS clients at once, each streaming
+# SATURATE_EVENTS content events with no gap between them (the upstream writes
+# SATURATE_BURST of them at a time, so it costs little per event and the gateway is what
+# saturates), one stream after another for Plan.saturate seconds; a new request's time
+# to first token p99 through the gateway at most SATURATE_FACTOR x direct's, in the same
+# round. Streams that started in the first SATURATE_RAMP seconds are not counted: they
+# are the crowd of all clients arriving at once (the 64-stream figures measure that).
+SATURATE_STREAMS = 256
+SATURATE_EVENTS = 200
+SATURATE_BURST = 20
+SATURATE_RAMP = 1.0
+SATURATE_FACTOR = 2.0
+SATURATE_TARGETS = ("direct", "TalkTuah")  # not LiteLLM: it takes minutes at 256
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -60,13 +75,28 @@ class Plan:
     waves: int  # streams per client at concurrency 64
     hold: int  # streams held open at once
     repeats: int  # at most this many measurements taken again on a busy machine
+    saturate: float  # seconds of saturating streams per target and round (after the ramp)
 
 
 FULL = Plan(
-    rounds=5, duration=5, warmup=3, single_streams=20, waves=3, hold=HOLD_STREAMS, repeats=20
+    rounds=5,
+    duration=5,
+    warmup=3,
+    single_streams=20,
+    waves=3,
+    hold=HOLD_STREAMS,
+    repeats=20,
+    saturate=5,
 )
 QUICK = Plan(
-    rounds=1, duration=2, warmup=1, single_streams=8, waves=1, hold=HOLD_STREAMS, repeats=6
+    rounds=1,
+    duration=2,
+    warmup=1,
+    single_streams=8,
+    waves=1,
+    hold=HOLD_STREAMS,
+    repeats=6,
+    saturate=2,
 )
 
 

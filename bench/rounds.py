@@ -1,7 +1,8 @@
 """The rounds of a run: a warm-up, then in each round wrk against every target at every
-connection count and streams at every concurrency (a run is measured again when others
-took much of the CPU, keeping the quietest), then once the hold test; what they measured
-is a Results, the report's input."""
+connection count, streams at every concurrency and 256 saturating streams direct and
+through TalkTuah (a run is measured again when others took much of the CPU, keeping the
+quietest), then once the hold test; what they measured is a Results, the report's
+input."""
 
 import asyncio
 import contextlib
@@ -12,9 +13,28 @@ from pathlib import Path
 from typing import Protocol
 
 from cpu import cpu_snapshot, foreign_share, sharing_core
-from plan import BACKENDS_TARGET, CONNECTIONS, NOISY, REPEATS_EACH, STREAM_CONCURRENCY, Plan, Target
+from plan import (
+    BACKENDS_TARGET,
+    CONNECTIONS,
+    NOISY,
+    REPEATS_EACH,
+    SATURATE_STREAMS,
+    SATURATE_TARGETS,
+    STREAM_CONCURRENCY,
+    Plan,
+    Target,
+)
 from stack import Stack
-from streams import Hold, StreamStats, hold_streams, measure_streams, run_streams
+from streams import (
+    Hold,
+    Saturation,
+    StreamStats,
+    hold_streams,
+    measure_saturation,
+    measure_streams,
+    run_streams,
+    saturate,
+)
 from wrk import Load, run_wrk
 
 
@@ -22,6 +42,7 @@ from wrk import Load, run_wrk
 class Results:
     loads: dict[tuple[int, int, str], Load] = field(default_factory=dict)  # round, conns, name
     streams: dict[tuple[int, int, str], StreamStats] = field(default_factory=dict)
+    saturation: dict[tuple[int, str], Saturation] = field(default_factory=dict)  # round, name
     hold: Hold | None = None
     foreign: float = 0.0  # over the whole measurement
     repeats: int = 0  # measurements taken again because the machine was busy
@@ -80,6 +101,11 @@ def measure(
     for target in targets:
         run_wrk(wrk_binary, target, 16, plan.warmup, logs)
         asyncio.run(run_streams(target, 4, 2))
+    # The first saturating run after start-up had TTFTs of seconds (a cold worker taking
+    # 256 connections at once): warm that up too.
+    saturated = [target for target in targets if target.name in SATURATE_TARGETS]
+    for target in saturated:
+        asyncio.run(saturate(target, SATURATE_STREAMS, plan.warmup))
     for index in range(plan.rounds):
         print(f"\n== round {index + 1}/{plan.rounds}: non-streaming, wrk {plan.duration} s each")
         for connections in CONNECTIONS:
@@ -119,6 +145,24 @@ def measure(
                             f"  !!! INVALID: {stats.errors}/{stats.streams} {target.name} streams "
                             f"failed: {stats.first_error}"
                         )
+        print(f"== round {index + 1}/{plan.rounds}: {SATURATE_STREAMS} saturating streams")
+        for target in saturated if index % 2 == 0 else saturated[::-1]:
+            found = quietest(
+                partial(measure_saturation, target, SATURATE_STREAMS, plan.saturate),
+                results,
+                plan,
+            )
+            results.saturation[index, target.name] = found
+            print(
+                f"  {SATURATE_STREAMS} streams {target.name:<20} TTFT p50 {found.ttft_p50:7.1f} "
+                f"ms  p99 {found.ttft_p99:7.1f} ms  {found.events_per_s:>9,.0f} events/s  "
+                f"({found.streams:,} streams; other: {found.foreign:.0%})"
+            )
+            if found.errors:
+                print(
+                    f"  !!! INVALID: {found.errors} {target.name} saturating streams failed: "
+                    f"{found.first_error}"
+                )
     gateway_target = targets[1]
     print(f"\n== {plan.hold} streams held open at once by the TalkTuah worker")
     hold = results.hold = asyncio.run(hold_streams(gateway_target, stack.gateway, plan.hold))

@@ -44,7 +44,7 @@ from litellm_proxy import litellm_binary
 from plan import FULL, HOLD_STREAMS, QUICK, ROOT
 from processes import BenchError, Service
 from profiling import profile
-from report import read_figures, read_machine, render
+from report import read_appended, read_figures, read_machine, render
 from rounds import measure
 from stack import start_stack
 from wrk import ensure_wrk, wrk_version
@@ -151,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             previous=read_figures(earlier) if earlier is not None else None,
             previous_machine=read_machine(earlier) if earlier is not None else None,
         )
+        # The sections other benchmarks appended to the earlier report (the fairness
+        # figures) stay at the end of the new one.
+        appended = read_appended(earlier) if earlier is not None else ""
+        text += f"\n\n{appended}\n" if appended else ""
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
         print("\n" + text)

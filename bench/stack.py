@@ -83,6 +83,13 @@ def start_gateway(
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "TALKTUAH_VAR_DIR": str(var),
         "VLLM_BASE_URL": upstream.base,
+        # The fixed-response upstream has no batch to fill: the 256 saturating streams
+        # and the 1,000 held ones are all admitted at once, by the backend (its capacity)
+        # and by the key (requests in flight); bench/fairness.py measures the queue.
+        # Settings rather than create_api_key options, so bench/ab.py's older revisions
+        # take them too (or ignore them).
+        "BACKEND_CAPACITY": "1000000",
+        "KEY_MAX_PARALLEL_REQUESTS": "1000000",
     }
     manage = [sys.executable, str(root / "manage.py")]
     subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], env=env, cwd=root, check=True)

@@ -1,8 +1,10 @@
 """The streaming measurements, made with the stream client: time to first token, total
-time and gaps between tokens of streams one after another and 64 at once; and the hold
+time and gaps between tokens of streams one after another and 64 at once; new streams'
+time to first token while 256 saturating streams keep the worker busy; and the hold
 test, 1,000 streams open at once on one TalkTuah worker and what they cost in memory."""
 
 import asyncio
+import dataclasses
 import math
 import re
 import statistics
@@ -10,7 +12,16 @@ import time
 from dataclasses import dataclass
 
 from cpu import cpu_snapshot, foreign_share
-from plan import CHAT_PATH, HOLD_GAP_MS, UPSTREAM_CHUNKS, Target, chat_body
+from plan import (
+    CHAT_PATH,
+    HOLD_GAP_MS,
+    SATURATE_BURST,
+    SATURATE_EVENTS,
+    SATURATE_RAMP,
+    UPSTREAM_CHUNKS,
+    Target,
+    chat_body,
+)
 from processes import Service, http_get
 from stats import percentile
 from stream_client import StreamClient, StreamSample
@@ -73,6 +84,76 @@ def measure_streams(target: Target, concurrency: int, per_client: int) -> Stream
     before = cpu_snapshot()
     samples = asyncio.run(run_streams(target, concurrency, per_client))
     return stream_stats(samples, foreign_share(before, cpu_snapshot()))
+
+
+# --- saturating streams ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Saturation:
+    ttft_p50: float  # ms, of the streams started after the ramp
+    ttft_p99: float
+    events_per_s: float  # content events all clients read a second, the ramp's too
+    streams: int  # counted (started after the ramp)
+    errors: int  # among every stream, the ramp's too
+    first_error: str
+    foreign: float
+
+
+async def saturate(target: Target, clients: int, seconds: float) -> Saturation:
+    """`clients` closed-loop clients, each on its keep-alive connection streaming
+    SATURATE_EVENTS events with no gap one stream after another, for SATURATE_RAMP
+    seconds and then `seconds` more. Each new stream is a new request arriving at a busy
+    worker: its time to first token is how long accepting, authenticating and admitting
+    it waited behind the other streams' chunks."""
+    body = chat_body(
+        stream=True,
+        max_tokens=SATURATE_EVENTS,
+        vllm_xargs={"bench_gap_ms": 0, "bench_burst": SATURATE_BURST},
+    )
+    connections = [client_of(target) for _ in range(clients)]
+    await asyncio.gather(*(client.connect() for client in connections))
+    counted: list[StreamSample] = []
+    errors: list[str] = []
+    events = 0
+    begun = time.perf_counter()
+    measured_from, end = begun + SATURATE_RAMP, begun + SATURATE_RAMP + seconds
+
+    async def loop(client: StreamClient) -> None:
+        nonlocal events
+        while (started := time.perf_counter()) < end:
+            # light: the client parses only up to the first token, so that it (on the
+            # core it shares with the upstream) costs less than what it measures.
+            sample = await client.stream(body, light=True)
+            if sample.error:
+                errors.append(sample.error)
+                continue
+            events += len(sample.gaps) + 1
+            if started >= measured_from:
+                counted.append(sample)
+
+    try:
+        await asyncio.gather(*(loop(client) for client in connections))
+    finally:
+        for client in connections:
+            client.close()
+    elapsed = time.perf_counter() - begun
+    ttfts = [sample.ttft for sample in counted]
+    return Saturation(
+        ttft_p50=percentile(ttfts, 50) * 1000,
+        ttft_p99=percentile(ttfts, 99) * 1000,
+        events_per_s=events / elapsed,
+        streams=len(counted),
+        errors=len(errors),
+        first_error=errors[0] if errors else "",
+        foreign=0.0,
+    )
+
+
+def measure_saturation(target: Target, clients: int, seconds: float) -> Saturation:
+    before = cpu_snapshot()
+    found = asyncio.run(saturate(target, clients, seconds))
+    return dataclasses.replace(found, foreign=foreign_share(before, cpu_snapshot()))
 
 
 # --- 1,000 open streams on one worker -------------------------------------------------

@@ -8,9 +8,11 @@ a role chunk, `--chunks` content chunks with `--gap-ms` between them, the usage 
 when `stream_options.include_usage`, `data: [DONE]`), GET /v1/models, GET /health,
 GET /version, GET /metrics (a tiny exposition, so health checks pass).
 
-Two request fields change one answer, so one upstream serves every benchmark:
-`max_tokens` (the number of content chunks, as in vLLM) and `vllm_xargs.bench_gap_ms`
-(the gap for this stream; the 1,000-stream memory test holds streams open with it).
+Request fields change one answer, so one upstream serves every benchmark: `max_tokens`
+(the number of content chunks, as in vLLM), `vllm_xargs.bench_gap_ms` (the gap for this
+stream; the 1,000-stream memory test holds streams open with it) and
+`vllm_xargs.bench_burst` (content chunks written at once, for the saturation test: the
+upstream then costs little per event, so the gateway, not it, is what is saturated).
 """
 
 import argparse
@@ -108,9 +110,11 @@ class Upstream:
         xargs = body.get("vllm_xargs") or {}
         gap = xargs.get("bench_gap_ms") if isinstance(xargs, dict) else None
         gap_seconds = gap / 1000 if isinstance(gap, int | float) and gap >= 0 else self.gap
+        burst = xargs.get("bench_burst") if isinstance(xargs, dict) else None
+        burst = burst if isinstance(burst, int) and burst > 0 else 1
         usage = isinstance(options, dict) and options.get("include_usage") is True
         with contextlib.suppress(OSError):  # the client left: nothing to clean up
-            await self.stream(send, completion_id, model, chunks, gap_seconds, usage)
+            await self.stream(send, completion_id, model, chunks, gap_seconds, usage, burst)
 
     def whole(self, completion_id: str, model: str, chunks: int) -> bytes:
         return json.dumps(
@@ -146,6 +150,7 @@ class Upstream:
         chunks: int,
         gap: float,
         usage: bool,
+        burst: int = 1,
     ) -> None:
         envelope = (
             f'data: {{"id":"{completion_id}","object":"chat.completion.chunk",'
@@ -161,17 +166,21 @@ class Upstream:
             b'[{"index":0,"delta":{"role":"assistant","content":""},'
             b'"logprobs":null,"finish_reason":null}]'
         )
+        token = (
+            envelope + b'[{"index":0,"delta":{"content":" tok"},"logprobs":null,"finish_reason":'
+        )
+        pending: list[bytes] = []
         for index in range(chunks):
             # The first token goes at once (time to first token is the transport's own);
-            # the gap separates the following ones.
+            # the gap separates the following ones; a burst goes out in one write.
             if index and gap:
                 await asyncio.sleep(gap)
             finish = b'"length"' if index == chunks - 1 else b"null"
-            await event(
-                b'[{"index":0,"delta":{"content":" tok"},"logprobs":null,"finish_reason":'
-                + finish
-                + b"}]"
-            )
+            pending.append(token + finish + b"}]}\n\n")
+            if index == 0 or len(pending) == burst or index == chunks - 1:
+                body = b"".join(pending)
+                pending.clear()
+                await send({"type": "http.response.body", "body": body, "more_body": True})
         if usage:
             await event(
                 b'[],"usage":{"prompt_tokens":12,"total_tokens":%d,"completion_tokens":%d},'
