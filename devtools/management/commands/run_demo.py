@@ -1,8 +1,15 @@
 """`python manage.py run_demo`: what `make run` starts on localhost — the gateway (as
 `manage.py serve` runs it), the worker (whose process engine runs the vLLM simulator) and
 a local fake Hugging Face Hub with a demo repo — with a ready-to-paste curl and OpenAI-SDK
-snippet. Ctrl-C (or SIGTERM) stops everything it started."""
+snippet.
 
+Ctrl-C, SIGTERM or SIGHUP stops everything it started, once, however the signal comes:
+to this process or to its process group (`kill -- -PGID`, CI, systemd), and twice (make
+passes a SIGTERM on to its child, so `make run` stopped by its group gets it twice). A
+signal only sets a flag: the cleanup is never interrupted, and a second signal changes
+nothing (a KeyboardInterrupt raised into the cleanup left the others running)."""
+
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,10 +23,42 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from backends.spec import default_spec
 from devtools.management.commands.demo_setup import demo_key_file
 from modelmgr.engines import engine_for
+from plumbing.errors import EngineError
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# How long the children may take to stop on SIGTERM before they are killed.
+STOP_SECONDS = 15.0
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+class _StopRequest:
+    """The first stop signal's number, kept by a handler that does nothing else."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+
+def _stop_children(children: list["subprocess.Popen[bytes]"]) -> None:
+    """SIGTERM to each child, SIGKILL to those still running after STOP_SECONDS, and to
+    whatever each child's process group still holds (each child leads one)."""
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + STOP_SECONDS
+    for child in children:
+        try:
+            child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    for child in children:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
 
 
 class Command(BaseCommand):
@@ -51,25 +90,46 @@ class Command(BaseCommand):
             "HF_HUB_DISABLE_XET": "1",
         }
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
-        children = [
-            subprocess.Popen(
-                [*manage, "fake_hub", "--port", str(options["hub_port"])],
-                env=env,
-                start_new_session=True,
-            ),
-            subprocess.Popen([*manage, "run_worker"], env=env, start_new_session=True),
+        commands = [
+            [*manage, "fake_hub", "--port", str(options["hub_port"])],
+            [*manage, "run_worker"],
             # The production entry point: uvicorn with the gateway's guarded protocol.
-            subprocess.Popen(
-                [*manage, "serve", "--host", host, "--port", str(port), "--workers", "1"],
-                env=env,
-                cwd=settings.BASE_DIR,
-                start_new_session=True,
-            ),
+            [*manage, "serve", "--host", host, "--port", str(port), "--workers", "1"],
         ]
-        # The children have their own sessions, so Ctrl-C reaches only this command,
-        # which stops them in order below.
-        signal.signal(signal.SIGTERM, _interrupt)
-        signal.signal(signal.SIGINT, _interrupt)
+        # Before the first child: a signal from now on is noted, not fatal.
+        stop = _StopRequest()
+        children: list[subprocess.Popen[bytes]] = []
+        try:
+            for command in commands:
+                if stop.signum is None:
+                    # Sessions of their own: a signal to this command's group (Ctrl-C,
+                    # `kill -- -PGID`) reaches only this command, which stops them below.
+                    children.append(
+                        subprocess.Popen(
+                            command, env=env, cwd=settings.BASE_DIR, start_new_session=True
+                        )
+                    )
+            self._run(options, key, hub_url, children, stop)
+        finally:
+            _stop_children(children)
+            # The worker leaves vLLM running on purpose (a restarted worker adopts it);
+            # the demo stops it with everything else.
+            try:
+                engine_for(default_spec()).stop()
+            except EngineError as exc:
+                self.stderr.write(f"could not stop the simulator: {exc}")
+            self.stdout.write("Stopped.")
+
+    def _run(
+        self,
+        options: dict[str, Any],
+        key: str,
+        hub_url: str,
+        children: list["subprocess.Popen[bytes]"],
+        stop: _StopRequest,
+    ) -> None:
+        """Say how to use the demo, then wait for a stop signal (or a child's end)."""
+        host, port, sim_port = options["host"], options["port"], options["sim_port"]
         base = f"http://{host}:{port}"
         self.stdout.write(
             f"""
@@ -100,21 +160,8 @@ Download the demo model from the fake Hub and serve it when done:
 Ctrl-C stops everything.
 """
         )
-        try:
-            while all(child.poll() is None for child in children):
-                time.sleep(0.5)
-            raise CommandError("a process of the demo exited; stopping the rest")
-        except KeyboardInterrupt:
-            self.stdout.write("Stopping…")
-        finally:
-            for child in children:
-                if child.poll() is None:
-                    child.terminate()
-            for child in children:
-                try:
-                    child.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-            # The worker leaves vLLM running on purpose (a restarted worker adopts it);
-            # the demo stops it with everything else.
-            engine_for(default_spec()).stop()
+        while stop.signum is None:
+            if any(child.poll() is not None for child in children):
+                raise CommandError("a process of the demo exited; stopping the rest")
+            time.sleep(0.2)  # a signal's handler runs here, and the sleep goes on
+        self.stdout.write(f"Stopping ({signal.Signals(stop.signum).name})…")
