@@ -149,6 +149,7 @@ class Command(BaseCommand):
 
     def _supervise(self, supervisor: Supervisor, backend: BackendSpec, name: str) -> list[Event]:
         """Look at the engine once; record what happened in the switch history."""
+        watching = supervisor.watched is not None
         try:
             events = supervisor.check()
         except EngineError as exc:
@@ -175,6 +176,8 @@ class Command(BaseCommand):
                     supervisor.after_run(restart=False, ready=False)
                 else:
                     self.stdout.write(f"restarting vLLM on {event.served_name}")
+        if supervisor.watched is not None and not watching and not events:
+            self.stdout.write(f"watching vLLM: {supervisor.watched.detail}")
         return events
 
     def _stop(self, signum: int, frame: object) -> None:

@@ -1,9 +1,15 @@
 """The docker engine (modelmgr.engines.docker): at the docker SDK's HTTP boundary (a
-fake Docker API) and, when a Docker daemon is reachable, for real."""
+fake Docker API) and, when a Docker daemon is reachable, for real, the worker's
+supervision of a container included."""
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker  # type: ignore[import-untyped]
@@ -12,8 +18,10 @@ import pytest
 
 from backends.spec import EngineConfig
 from modelmgr.engines import DockerEngine
+from modelmgr.models import ModelSwitch, SwitchKind, SwitchPhase
 from plumbing.errors import EngineError
 from tests.fake_docker_api import FakeDockerAPI
+from tests.gateway_process import database_url
 from tests.net import free_port, port_is_free
 from tests.private_dockerd import (
     HOST_IMAGE,
@@ -22,6 +30,9 @@ from tests.private_dockerd import (
     docker_daemon_fixture,  # noqa: F401 (the `docker_daemon` fixture)
     host_python,
 )
+from tests.waiting import wait_for
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -314,3 +325,103 @@ def test_it_switches_a_real_vllm_container(
     finally:
         for container in client.containers.list(all=True, filters={"name": name}):
             container.remove(force=True)
+
+
+# --- the worker supervising a real vLLM container ----------------------------------------
+
+
+def engine_rows(kind: str) -> list[ModelSwitch]:
+    return list(ModelSwitch.objects.filter(kind=kind).order_by("created_at"))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("docker_policy", "restarted_by"),
+    [("no", "supervisor (attempt 1)"), ("on-failure", "docker (by itself)")],
+    ids=["the-worker-restarts-it", "docker-restarts-it"],
+)
+def test_the_worker_restarts_a_crashed_container_once(
+    docker_daemon: DockerDaemon, tmp_path: Any, docker_policy: str, restarted_by: str
+) -> None:
+    if not docker_daemon.local:
+        pytest.skip(f"the Docker daemon at {docker_daemon.docker_host} is not on this host")
+    client = docker_daemon.client
+    name = f"talktuah-test-vllm-{uuid.uuid4().hex[:8]}"
+    python = host_python()
+    port = free_port()
+    client.api.create_container(
+        docker_daemon.host_image(),
+        entrypoint=[python.executable, python.manage, "vllm_simulator"],
+        command=["--model", "A", "--port", str(port)],
+        environment=["TALKTUAH_VAR_DIR=/tmp/talktuah", "PYTHONDONTWRITEBYTECODE=1"],
+        labels={TEST_LABEL: "1"},
+        name=name,
+        host_config=client.api.create_host_config(
+            binds=python.binds, network_mode="host", restart_policy={"Name": docker_policy}
+        ),
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "DOCKER_HOST": docker_daemon.docker_host,
+        "TALKTUAH_VAR_DIR": str(tmp_path),
+        "TALKTUAH_ENGINE": "docker",
+        "VLLM_CONTAINER_NAME": name,
+        "VLLM_BASE_URL": f"http://127.0.0.1:{port}",
+        "ENGINE_STOP_GRACE_SECONDS": "2",
+        "ENGINE_CHECK_SECONDS": "0.2",
+        "ENGINE_RESTART_BACKOFF_SECONDS": "0.5",
+        "WORKER_HEARTBEAT_SECONDS": "0.5",
+    }
+    worker = None
+    try:
+        client.api.start(name)
+        wait_until_served_by(port, "A")
+        with (tmp_path / "worker.log").open("wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "manage.py", "run_worker", "--poll", "0.1"],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(
+            lambda: "watching vLLM" in (tmp_path / "worker.log").read_text(),
+            timeout=30,
+            message="the worker to watch the container",
+        )
+        time.sleep(0.5)  # and to see it healthy
+        first = client.api.inspect_container(name)["State"]
+        os.kill(first["Pid"], signal.SIGKILL)  # vLLM dies in its container
+
+        [crash] = wait_for(lambda: engine_rows(SwitchKind.CRASH), timeout=15, message="a crash")
+        assert crash.to_model == "A"
+        [restart] = wait_for(
+            lambda: [r for r in engine_rows(SwitchKind.RESTART) if r.phase == SwitchPhase.READY],
+            timeout=30,
+            message="the restart",
+        )
+        assert restart.requested_by == restarted_by, (crash.error, restart.error)
+        wait_until_served_by(port, "A")
+        state = client.api.inspect_container(name)["State"]
+        assert state["Running"] and state["StartedAt"] != first["StartedAt"]
+        time.sleep(1)  # restarted once, by one of them, not by both
+        assert len(engine_rows(SwitchKind.RESTART)) == 1
+        assert len(engine_rows(SwitchKind.CRASH)) == 1
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(20)
+        for container in client.containers.list(all=True, filters={"name": name}):
+            container.remove(force=True)
+
+
+def wait_until_served_by(port: int, model: str, timeout: float = 30.0) -> None:
+    def served() -> bool:
+        try:
+            listed = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).json()
+        except (httpx.TransportError, ValueError):
+            return False
+        return [entry["id"] for entry in listed["data"]] == [model]
+
+    wait_for(served, timeout=timeout, message=f"{model} on :{port}")

@@ -1,7 +1,8 @@
 """The kubernetes engine against the fake API server (tests/fake_kube_api.py) through the
 official client: a switch patches only the vLLM container's model arguments and returns
 once the rollout is done; a stalled rollout, a missing Deployment and a refusal are
-errors a person understands."""
+errors a person understands; the worker's supervision records a Deployment that lost its
+pods and leaves bringing them back to Kubernetes."""
 
 from collections.abc import Iterator
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 
 from backends.spec import EngineConfig, default_spec
 from modelmgr.engines import KubernetesEngine, engine_for
+from modelmgr.engines.supervisor import CameBack, Crashed, RestartPolicy, Supervisor
 from plumbing.errors import EngineError
 from tests.fake_kube_api import FakeKubeAPI, deployment
 
@@ -91,3 +93,31 @@ def test_an_unreachable_api_server_is_an_engine_error(api: FakeKubeAPI) -> None:
     api.stop()
     with pytest.raises(EngineError, match="unreachable"):
         KubernetesEngine(EngineConfig.from_settings()).state()
+
+
+def test_the_supervisor_records_a_deployment_without_pods_and_leaves_it_to_kubernetes(
+    api: FakeKubeAPI,
+) -> None:
+    # The kubelet restarts a crashed vLLM container, the ReplicaSet replaces a lost pod:
+    # the worker records the crash and the coming back, and restarts nothing itself.
+    now = [0.0]
+    supervisor = Supervisor(
+        KubernetesEngine(EngineConfig.from_settings()),
+        RestartPolicy("always", 1.0, 60.0, 0, 30.0),
+        probe=lambda: (True, "ok"),
+        start_grace=5,
+        clock=lambda: now[0],
+    )
+    assert supervisor.check() == []
+    assert supervisor.watched is not None and supervisor.watched.served_name == "org/a"
+    api.deployments["vllm"]["status"]["availableReplicas"] = 0  # its pod crashed
+    [crashed] = supervisor.check()
+    assert isinstance(crashed, Crashed) and crashed.served_name == "org/a"
+    assert crashed.restart_in is None and crashed.reason == "what runs it restarts it"
+    assert "0/1 available" in crashed.detail
+    now[0] = 100.0
+    assert supervisor.check() == []  # no restart of its own, however long it takes
+    api.deployments["vllm"]["status"]["availableReplicas"] = 1
+    [back] = supervisor.check()
+    assert isinstance(back, CameBack) and back.served_name == "org/a"
+    assert not api.patches  # nothing was patched or scaled
