@@ -17,6 +17,8 @@ class ChatApp(App[None]):
     TITLE = "TalkTuah"
     CSS = """
     #conversations { width: 28; border-right: solid $panel; }
+    ChatScreen.-narrow #conversations { width: 16; }
+    ChatScreen.-narrow #model { width: 26; }
     #topbar { height: auto; }
     #model { width: 40; }
     #title { padding: 1 2; }
@@ -25,7 +27,7 @@ class ChatApp(App[None]):
     .reply { height: auto; margin: 0 1; }
     .reply-error { color: $error; display: none; }
     .reply-figures { color: $text-muted; }
-    #status { height: 1; color: $warning; }
+    #status { height: auto; min-height: 1; max-height: 2; color: $warning; }
     #input { height: 5; }
     #setup { width: 70; height: auto; margin: 2 4; }
     .dialog { width: 70; height: auto; border: thick $primary; background: $surface; padding: 1 2; }

@@ -1,7 +1,10 @@
 """The one module that talks to the gateway (httpx): a few typed calls and one exception,
 GatewayError, carrying the status, the OpenAI-shape error's message and code, and
 Retry-After when the gateway sent one. It also decides when a chat request is made
-again (RetryPolicy), and says so in the events it streams: the screens only show them."""
+again (RetryPolicy), and says so in the events it streams: the screens only show them.
+It also reads how long a reply waited in the gateway's admission queue (a full backend):
+the `X-TalkTuah-Queue-Ms` header, or, for a stream the gateway holds and answers at
+once with `: queued` comments, the time until its first data."""
 
 import asyncio
 import json
@@ -14,6 +17,8 @@ from typing import Any
 import httpx
 
 TIMEOUT = httpx.Timeout(connect=5.0, read=120.0, write=10.0, pool=5.0)
+QUEUE_HEADER = "X-TalkTuah-Queue-Ms"  # how long the request waited for a slot
+QUEUED_COMMENT = "queued"  # a held stream's keep-alive comment starts so
 
 
 class GatewayError(Exception):
@@ -44,6 +49,14 @@ class Comment:
     """An SSE comment: the gateway says it is loading a model for this request."""
 
     text: str
+
+
+@dataclass
+class Queued:
+    """The gateway holds the stream until the backend has a free slot: sent with each of
+    its `: queued` comments, `seconds` since the gateway answered."""
+
+    seconds: float
 
 
 @dataclass
@@ -88,12 +101,15 @@ class Figures:
     completion_tokens: int | None = None
     first_token_seconds: float | None = None
     tokens_per_second: float | None = None
+    queued_seconds: float | None = None  # waited in the gateway for a slot
     extra: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
         parts = []
         if self.model:
             parts.append(self.model)
+        if self.queued_seconds:
+            parts.append(f"queued {self.queued_seconds:.1f} s")
         if self.first_token_seconds is not None:
             parts.append(f"first token {self.first_token_seconds * 1000:.0f} ms")
         if self.tokens_per_second is not None:
@@ -132,6 +148,18 @@ def _error_from(response: httpx.Response, body: bytes) -> GatewayError:
     )
 
 
+def _unreachable(url: str, exc: httpx.TransportError) -> GatewayError:
+    # What the user reads is the URL and the kind of failure, not the exception's repr.
+    return GatewayError(f"cannot reach {url} ({type(exc).__name__})")
+
+
+def _queue_ms(response: httpx.Response) -> float:
+    try:
+        return max(float(response.headers.get(QUEUE_HEADER, "0")), 0.0)
+    except ValueError:
+        return 0.0
+
+
 class Gateway:
     """One long-lived AsyncClient against one gateway with one key; always aclose()."""
 
@@ -151,7 +179,7 @@ class Gateway:
         try:
             response = await self.client.request(method, path, params=sent or None)
         except httpx.TransportError as exc:
-            raise GatewayError(f"cannot reach {self.url}: {exc!r}") from exc
+            raise _unreachable(self.url, exc) from exc
         if response.status_code >= 400:
             raise _error_from(response, response.content)
         return response.json()
@@ -196,7 +224,7 @@ class Gateway:
         try:
             response = await self.client.get("/api/healthz")
         except httpx.TransportError as exc:
-            raise GatewayError(f"cannot reach {self.url}: {exc!r}") from exc
+            raise _unreachable(self.url, exc) from exc
         if response.status_code not in (200, 503):
             raise _error_from(response, response.content)
         result: dict[str, Any] = response.json()
@@ -204,13 +232,13 @@ class Gateway:
 
     async def chat(
         self, request: Callable[[], dict[str, Any]], figures: Figures
-    ) -> AsyncGenerator[Attempt | Retrying | Comment | Delta, None]:
+    ) -> AsyncGenerator[Attempt | Retrying | Queued | Comment | Delta, None]:
         """Stream a chat completion, made again as `self.retry` says: yields each Attempt,
-        the reply's text as it arrives, the gateway's comments, and a Retrying a second
-        while it waits to try again; an error it does not retry is raised. `request()`
-        gives the body, asked before each attempt: a retry sends what the conversation
-        holds by then (another model picked while waiting, say). Closing the iterator
-        closes the stream, so the gateway and vLLM stop generating."""
+        the reply's text as it arrives, the gateway's comments (Queued for its queue's),
+        and a Retrying a second while it waits to try again; an error it does not retry
+        is raised. `request()` gives the body, asked before each attempt: a retry sends
+        what the conversation holds by then (another model picked while waiting, say).
+        Closing the iterator closes the stream, so the gateway and vLLM stop generating."""
         replied = False
         number = 1
         while True:
@@ -233,22 +261,35 @@ class Gateway:
 
     async def _chat_once(
         self, body: dict[str, Any], figures: Figures
-    ) -> AsyncGenerator[Delta | Comment, None]:
+    ) -> AsyncGenerator[Delta | Queued | Comment, None]:
         """One streamed chat completion: the reply's text as it arrives, filling `figures`
-        (usage from the usage chunk, time to first token, tokens/s)."""
+        (usage from the usage chunk, time to first token, tokens/s, time queued)."""
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         started = time.monotonic()
         first: float | None = None
+        held_since: float | None = None  # the gateway answered and holds it in its queue
         try:
             async with self.client.stream("POST", "/v1/chat/completions", json=body) as response:
                 if response.status_code >= 400:
                     raise _error_from(response, await response.aread())
+                # A stream admitted before it was answered says how long it waited; one
+                # held after its answer cannot (its headers went first): it is timed here.
+                figures.queued_seconds = _queue_ms(response) / 1000 or None
+                answered = time.monotonic()
                 async for line in response.aiter_lines():
                     if line.startswith(":"):
-                        yield Comment(line[1:].strip())
+                        comment = line[1:].strip()
+                        if comment.startswith(QUEUED_COMMENT):
+                            held_since = held_since or answered
+                            yield Queued(time.monotonic() - held_since)
+                        else:
+                            yield Comment(comment)
                         continue
                     if not line.startswith("data:"):
                         continue
+                    if held_since is not None:
+                        figures.queued_seconds = time.monotonic() - held_since
+                        held_since = None
                     data = line[5:].strip()
                     if data == "[DONE]":
                         break
@@ -283,7 +324,7 @@ class Gateway:
         except httpx.TimeoutException as exc:
             raise GatewayError("the gateway stopped answering (timeout)", status=504) from exc
         except httpx.TransportError as exc:
-            raise GatewayError(f"cannot reach {self.url}: {exc!r}") from exc
+            raise _unreachable(self.url, exc) from exc
         finally:
             if first is not None and figures.completion_tokens:
                 elapsed = time.monotonic() - first

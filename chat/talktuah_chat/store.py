@@ -124,6 +124,17 @@ class Store:
                 (time.time(), conversation_id),
             )
 
+    def drop_last_reply(self, conversation_id: int) -> int:
+        """Delete what answered the last prompt (before sending it again); how many."""
+        with self.db:
+            cursor = self.db.execute(
+                "DELETE FROM message WHERE conversation_id = ? AND role = 'assistant' AND id > "
+                "(SELECT COALESCE(MAX(id), 0) FROM message WHERE conversation_id = ? "
+                "AND role = 'user')",
+                (conversation_id, conversation_id),
+            )
+        return cursor.rowcount
+
     def export_markdown(self, conversation_id: int, directory: Path) -> Path:
         conversation = self.get(conversation_id)
         if conversation is None:

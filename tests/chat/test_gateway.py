@@ -1,7 +1,8 @@
 """The client's Gateway against a scripted HTTP server on a real socket: when a chat
 request is made again (a 503 before any of the reply, waiting Retry-After within the
 policy's bound) and when the error stands (a 503 once the reply has begun, a 429, an
-unreachable gateway), and that closing the stream while it waits sends nothing more."""
+unreachable gateway), that closing the stream while it waits sends nothing more, and how
+long a reply waited in the gateway's queue (its header, or a held stream's comments)."""
 
 import asyncio
 import json
@@ -16,6 +17,7 @@ from talktuah_chat.gateway import (
     Figures,
     Gateway,
     GatewayError,
+    Queued,
     Retrying,
     RetryPolicy,
 )
@@ -32,11 +34,11 @@ def refusal(status: str, body: str, retry_after: int) -> bytes:
     ).encode()
 
 
-def stream(*events: dict[str, Any]) -> bytes:
+def stream(*events: dict[str, Any], headers: str = "") -> bytes:
     lines = "".join(f"data: {json.dumps(event)}\n\n" for event in events)
     return (
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
-        f"{lines}data: [DONE]\n\n"
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n"
+        f"{headers}\r\n{lines}data: [DONE]\n\n"
     ).encode()
 
 
@@ -46,9 +48,10 @@ def delta(text: str) -> dict[str, Any]:
 
 class ScriptedGateway:
     """Answers each connection's request with the next scripted response, then closes;
-    keeps the JSON bodies it was sent."""
+    keeps the JSON bodies it was sent. A response given as a list is sent piece by
+    piece, a number in it being a pause (seconds)."""
 
-    def __init__(self, *responses: bytes) -> None:
+    def __init__(self, *responses: bytes | list[bytes | float]) -> None:
         self.responses = list(responses)
         self.bodies: list[dict[str, Any]] = []
 
@@ -60,8 +63,13 @@ class ScriptedGateway:
             if line.lower().startswith(b"content-length:")
         )
         self.bodies.append(json.loads(await reader.readexactly(length)))
-        writer.write(self.responses.pop(0))
-        await writer.drain()
+        response = self.responses.pop(0)
+        for piece in response if isinstance(response, list) else [response]:
+            if isinstance(piece, bytes):
+                writer.write(piece)
+                await writer.drain()
+            else:
+                await asyncio.sleep(piece)
         writer.close()
         await writer.wait_closed()
 
@@ -210,3 +218,61 @@ def test_a_retry_counts_down_once_a_second():
     assert [left for left, _ in ticks] == [2, 1]
     gap = ticks[1][1] - ticks[0][1]
     assert 0.9 <= gap < 2, gap
+
+
+def test_a_reply_that_waited_for_a_slot_says_how_long():
+    queued = stream(delta("ok"), headers="X-TalkTuah-Queue-Ms: 1530.2\r\n")
+    at_once = stream(delta("ok"), headers="X-TalkTuah-Queue-Ms: 0.0\r\n")
+    script = ScriptedGateway(queued, at_once)
+
+    async def main() -> list[Figures]:
+        async with serving(script) as url:
+            gateway = Gateway(url, "tt-test")
+            try:
+                found = []
+                for _ in range(2):
+                    figures = Figures()
+                    async for _event in gateway.chat(lambda: {}, figures):
+                        pass
+                    found.append(figures)
+                return found
+            finally:
+                await gateway.aclose()
+
+    waited, prompt = asyncio.run(main())
+    assert waited.queued_seconds == 1.5302
+    assert "queued 1.5 s" in waited.line()
+    assert prompt.queued_seconds is None
+    assert "queued" not in prompt.line()
+
+
+def test_a_stream_held_in_the_queue_is_reported_and_timed():
+    # The gateway answers at once and holds the stream: `: queued` comments until a
+    # slot is free (the header, sent first, cannot say how long: it says 0), then data.
+    head, body = stream(delta("Hi"), headers="X-TalkTuah-Queue-Ms: 0\r\n").split(b"\r\n\r\n")
+    comment = b": queued: the backend is full, waiting for a slot\n\n"
+    script = ScriptedGateway(
+        [head + b"\r\n\r\n", 0.3, comment, 0.3, comment, 0.3, b": loading\n\n", body]
+    )
+
+    async def main() -> tuple[list[Any], Figures]:
+        figures = Figures()
+        async with serving(script) as url:
+            gateway = Gateway(url, "tt-test")
+            try:
+                return [event async for event in gateway.chat(lambda: {}, figures)], figures
+            finally:
+                await gateway.aclose()
+
+    events, figures = asyncio.run(main())
+    assert [type(event).__name__ for event in events] == [
+        "Attempt",
+        "Queued",
+        "Queued",
+        "Comment",  # another comment is not the queue's
+        "Delta",
+    ]
+    held = [event.seconds for event in events if isinstance(event, Queued)]
+    assert 0.25 <= held[0] < held[1] < 1.5, held
+    assert figures.queued_seconds is not None and 0.85 <= figures.queued_seconds < 2.0
+    assert f"queued {figures.queued_seconds:.1f} s" in figures.line()

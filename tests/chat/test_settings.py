@@ -40,7 +40,9 @@ def test_an_admin_key_sees_the_served_model_and_health(chat_app, simulator, make
         health = shown(screen, "#health")
         assert "Status: ok" in health
         assert "Model: demo-model (max 512 tokens)" in health
-        assert "waiting" in health and "running" in health
+        assert "vLLM queue: 0 waiting, 0 running" in health
+        # One backend: the gateway's queue in front of it on a line of its own.
+        assert "Gateway queue: capacity 256, 0 running, 0 waiting" in health
         assert "GPU:" in health
         assert "Backends:" not in health
         # One backend: no picker, and no `backend` column in the table.
@@ -159,7 +161,13 @@ def test_a_download_shows_its_progress_to_100_percent(chat_app, fake_hub, make_k
 
 def test_the_health_panel_lists_every_backend_when_there_are_several():
     # The panel's text from a /api/healthz answer with two backends (shape as in README).
-    backend = {"status": "ok", "models": ["m"], "in_flight": 1, "ejected": False}
+    backend = {
+        "status": "ok",
+        "models": ["m"],
+        "in_flight": 1,
+        "ejected": False,
+        "admission": {"capacity": 4, "running": 4, "waiting": {"interactive": 2, "batch": 1}},
+    }
     text = health_text(
         {
             "status": "degraded",
@@ -176,17 +184,35 @@ def test_the_health_panel_lists_every_backend_when_there_are_several():
             ],
             "backends": [
                 {**backend, "name": "gpu-a"},
-                {**backend, "name": "gpu-b", "status": "down", "models": [], "ejected": True},
+                {
+                    **backend,
+                    "name": "gpu-b",
+                    "status": "down",
+                    "models": [],
+                    "ejected": True,
+                    "admission": {
+                        "capacity": 8,
+                        "running": 0,
+                        "waiting": {"interactive": 0, "batch": 0},
+                    },
+                },
             ],
         }
     )
     assert "Status: degraded" in text
-    assert "Queue: 2 waiting, 1 running, KV cache 25%" in text
+    assert "vLLM queue: 2 waiting, 1 running, KV cache 25%" in text
     assert "GPU 0: L4, 2.0 GB / 24.0 GB, 40% busy" in text
-    assert "  gpu-a: ok, serving m, queue ? waiting / ? running, 1 in flight" in text
-    assert "  gpu-b: down, serving nothing, queue ? waiting / ? running, 1 in flight, ejected" in (
-        text
+    lines = text.splitlines()
+    gpu_a = lines.index("  gpu-a: ok, serving m, vLLM queue ? waiting / ? running, 1 in flight")
+    # Under each backend, the gateway's own queue in front of it (issue 24).
+    assert lines[gpu_a + 1] == (
+        "    gateway queue: capacity 4, 4 running, 3 waiting (2 interactive, 1 batch)"
     )
+    gpu_b = lines.index(
+        "  gpu-b: down, serving nothing, vLLM queue ? waiting / ? running, 1 in flight, ejected"
+    )
+    assert lines[gpu_b + 1] == "    gateway queue: capacity 8, 0 running, 0 waiting"
+    assert "Gateway queue:" not in text  # the one-backend line: not with several
 
 
 def test_with_two_backends_each_is_shown_and_the_picked_one_gets_the_work(
@@ -215,8 +241,11 @@ def test_with_two_backends_each_is_shown_and_the_picked_one_gets_the_work(
             what="both backends healthy in the panel",
         )
         health = shown(screen, "#health")
-        assert "  default: ok, serving org/old, queue 0 waiting / 0 running, 0 in flight" in health
-        assert "  gpu-2: ok, serving org/other, queue 0 waiting / 0 running, 0 in flight" in health
+        for name, model in (("default", "org/old"), ("gpu-2", "org/other")):
+            assert (
+                f"  {name}: ok, serving {model}, vLLM queue 0 waiting / 0 running, 0 in flight\n"
+                "    gateway queue: capacity 256, 0 running, 0 waiting"
+            ) in health
         picker = screen.query_one("#backend", Select)
         assert screen.query_one("#backend-row").display and picker.value == "default"
 

@@ -102,6 +102,22 @@ def test_the_chat_screen_with_a_streamed_markdown_reply(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_chat_screen_at_60_columns(chat_app, gateway, simulator, make_key, snap_compare):
+    # Issue 23: at 60 columns the list narrows and the footer takes two rows, every key
+    # in sight.
+    simulator(model="demo-model", tokens=8, token_delay=0.005)
+    app = pinned(chat_app(make_key()))
+
+    async def a_reply(pilot):
+        await until(pilot, lambda: chat_screen(pilot))
+        await send(pilot, "Hello?")
+        await until(pilot, lambda: "completion" in reply_figures(last_reply(pilot)), what="figures")
+        steady(pilot.app, gateway.url)
+
+    assert snap_compare(app, terminal_size=(60, 24), run_before=a_reply)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_settings_screen_with_two_backends(
     chat_app, gateway, two_backends, make_key, snap_compare
 ):

@@ -1,7 +1,9 @@
 """The chat screen: conversations on the left, the reply streamed as Markdown into its
 own widget, figures under it, errors inline; and the dialog of a conversation's options.
-What the gateway reports (a retry while it switches models, say) is shown as it comes:
-the deciding is the Gateway's."""
+What the gateway reports (a retry while it switches models, a wait in its queue) is shown
+as it comes: the deciding is the Gateway's. The last reply can be sent again (replacing
+it) or copied to the clipboard. Whatever screen or dialog closes, the message input has
+the focus again, with what was typed in it."""
 
 import asyncio
 import time
@@ -16,7 +18,6 @@ from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widgets import (
     Button,
-    Footer,
     Header,
     Input,
     Label,
@@ -35,16 +36,23 @@ from talktuah_chat.gateway import (
     Figures,
     Gateway,
     GatewayError,
+    Queued,
     Retrying,
 )
 from talktuah_chat.screens.common import ConfirmScreen, describe
 from talktuah_chat.screens.settings import SettingsScreen
-from talktuah_chat.screens.widgets import ChatInput, Reply
+from talktuah_chat.screens.widgets import ChatInput, KeyBar, Reply, StatusLine
 from talktuah_chat.store import Conversation, Message, Store
+
+RECONNECT_SECONDS = 5  # how often the model list is asked again while it fails
+# Errors that pass (the gateway or vLLM not reachable yet); others (a refused key) stay.
+PASSING = (0, 502, 503, 504)
 
 
 class OptionsScreen(ModalScreen[Conversation | None]):
     """A conversation's title, system prompt, temperature and max tokens."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, conversation: Conversation) -> None:
         super().__init__()
@@ -67,7 +75,7 @@ class OptionsScreen(ModalScreen[Conversation | None]):
                 yield Button("Cancel", id="opt-cancel")
 
     @on(Button.Pressed, "#opt-cancel")
-    def cancel(self) -> None:
+    def action_cancel(self) -> None:
         self.dismiss(None)
 
     @on(Button.Pressed, "#opt-save")
@@ -90,14 +98,19 @@ class OptionsScreen(ModalScreen[Conversation | None]):
 class ChatScreen(Screen[None]):
     """Chats through `gateway`, kept in `store`; exports go to the `exports` directory."""
 
+    # Short labels: the footer shows every one at 60 columns (Stop only while streaming).
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "stop", "Stop"),
-        Binding("ctrl+n", "new", "New chat"),
-        Binding("f2", "options", "Chat options"),
+        Binding("ctrl+n", "new", "New"),
+        Binding("f2", "options", "Options"),
         Binding("f3", "export", "Export"),
-        Binding("f8", "delete", "Delete chat"),
+        Binding("f4", "copy_reply", "Copy"),
+        Binding("f5", "retry", "Retry"),
+        Binding("f8", "delete", "Delete"),
         Binding("f9", "settings", "Settings"),
     ]
+    # Below 90 columns the conversation list narrows (the App's CSS), leaving the chat room.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (90, "-wide")]
 
     def __init__(self, gateway: Gateway, store: Store, *, exports: Path) -> None:
         super().__init__()
@@ -108,6 +121,8 @@ class ChatScreen(Screen[None]):
         self.turns: list[Message] = []
         self.generation: Worker[None] | None = None
         self.countdown: Timer | None = None
+        self.end_countdown_text = ""  # what the refused reply says once it stops counting
+        self.counted: Reply | None = None  # the reply the countdown is shown in
         self.models: list[str] = []
 
     def compose(self) -> ComposeResult:
@@ -116,12 +131,12 @@ class ChatScreen(Screen[None]):
             yield ListView(id="conversations")
             with Vertical(id="main"):
                 with Horizontal(id="topbar"):
-                    yield Select[str]([], prompt="model: the one served now", id="model")
+                    yield Select[str]([], prompt="model: served now", id="model")
                     yield Label("", id="title", markup=False)
                 yield VerticalScroll(id="log")
-                yield Static("", id="status", markup=False)
+                yield StatusLine(id="status")
                 yield ChatInput(id="input")
-        yield Footer()
+        yield KeyBar()
 
     async def on_mount(self) -> None:
         conversations = self.store.conversations()
@@ -129,12 +144,46 @@ class ChatScreen(Screen[None]):
         self.query_one("#input").focus()
         self.run_worker(self.load_models(), group="models")
 
+    @property
+    def status(self) -> StatusLine:
+        return self.query_one(StatusLine)
+
+    @property
+    def streaming(self) -> bool:
+        """A reply is on its way (its worker not finished, also while it starts)."""
+        return self.generation is not None and not self.generation.is_finished
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker is self.generation:
+            self.refresh_bindings()  # Stop shows while a reply streams
+
+    def on_screen_resume(self) -> None:
+        # Back from settings or a dialog: typing goes on in the input, whatever had the
+        # focus before (nothing, when that widget went meanwhile).
+        for chat_input in self.query(ChatInput):
+            chat_input.focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stop":
+            return self.streaming  # shown only while there is something to stop
+        return True
+
     async def load_models(self) -> None:
-        try:
-            models = await self.gateway.models()
-        except GatewayError as error:
-            self.set_status(describe(error))
-            return
+        """The model picker's list. While the gateway cannot be reached the status line
+        says so and it is asked again every RECONNECT_SECONDS; the line goes once it
+        answers."""
+        while True:
+            try:
+                models = await self.gateway.models()
+                break
+            except GatewayError as error:
+                if error.status not in PASSING:
+                    self.status.offer(describe(error), about="gateway")
+                    return
+                again = f"{describe(error)}; trying again every {RECONNECT_SECONDS} s."
+                self.status.offer(again, about="gateway")
+            await asyncio.sleep(RECONNECT_SECONDS)
+        self.status.clear("gateway")
         self.models = models
         self.query_one("#model", Select).set_options([(m, m) for m in models])
         self.show_model_choice()
@@ -152,9 +201,6 @@ class ChatScreen(Screen[None]):
             else:
                 select.clear()
 
-    def set_status(self, text: str) -> None:
-        self.query_one("#status", Static).update(text)
-
     async def refresh_list(self) -> None:
         view = self.query_one("#conversations", ListView)
         await view.clear()
@@ -168,6 +214,7 @@ class ChatScreen(Screen[None]):
 
     async def open(self, conversation: Conversation) -> None:
         self.action_stop()
+        self.status.clear("reply")  # what it said was about the other conversation's reply
         self.conversation = conversation
         self.turns = self.store.messages(conversation.id)
         self.query_one("#title", Label).update(conversation.title)
@@ -202,8 +249,8 @@ class ChatScreen(Screen[None]):
 
     @on(ChatInput.Submitted)
     async def send(self, event: ChatInput.Submitted) -> None:
-        if self.generation is not None and self.generation.is_running:
-            self.set_status("A reply is still streaming: Esc stops it.")
+        if self.streaming:
+            self.status.show("A reply is still streaming: Esc stops it.", about="reply")
             return
         assert self.conversation is not None
         chat_input = self.query_one(ChatInput)
@@ -217,9 +264,19 @@ class ChatScreen(Screen[None]):
             self.store.update(self.conversation)
             self.query_one("#title", Label).update(self.conversation.title)
             await self.refresh_list()
+        log = self.query_one("#log", VerticalScroll)
+        await log.mount(Static(event.text, classes="prompt", markup=False))
+        await self.start_reply()
+
+    async def start_reply(self) -> None:
+        """A new reply to what the conversation holds, streamed into a new Reply."""
+        # A new request: whatever the line said about the last one (stopped, refused,
+        # counting down a rate limit the gateway will judge again) no longer holds.
+        self.end_countdown()
+        self.status.clear()
         reply = Reply()
         log = self.query_one("#log", VerticalScroll)
-        await log.mount_all([Static(event.text, classes="prompt", markup=False), reply])
+        await log.mount(reply)
         log.scroll_end(animate=False)
         self.generation = self.run_worker(
             self.generate(reply), group="chat", exclusive=True, exit_on_error=False
@@ -250,21 +307,27 @@ class ChatScreen(Screen[None]):
         log = self.query_one("#log", VerticalScroll)
         stream = Markdown.get_stream(reply.markdown)
         stopped = False
+        status = self.status
         try:
             async for event in self.gateway.chat(self.request_body, figures):
                 if isinstance(event, Attempt):
                     reply.show_error("")
-                    self.set_status("Waiting for the first token…  (Esc stops)")
+                    status.show("Waiting for the first token…", about="reply")
                 elif isinstance(event, Retrying):
                     reply.show_error(
                         f"503 — the model is switching ({event.error.message}); "
                         f"retrying in {event.seconds} s"
                     )
+                    status.show(f"Model switching: retry in {event.seconds} s…", about="reply")
+                elif isinstance(event, Queued):
+                    status.show(
+                        f"Queued: the backend is full ({event.seconds:.0f} s)…", about="reply"
+                    )
                 elif isinstance(event, Comment):
-                    self.set_status(f"Gateway: {event.text}")
+                    status.show(f"Gateway: {event.text}", about="reply")
                 else:  # a Delta: the reply's text
                     if not text:
-                        self.set_status("Streaming…  (Esc stops)")
+                        status.show("Streaming…", about="reply")
                     text.append(event.text)
                     await stream.write(event.text)
                     log.scroll_end(animate=False)
@@ -293,9 +356,9 @@ class ChatScreen(Screen[None]):
                 if stopped:
                     reply.show_error("Stopped.")
             if stopped:
-                self.set_status("Stopped.")
-            elif self.countdown is None:
-                self.set_status("")
+                status.show("Stopped.", about="reply")
+            else:
+                status.clear("reply")
 
     def start_countdown(self, reply: Reply, error: GatewayError) -> None:
         """429: show when sending works again, counting down from Retry-After."""
@@ -307,23 +370,68 @@ class ChatScreen(Screen[None]):
             left = round(deadline - time.monotonic())
             if left > 0:
                 text = f"429 — rate limited: {error.message} Send again in {left} s."
+                if reply.is_attached:
+                    reply.show_error(text)
+                self.status.show(text, about="limit")
             else:
-                text = f"429 — rate limited: {error.message} You can send again now."
-            if reply.is_attached:
-                reply.show_error(text)
-            self.set_status(text if left > 0 else "")
-            if left <= 0 and self.countdown is not None:
-                self.countdown.stop()
-                self.countdown = None
+                self.end_countdown_text = (
+                    f"429 — rate limited: {error.message} You can send again now."
+                )
+                self.end_countdown()
 
-        if self.countdown is not None:
-            self.countdown.stop()
+        self.end_countdown()
+        self.counted = reply
+        self.end_countdown_text = f"429 — rate limited: {error.message}"
         self.countdown = self.set_interval(1, tick)
         tick()
+
+    def end_countdown(self) -> None:
+        """Stop counting (the time is up, or a new request lets the gateway judge again):
+        the refused reply keeps the refusal without a count that would stand still."""
+        if self.countdown is None:
+            return
+        self.countdown.stop()
+        self.countdown = None
+        if self.counted is not None and self.counted.is_attached:
+            self.counted.show_error(self.end_countdown_text)
+        self.counted = None
+        self.status.clear("limit")
 
     def action_stop(self) -> None:
         if self.generation is not None and self.generation.is_running:
             self.generation.cancel()
+
+    async def action_retry(self) -> None:
+        """Send the last prompt again, in place of what answered it (an error, a stopped
+        or an unwanted reply): that reply leaves the screen, the history and the store."""
+        assert self.conversation is not None
+        if self.streaming:
+            self.status.show("A reply is still streaming: Esc stops it, then F5.", about="reply")
+            return
+        prompts = [i for i, turn in enumerate(self.turns) if turn.role == "user"]
+        if not prompts:
+            self.notify("Nothing to send again yet.", severity="warning")
+            return
+        self.turns = self.turns[: prompts[-1] + 1]
+        self.store.drop_last_reply(self.conversation.id)
+        log = self.query_one("#log", VerticalScroll)
+        shown = list(log.children)
+        last_prompt = max(i for i, widget in enumerate(shown) if widget.has_class("prompt"))
+        await log.remove_children(shown[last_prompt + 1 :])
+        await self.start_reply()
+
+    def action_copy_reply(self) -> None:
+        """The last finished reply to the clipboard (OSC 52: the terminal's, also over
+        SSH; tmux keeps it as a buffer with `set-clipboard on`)."""
+        if self.streaming:
+            self.notify("A reply is still streaming: copy it once it is done.")
+            return
+        reply = next((turn for turn in reversed(self.turns) if turn.role == "assistant"), None)
+        if reply is None:
+            self.notify("No reply to copy yet.", severity="warning")
+            return
+        self.app.copy_to_clipboard(reply.content)
+        self.notify(f"Copied the last reply ({len(reply.content)} characters).")
 
     async def action_new(self) -> None:
         await self.open(self.store.unused() or self.store.create())

@@ -1,8 +1,10 @@
 """The settings screen, for keys with the admin scope: downloaded models and the one
 served (/api/model-status), switching (/api/switch-model, then its phases from
 /api/model-loading-status), downloads with live progress (/api/download-model,
-/api/download-progress) and the health panel (/api/healthz). A key without the admin
-scope gets the gateway's own reason instead.
+/api/download-progress) and the health panel (/api/healthz: vLLM's own queue, and the
+gateway's admission queue in front of each backend: its capacity, how many run, how
+many wait per tier). A key without the admin scope gets the gateway's own reason
+instead; health needs no key.
 
 With several backends (vLLM servers) every one is shown (health, served model, queue,
 its downloaded models) and a switch or a download goes to the backend chosen in the
@@ -50,15 +52,36 @@ def count(value: Any) -> str:
     return "?" if value is None else f"{float(value):.0f}"
 
 
+def admission_text(admission: dict[str, Any] | None) -> str:
+    """The gateway's queue for one backend (BackendQueue.figures()): the slots it admits
+    at once, how many run, how many wait (by tier when any do)."""
+    if not admission:
+        return "not reported"
+    waiting = admission.get("waiting")
+    tiers: dict[str, int] = waiting if isinstance(waiting, dict) else {}
+    total = sum(tiers.values()) if isinstance(waiting, dict) else int(waiting or 0)
+    text = (
+        f"capacity {admission.get('capacity', '?')}, {admission.get('running', '?')} running, "
+        f"{total} waiting"
+    )
+    if total and tiers:
+        text += " (" + ", ".join(f"{n} {tier}" for tier, n in tiers.items() if n) + ")"
+    return text
+
+
 def health_text(health: dict[str, Any]) -> str:
     model = health.get("model") or {}
     queue = health.get("queue") or {}
+    backends = health.get("backends") or []
     lines = [
         f"Status: {health.get('status')}    Model: {model.get('id') or 'none'}"
         + (f" (max {model['max_model_len']} tokens)" if model.get("max_model_len") else ""),
-        f"Queue: {count(queue.get('waiting'))} waiting, {count(queue.get('running'))} running, "
+        f"vLLM queue: {count(queue.get('waiting'))} waiting, "
+        f"{count(queue.get('running'))} running, "
         f"KV cache {float(queue.get('kv_cache_usage') or 0) * 100:.0f}%",
     ]
+    if len(backends) == 1:
+        lines.append(f"Gateway queue: {admission_text(backends[0].get('admission'))}")
     gpus = health.get("gpu")
     if isinstance(gpus, list) and gpus:
         for gpu in gpus:
@@ -69,7 +92,6 @@ def health_text(health: dict[str, Any]) -> str:
             )
     else:
         lines.append("GPU: unknown (no GPU visible to the gateway)")
-    backends = health.get("backends") or []
     if len(backends) > 1:
         lines.append("Backends:")
         for backend in backends:
@@ -77,12 +99,13 @@ def health_text(health: dict[str, Any]) -> str:
             lines.append(
                 f"  {backend.get('name')}: {backend.get('status')}, "
                 f"serving {', '.join(backend.get('models') or []) or 'nothing'}, "
-                f"queue {count(queue.get('waiting'))} waiting / "
+                f"vLLM queue {count(queue.get('waiting'))} waiting / "
                 f"{count(queue.get('running'))} running, "
                 f"{backend.get('in_flight', 0)} in flight"
                 + (", ejected" if backend.get("ejected") else "")
                 + (", draining" if backend.get("draining") else "")
             )
+            lines.append(f"    gateway queue: {admission_text(backend.get('admission'))}")
     return "\n".join(lines)
 
 

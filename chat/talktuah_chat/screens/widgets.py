@@ -1,12 +1,15 @@
-"""The chat screen's widgets: the input box, and one assistant reply."""
+"""The screens' widgets: the chat's input box, one assistant reply and the status line,
+and the key bar (a footer that keeps every key readable in a narrow terminal)."""
 
-from typing import Any
+from math import ceil
+from typing import Any, Literal
 
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import Markdown, Static, TextArea
+from textual.widgets import Footer, Markdown, Static, TextArea
+from textual.widgets._footer import FooterKey
 
 
 class ChatInput(TextArea):
@@ -90,3 +93,63 @@ class Reply(Vertical):
 
     def show_figures(self, text: str) -> None:
         self.query_one(".reply-figures", Static).update(text)
+
+
+# What a status line is about; each is cleared by what ends it (see ChatScreen).
+About = Literal["reply", "limit", "gateway"]
+
+
+class StatusLine(Static):
+    """The one line above the input: what is going on now. Each text is about something
+    (the reply on its way, a rate limit's countdown, the gateway being unreachable), so
+    that what ends it clears it, and only it: no line outlives what it described."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("", markup=False, **kwargs)
+        self.about: About | None = None
+        self.text = ""
+
+    def show(self, text: str, *, about: About) -> None:
+        self.about, self.text = (about if text else None), text
+        self.update(text)
+
+    def offer(self, text: str, *, about: About) -> None:
+        """Show `text` unless the line says something else meanwhile (a reply's progress
+        matters more than a background check)."""
+        if self.about in (None, about):
+            self.show(text, about=about)
+
+    def clear(self, *about: About) -> None:
+        """Clear the line if it is about one of `about` (any, given none)."""
+        if not about or self.about in about:
+            self.show("", about="reply")
+
+
+class KeyBar(Footer):
+    """Textual's footer in one row where its keys fit, else in two rows of columns: at 60
+    columns every key stays in sight and readable (the footer alone would scroll the last
+    ones off the edge). It is compact: one space between a key and the next."""
+
+    DEFAULT_CSS = """
+    KeyBar.-two-rows { layout: grid; height: 2; }
+    KeyBar.-two-rows FooterKey.-command-palette { dock: none; border-left: none; }
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(compact=True, **kwargs)
+
+    def compose(self) -> ComposeResult:
+        yield from super().compose()
+        self.call_after_refresh(self.arrange_keys)
+
+    def on_resize(self) -> None:
+        self.arrange_keys()
+
+    def arrange_keys(self) -> None:
+        keys = list(self.query(FooterKey))
+        # A compact key takes its key, a space, its description and a space after it.
+        wanted = sum(len(key.key_display) + len(key.description) + 2 for key in keys)
+        two_rows = bool(keys) and wanted > self.size.width > 0
+        self.set_class(two_rows, "-two-rows")
+        if two_rows:
+            self.styles.grid_size_columns = ceil(len(keys) / 2)
