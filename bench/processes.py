@@ -41,14 +41,18 @@ class Service:
         raise BenchError(f"no VmRSS for {self.name} (pid {self.pid})")
 
     def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        """SIGTERM, SIGKILL after 15 s; then SIGKILL to what is left of its process group
+        (start_service gives it one of its own): children it started and did not stop,
+        as vLLM's engine core when its server is killed."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
 
     def log_tail(self, lines: int = 25) -> str:
         try:
@@ -94,12 +98,16 @@ def start_service(
     service = Service(name, process, log, port)
     count_as_ours(process.pid)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"{name} exited at start-up ({log}):\n{service.log_tail()}")
-        with contextlib.suppress(OSError):
-            http_get(service.base + health, timeout=2)
-            return service
-        time.sleep(0.2)
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise BenchError(f"{name} exited at start-up ({log}):\n{service.log_tail()}")
+            with contextlib.suppress(OSError):
+                http_get(service.base + health, timeout=2)
+                return service
+            time.sleep(0.2)
+    except BaseException:
+        service.stop()  # Ctrl-C while it starts: the caller never got it to stop
+        raise
     service.stop()
     raise BenchError(f"{name} did not answer {health} within {timeout:.0f} s ({log})")
