@@ -325,7 +325,7 @@ class Pool:
                     raise
                 except vllm.NotReached as exc:
                     _end(replica, ticket)
-                    self._failed(replica, exc.message)
+                    self._failed(replica, exc.detail or exc.message)
                     last_error = exc
                     continue
                 except BaseException:

@@ -71,12 +71,16 @@ class TalkTuahError(Exception):
         param: str | None = None,
         code: str | int | None = None,
         headers: dict[str, str] | None = None,
+        detail: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else (type(self).code or self.status)
         self.headers = headers or {}
+        # What went wrong inside (an exception's repr, an address): for the log and for
+        # admin-scope keys, never in the message another client reads.
+        self.detail = detail
 
 
 # --- the request was refused ---------------------------------------------------------
@@ -303,12 +307,23 @@ def anthropic_error_body(
     return {"type": "error", "error": error}
 
 
-def error_response(exc: TalkTuahError, dialect: Dialect = "openai") -> HttpResponse:
+def error_response(
+    exc: TalkTuahError,
+    dialect: Dialect = "openai",
+    *,
+    request_id: str | None = None,
+    detail: str | None = None,
+) -> HttpResponse:
+    """The error's answer in the route's shape; its message names `request_id` when
+    given, and `detail` (for admin-scope keys only) rides along."""
+    message = f"{exc.message} (request {request_id})" if request_id else exc.message
     body = (
-        anthropic_error_body(exc.message, exc.status, code=exc.code)
+        anthropic_error_body(message, exc.status, code=exc.code)
         if dialect == "anthropic"
-        else error_body(exc.message, exc.type, param=exc.param, code=exc.code)
+        else error_body(message, exc.type, param=exc.param, code=exc.code)
     )
+    if detail:
+        body["error"]["detail"] = detail
     response = HttpResponse(orjson.dumps(body), status=exc.status, content_type="application/json")
     for name, value in exc.headers.items():
         response[name] = value

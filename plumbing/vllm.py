@@ -206,7 +206,7 @@ class UpstreamResponse:
         except _TIMEOUTS as exc:
             raise UpstreamTimeout("vLLM did not answer in time") from exc
         except _BROKEN as exc:
-            raise UpstreamDisconnected(f"vLLM broke off its response: {exc!r}") from exc
+            raise UpstreamDisconnected("vLLM broke off its response.", detail=repr(exc)) from exc
 
     async def iter_raw(self) -> AsyncIterator[bytes]:
         """Bytes as they arrive, no buffering."""
@@ -216,7 +216,7 @@ class UpstreamResponse:
         except _TIMEOUTS as exc:
             raise UpstreamTimeout("vLLM stopped sending (read timeout)") from exc
         except _BROKEN as exc:
-            raise UpstreamDisconnected(f"vLLM broke off the stream: {exc!r}") from exc
+            raise UpstreamDisconnected("vLLM broke off the stream.", detail=repr(exc)) from exc
 
     async def aclose(self) -> None:
         # Closing an unfinished response closes its connection: that is how vLLM learns
@@ -268,7 +268,7 @@ async def send(
             status, body = response.status_code, _HttpxBody(response)
             content_type = response.headers.get("content-type", "")
     except _RETRYABLE as exc:
-        raise NotReached(repr(exc), attempts=1) from exc
+        raise NotReached("vLLM could not be reached.", attempts=1, detail=repr(exc)) from exc
     except _TIMEOUTS as exc:
         raise UpstreamTimeout("vLLM did not answer in time", attempts=1) from exc
     return UpstreamResponse(
@@ -277,9 +277,12 @@ async def send(
 
 
 def unreachable(where: str, attempts: int, last_error: NotReached | None) -> UpstreamUnreachable:
-    reason = last_error.message if last_error is not None else "no backend to try"
+    """The error of a request no backend took: where and why in its detail only."""
+    reason = last_error.detail if last_error is not None else "no backend to try"
     return UpstreamUnreachable(
-        f"vLLM at {where} is unreachable after {attempts} attempts: {reason}", attempts=attempts
+        f"vLLM is unreachable (tried {attempts} times); retry shortly.",
+        attempts=attempts,
+        detail=f"{where}: {reason}",
     )
 
 

@@ -56,6 +56,7 @@ class Call:
     error: bool = False
     queued_seconds: float = 0.0  # waited for a slot on a full backend
     response_id: str | None = None  # a Responses API response it created (stored.py)
+    request_id: str = ""  # X-Request-Id: the client's, or the gateway's own
     # Tells the backend's admission queue the tokens served (the key's fair share).
     on_tokens: Callable[[int], None] | None = None
 
@@ -124,6 +125,7 @@ async def finish(call: Call) -> None:
                 "overhead_ms": ms(call.overhead_seconds),
                 "attempts": call.attempts,
                 "queued_ms": ms(call.queued_seconds) if call.queued_seconds else None,
+                "request_id": call.request_id or None,
             }
         ).decode(),
     )

@@ -50,6 +50,7 @@ from proxy.holding import (
     stream_after_switch,
     stream_when_admitted,
 )
+from proxy.middleware import request_id_of
 from proxy.ratelimit import check_request_rate, check_token_rate
 from proxy.relay import SSE_HEADERS, relay_stream
 from proxy.salt import cache_salt
@@ -90,6 +91,7 @@ async def forward(
     """Forward one OpenAI-style request to vLLM; the body passes through unchanged but
     for a missing model and, on streams, `stream_options.include_usage`."""
     call = Call(principal=principal, endpoint=endpoint, started=_started_at(request))
+    call.request_id = request_id_of(request)
     try:
         return await _forward(request, call)
     except TalkTuahError as exc:
@@ -181,7 +183,7 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
         content,
         model,
         session,
-        request.headers.get("x-request-id"),
+        call.request_id,
         claim=claim,
         estimate=_estimate(body, len(content)),
         prioritized=prioritized,
@@ -287,6 +289,7 @@ async def forward_stored(
     to the backend that made the response, for the key that made it only."""
     endpoint = RESPONSE_CANCEL if cancel else RESPONSE_GET
     call = Call(principal=principal, endpoint=endpoint, started=_started_at(request))
+    call.request_id = request_id_of(request)
     try:
         await pool.ready()
         backend = await stored.backend_of(response_id, principal)
@@ -297,7 +300,7 @@ async def forward_stored(
             b"",
             "",
             None,
-            request.headers.get("x-request-id"),
+            call.request_id,
             backend=backend,
             method="POST" if cancel else "GET",
         )

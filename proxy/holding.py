@@ -6,6 +6,7 @@ timing out), then relayed."""
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from plumbing.errors import (
 )
 from proxy.accounting import Call, finish, opened_by
 from proxy.relay import SSE_HEADERS, relay_stream
+
+log = logging.getLogger("talktuah.holding")
 
 
 class SwitchPending(Exception):
@@ -223,7 +226,12 @@ def _stream_once_opened(
         except TalkTuahError as exc:
             call.status, call.error = exc.status, True
             await finish(call)
-            yield sse_error_event(exc.message, str(exc.code), exc.status, call.endpoint.dialect)
+            message = exc.message
+            if isinstance(exc, UpstreamError):
+                if exc.detail:
+                    log.warning("stream %s failed: %s", call.request_id, exc.detail)
+                message = f"{message} (request {call.request_id})"
+            yield sse_error_event(message, str(exc.code), exc.status, call.endpoint.dialect)
             return
         assert upstream is not None
         opened_by(call, upstream)

@@ -1,5 +1,7 @@
 """Async-native middleware for the lean proxy path (no sync_to_async thread hop)."""
 
+import re
+import secrets
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import markcoroutinefunction
@@ -36,3 +38,36 @@ def security_headers(get_response: GetResponse) -> GetResponse:
 
 security_headers.async_capable = True  # type: ignore[attr-defined]
 security_headers.sync_capable = False  # type: ignore[attr-defined]
+
+
+REQUEST_ID_HEADER = "X-Request-Id"
+# A client's own id is kept when it is one token of at most 128 printable characters.
+_SANE_ID = re.compile(r"[!-~]{1,128}")
+
+
+def request_id_of(request: HttpRequest) -> str:
+    """The request's id: the client's X-Request-Id when sane, else one made here."""
+    found = getattr(request, "talktuah_request_id", None)
+    if found is None:
+        sent = request.headers.get(REQUEST_ID_HEADER, "")
+        found = sent if _SANE_ID.fullmatch(sent) else "req_" + secrets.token_hex(12)
+        request.talktuah_request_id = found  # type: ignore[attr-defined]
+    return str(found)
+
+
+def request_ids(get_response: GetResponse) -> GetResponse:
+    """Every answer says its request id (X-Request-Id), the one vLLM and the access log
+    see too, so a client reporting an error can be matched with the gateway's log."""
+
+    async def middleware(request: HttpRequest) -> HttpResponseBase:
+        request_id = request_id_of(request)
+        response = await get_response(request)
+        response.headers.setdefault(REQUEST_ID_HEADER, request_id)
+        return response
+
+    markcoroutinefunction(middleware)
+    return middleware
+
+
+request_ids.async_capable = True  # type: ignore[attr-defined]
+request_ids.sync_capable = False  # type: ignore[attr-defined]

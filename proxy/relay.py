@@ -2,6 +2,7 @@
 usage chunk read (and dropped when the client did not ask for it). A client that
 disconnects, or a gateway that shuts down, closes vLLM's connection at once."""
 
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -12,6 +13,8 @@ from proxy.accounting import Call, finish
 from proxy.metrics import ACTIVE_STREAMS
 from proxy.shutdown import register_stream, unregister_stream
 from proxy.sse import EventRelay
+
+log = logging.getLogger("talktuah.relay")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -55,7 +58,9 @@ async def relay_stream(
             if not shutting_down:
                 call.error = True
                 kind = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
-                yield sse_error_event(exc.message, kind, exc.status, dialect)
+                log.warning("stream %s broke: %s", call.request_id, exc.detail or exc.message)
+                message = f"{exc.message} (request {call.request_id})"
+                yield sse_error_event(message, kind, exc.status, dialect)
                 return
         if shutting_down and not relay.finished:
             call.error = True
@@ -70,7 +75,10 @@ async def relay_stream(
                 yield relay.pending
             call.error = True
             yield sse_error_event(
-                "vLLM closed the stream before it finished.", "upstream_error", 502, dialect
+                f"vLLM closed the stream before it finished (request {call.request_id}).",
+                "upstream_error",
+                502,
+                dialect,
             )
     finally:
         unregister_stream(end_for_shutdown)

@@ -10,16 +10,20 @@ from ninja import NinjaAPI, Router, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from modelmgr.api import router as management_router
+from modelmgr.auth import Principal
+from modelmgr.models import Scope
 from plumbing.errors import (
     BadRequest,
     DatabaseUnavailable,
     Dialect,
     TalkTuahError,
     Unauthenticated,
+    UpstreamError,
     anthropic_error_body,
     error_body,
     error_response,
 )
+from proxy.middleware import request_id_of
 from proxy.routers import api_router, openai_router, tokens_router
 from talktuah_site import __version__, monitoring
 
@@ -61,6 +65,7 @@ ENDPOINTS = {
     "switch_model": "POST /api/switch-model?model_id=",
     "model_loading_status": "GET /api/model-loading-status",
     "restart_api": "POST /api/restart-api",
+    "restart_engine": "POST /api/restart-engine?backend=",
 }
 
 index_router = Router(tags=["Index"])
@@ -102,7 +107,28 @@ ANTHROPIC_PREFIX = "/v1/messages"
 
 @api.exception_handler(TalkTuahError)
 def on_talktuah_error(request: HttpRequest, exc: TalkTuahError) -> HttpResponse:
-    return error_response(exc, dialect_of(request))
+    """The error in the route's shape. What went wrong inside (exc.detail: an exception,
+    an address) goes to the log with the request id, and to admin-scope keys only; a
+    vLLM failure's message names the request id, to be matched with that log line."""
+    request_id = request_id_of(request)
+    if exc.detail:
+        logger.warning(
+            "%s %s answered %s %s (request %s): %s",
+            request.method,
+            request.path,
+            exc.status,
+            exc.code,
+            request_id,
+            exc.detail,
+        )
+    principal = getattr(request, "auth", None)
+    admin = isinstance(principal, Principal) and Scope.ADMIN in principal.scopes
+    return error_response(
+        exc,
+        dialect_of(request),
+        request_id=request_id if isinstance(exc, UpstreamError) else None,
+        detail=exc.detail if admin else None,
+    )
 
 
 @api.exception_handler(AuthenticationError)

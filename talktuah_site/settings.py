@@ -118,6 +118,7 @@ MIDDLEWARE = [
 LEAN_MIDDLEWARE = [
     "corsheaders.middleware.CorsMiddleware",
     "proxy.middleware.security_headers",
+    "proxy.middleware.request_ids",
 ]
 
 # Security headers. Django's defaults give nosniff, Referrer-Policy same-origin and

@@ -130,7 +130,14 @@ def test_it_rejects_a_body_over_the_limit_with_413(gateway, simulator, key, sett
 
 @pytest.mark.parametrize(
     "path",
-    ["/v1/tokenize", "/tokenize", "/v1/pause", "/pause", "/invocations", "/v1/abort_requests"],
+    [
+        "/v1/tokenize",
+        "/v1/pause",
+        "/pause",
+        "/invocations",
+        "/v1/abort_requests",
+        "/abort_requests",
+    ],
 )
 def test_it_never_forwards_vllm_private_routes(gateway, simulator, key, path):
     simulator()

@@ -115,6 +115,9 @@ def test_it_ends_a_stream_with_an_error_event_when_vllm_dies(gateway, simulator,
     error = json.loads(events[-2])["error"]
     assert error["code"] == 502
     assert "vLLM" in error["message"]
+    # No exception text (ClientPayloadError, TransferEncodingError, ...) for the client.
+    assert "Error" not in error["message"] and "<" not in error["message"]
+    assert "(request req_" in error["message"]
 
 
 def test_it_retries_until_vllm_starts_listening(gateway, simulator, make_key, settings):
@@ -133,18 +136,41 @@ def test_it_retries_until_vllm_starts_listening(gateway, simulator, make_key, se
     assert time.monotonic() - start > 1.5
 
 
-def test_it_answers_502_when_vllm_is_unreachable(gateway, make_key, settings):
-    settings.VLLM_BASE_URL = f"http://127.0.0.1:{free_port()}"
+INTERNALS = ("127.0.0.1", "Error(", "ConnectionKey", "Connect call", "ssl=", "Refused")
+
+
+def test_it_answers_502_when_vllm_is_unreachable(gateway, make_key, settings, caplog):
+    port = free_port()
+    settings.VLLM_BASE_URL = f"http://127.0.0.1:{port}"
     settings.UPSTREAM_RETRY_SECONDS = 0.5
     key = make_key()
     response = httpx.post(
         f"{gateway.url}/v1/chat/completions",
         json=CHAT,
-        headers={"Authorization": f"Bearer {key}"},
+        headers={"Authorization": f"Bearer {key}", "X-Request-Id": "my-request-7"},
         timeout=10,
     )
     assert response.status_code == 502
-    assert response.json()["error"]["code"] == "upstream_unreachable"
+    error = response.json()["error"]
+    assert error["code"] == "upstream_unreachable"
+    # A short, stable message with the request id; where and why go to the log only.
+    assert "my-request-7" in error["message"]
+    assert response.headers["x-request-id"] == "my-request-7"
+    assert str(port) not in response.text
+    assert not [word for word in INTERNALS if word in response.text], response.text
+    assert "detail" not in error
+    logged = [r.getMessage() for r in caplog.records if "my-request-7" in r.getMessage()]
+    assert any(str(port) in line for line in logged)
+    # An admin-scope key gets the detail.
+    admin = make_key(name="ops", scopes=("inference", "admin"))
+    answer = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json=CHAT,
+        headers={"Authorization": f"Bearer {admin}"},
+        timeout=10,
+    )
+    assert str(port) in answer.json()["error"]["detail"]
+    assert answer.headers["x-request-id"].startswith("req_")
 
 
 def test_it_answers_504_when_vllm_is_too_slow(gateway, simulator, make_key, settings):
