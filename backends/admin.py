@@ -1,13 +1,15 @@
 """The Backends page of the admin: the vLLM servers the gateway routes to. A vLLM API
 key typed here is sealed before it is stored (`backends.services.backend_save`) and
-never shown again."""
+never shown again. The backend VLLM_BASE_URL describes (`default`, when no row takes
+its name) is listed above the rows, read-only."""
 
 from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
+from backends.discovery import backend_specs, row_specs
 from backends.models import Backend
 from backends.services import backend_save
 
@@ -57,6 +59,16 @@ class BackendAdmin(admin.ModelAdmin):
     ]
     list_editable = ["weight", "enabled", "draining"]
     search_fields = ["name", "base_url"]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # The backends routed to that no enabled row describes: discovery's `default`.
+        rows = {spec.name for spec in row_specs()}
+        from_settings = [spec for spec in backend_specs() if spec.name not in rows]
+        return super().changelist_view(
+            request, {**(extra_context or {}), "settings_backends": from_settings}
+        )
 
     @admin.display(boolean=True, description="API key")
     def api_key_set(self, obj: Backend) -> bool:

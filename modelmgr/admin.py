@@ -1,9 +1,11 @@
 """The Django admin: keys and usage, and the model lifecycle (downloads with live
-progress, downloaded models and switching, switch history, workers, a dashboard).
+progress, downloaded models and switching, switch history with a live phase, workers,
+a dashboard).
 
-A new key's plaintext is shown exactly once, in the message after saving; only its
-digest is stored. Lifecycle rows are read-only here: every change goes through the
-services in modelmgr/services.py (admin_views.py holds the pages beyond plain lists).
+A new key's plaintext is shown exactly once, on the page that answers the save (never
+in a redirect, a message, a cookie or the session); only its digest is stored.
+Lifecycle rows are read-only here: every change goes through the services in
+modelmgr/services.py (admin_views.py holds the pages beyond plain lists).
 """
 
 from typing import Any
@@ -13,7 +15,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from modelmgr import admin_views, selectors, services
@@ -29,12 +32,23 @@ from modelmgr.models import (
     UsageDaily,
     WorkerHeartbeat,
 )
-from modelmgr.selectors import usage_summary
+from modelmgr.selectors import usage_rows, usage_summary
 from modelmgr.services import api_key_create, api_key_revoke
 from plumbing.errors import TalkTuahError
 
 # Failed logins are counted and, past a few a minute, refused (modelmgr/login_throttle.py).
 admin.site.login_form = ThrottledAdminLoginForm
+admin.site.site_header = "TalkTuah"
+admin.site.site_title = "TalkTuah admin"
+admin.site.index_title = "Gateway operations"
+# "View site": the human landing page (/ itself is the API's JSON index for clients).
+admin.site.site_url = "/about/"
+
+# How many days of a key's usage its page shows.
+KEY_PAGE_USAGE_DAYS = 30
+# Where save_model leaves a new key's plaintext for response_add, on the request of the
+# save itself: it lives as long as that request and is never written anywhere.
+NEW_KEY_ATTRIBUTE = "_talktuah_new_key"
 
 
 class ApiKeyForm(forms.ModelForm):
@@ -103,6 +117,43 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def scope_list(self, obj: ApiKey) -> str:
         return ", ".join(obj.scopes)
 
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        key = ApiKey.objects.filter(pk=object_id).first() if object_id.isdigit() else None
+        extra = dict(extra_context or {})
+        if key is not None:
+            extra["key_usage"] = usage_rows(key_prefix=key.prefix, days=KEY_PAGE_USAGE_DAYS)
+            extra["key_usage_days"] = KEY_PAGE_USAGE_DAYS
+            extra["key_usage_url"] = (
+                reverse("admin:modelmgr_usagedaily_changelist") + f"?key={key.prefix}"
+            )
+        return super().change_view(request, object_id, form_url, extra)
+
+    def response_add(
+        self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        """The new key's secret, on a page of its own in the answer to the save: not a
+        redirect with a message (Django's messages travel in a signed, readable cookie).
+        Not cached, and never shown again."""
+        plaintext = getattr(request, NEW_KEY_ATTRIBUTE, None)
+        if plaintext is None:  # saved some other way: the default answer
+            return super().response_add(request, obj, post_url_continue)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Key {obj.name} created",
+            "opts": self.model._meta,
+            "key": obj,
+            "plaintext": plaintext,
+        }
+        response = TemplateResponse(request, "admin/modelmgr/apikey/created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
@@ -124,11 +175,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         )
         obj.pk = key.pk
         obj.refresh_from_db()
-        messages.warning(
-            request,
-            f"The new key is {plaintext} — copy it now: it is stored only as a digest "
-            "and will not be shown again.",
-        )
+        setattr(request, NEW_KEY_ATTRIBUTE, plaintext)
 
     @admin.action(description="Revoke the selected keys")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
@@ -139,11 +186,29 @@ class ApiKeyAdmin(admin.ModelAdmin):
         )
 
 
+class KeyFilter(admin.SimpleListFilter):
+    """Daily usage of one key (by prefix: a renamed key keeps its rows)."""
+
+    title = "key"
+    parameter_name = "key"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        pairs = UsageDaily.objects.values_list("key_prefix", "key_name").distinct()
+        named: dict[str, str] = {}
+        for prefix, name in pairs.order_by("key_prefix", "-day"):
+            named.setdefault(prefix, name)
+        return sorted(((p, f"{n} ({p})") for p, n in named.items()), key=lambda x: x[1])
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[UsageDaily]) -> Any:
+        value = self.value()
+        return queryset.filter(key_prefix=value) if value else queryset
+
+
 @admin.register(UsageDaily)
 class UsageDailyAdmin(admin.ModelAdmin):
     list_display = [
         "day",
-        "key_name",
+        "key_link",
         "key_prefix",
         "model",
         "requests",
@@ -151,10 +216,18 @@ class UsageDailyAdmin(admin.ModelAdmin):
         "prompt_tokens",
         "completion_tokens",
     ]
-    list_filter = ["day", "model"]
+    list_filter = [KeyFilter, "day", "model"]
     search_fields = ["key_name", "key_prefix", "model"]
     date_hierarchy = "day"
     change_list_template = "admin/modelmgr/usagedaily/change_list.html"
+
+    @admin.display(description="key", ordering="key_name")
+    def key_link(self, obj: UsageDaily) -> SafeString | str:
+        key = ApiKey.objects.filter(prefix=obj.key_prefix).only("pk").first()
+        if key is None:  # a deleted key keeps its usage rows
+            return obj.key_name
+        url = reverse("admin:modelmgr_apikey_change", args=[key.pk])
+        return format_html('<a href="{}">{}</a>', url, obj.key_name)
 
     def get_urls(self) -> list[URLPattern]:
         summary = self.admin_site.admin_view(self.summary_view)
@@ -214,17 +287,18 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(DownloadJob)
 class DownloadJobAdmin(ReadOnlyAdmin):
+    # Few and narrow columns: at 1280 px beside the navigation every one shows whole,
+    # the error (the one an operator looks for) included.
     list_display = [
-        "repo_id",
-        "revision",
+        "repo",
         "status_cell",
         "progress",
         "speed",
-        "requested_by",
-        "created_at",
-        "finished_at",
+        "requested_by_cell",
+        "when",
         "error_cell",
     ]
+    list_display_links = ["repo"]
     list_filter = ["status", "auto_switch"]
     search_fields = ["repo_id", "requested_by"]
     actions = ["cancel", "retry"]
@@ -282,6 +356,14 @@ class DownloadJobAdmin(ReadOnlyAdmin):
                     messages.warning(request, selectors.worker_missing(backend))
         return super().changelist_view(request, extra_context)
 
+    @admin.display(description="repo", ordering="repo_id")
+    def repo(self, obj: DownloadJob) -> str:
+        return obj.repo_id if obj.revision == "main" else f"{obj.repo_id}@{obj.revision}"
+
+    @admin.display(description="created · finished", ordering="created_at")
+    def when(self, obj: DownloadJob) -> SafeString:
+        return admin_views.when_cell(obj.created_at, obj.finished_at)
+
     @admin.display(description="status", ordering="status")
     def status_cell(self, obj: DownloadJob) -> SafeString:
         return admin_views.live_field(obj, "status", obj.status)
@@ -298,6 +380,10 @@ class DownloadJobAdmin(ReadOnlyAdmin):
     def error_cell(self, obj: DownloadJob) -> SafeString:
         preview = admin_views.error_preview(obj.error)
         return admin_views.live_field(obj, "error_preview", preview, obj.error)
+
+    @admin.display(description="requested by", ordering="requested_by")
+    def requested_by_cell(self, obj: DownloadJob) -> SafeString | str:
+        return admin_views.requested_by_link(obj.requested_by)
 
     @admin.action(description="Cancel the selected downloads", permissions=["lifecycle"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[DownloadJob]) -> None:
@@ -358,30 +444,64 @@ class ServedModelAdmin(ReadOnlyAdmin):
 
 @admin.register(ModelSwitch)
 class ModelSwitchAdmin(ReadOnlyAdmin):
+    """The switch history; the phase, duration and error of a switch in progress stay
+    live (templates/admin/modelmgr/includes/switch_status.html polls status.json)."""
+
     list_display = [
         "transition",
-        "phase",
-        "requested_by",
-        "created_at",
+        "phase_cell",
+        "requested_by_cell",
+        "cause",
+        "created",
         "duration",
         "error_preview",
     ]
-    list_filter = ["phase"]
+    list_filter = ["phase", "kind", "backend"]
     search_fields = ["from_model", "to_model", "requested_by"]
-    readonly_fields = ["duration"]
+    readonly_fields = ["duration", "cause", "requested_by_cell"]
+    change_list_template = "admin/modelmgr/modelswitch/change_list.html"
+
+    def get_urls(self) -> list[URLPattern]:
+        status = self.admin_site.admin_view(self.status_view)
+        # Before the default patterns, whose "<path:object_id>/" would swallow it.
+        return [
+            path("status.json", status, name="modelmgr_modelswitch_status"),
+            *super().get_urls(),
+        ]
+
+    def status_view(self, request: HttpRequest) -> HttpResponse:
+        return admin_views.switch_status_view(self, request)
 
     @admin.display(description="from → to")
     def transition(self, obj: ModelSwitch) -> str:
-        return f"{obj.from_model or '—'} → {obj.to_model}"
+        return admin_views.switch_transition(obj)
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj: ModelSwitch) -> SafeString:
+        return admin_views.when_cell(obj.created_at, None)
+
+    @admin.display(description="phase", ordering="phase")
+    def phase_cell(self, obj: ModelSwitch) -> SafeString:
+        return admin_views.live_switch_field(obj, "phase", obj.phase)
 
     @admin.display(description="duration (s)")
-    def duration(self, obj: ModelSwitch) -> str:
-        seconds = obj.duration_seconds
-        return "" if seconds is None else f"{seconds:.1f}"
+    def duration(self, obj: ModelSwitch) -> SafeString:
+        label = admin_views.switch_duration_label(obj)
+        return admin_views.live_switch_field(obj, "duration_label", label)
 
     @admin.display(description="error")
-    def error_preview(self, obj: ModelSwitch) -> str:
-        return admin_views.error_preview(obj.error)
+    def error_preview(self, obj: ModelSwitch) -> SafeString:
+        preview = admin_views.error_preview(obj.error)
+        # The whole error is on the switch's page (its link is the first column).
+        return admin_views.live_switch_field(obj, "error_preview", preview)
+
+    @admin.display(description="requested by", ordering="requested_by")
+    def requested_by_cell(self, obj: ModelSwitch) -> SafeString | str:
+        return admin_views.requested_by_link(obj.requested_by)
+
+    @admin.display(description="caused by")
+    def cause(self, obj: ModelSwitch) -> SafeString | str:
+        return admin_views.switch_cause_link(obj)
 
 
 @admin.register(WorkerHeartbeat)

@@ -1,24 +1,28 @@
 """The admin pages of the model lifecycle that are more than a model list: the download
-form, the progress JSON the list's poller reads, the downloaded models with "serve this
-model" and its confirm page, and the TalkTuah dashboard.
+form, the progress JSON the list's poller reads, the switch status JSON the switch
+list's and the dashboard's poller reads, the downloaded models with "serve this model"
+and its confirm page, and the TalkTuah dashboard.
 
 Each page reads or changes state only through modelmgr.lifecycle, the services the API
 and the worker call too; a refused request (LifecycleError) becomes an admin message.
 """
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
@@ -30,7 +34,7 @@ from backends.models import DEFAULT_BACKEND
 from backends.pool import pool
 from backends.spec import BackendSpec, default_spec
 from modelmgr import selectors, services
-from modelmgr.models import DownloadJob, DownloadStatus, ModelSwitch
+from modelmgr.models import ApiKey, DownloadJob, DownloadStatus, ModelSwitch
 from plumbing.errors import TalkTuahError
 
 # The poller asks for the active jobs of one page; more than a page never makes sense.
@@ -62,6 +66,46 @@ def admin_actor(request: HttpRequest) -> str:
 
 def human_size(size_bytes: int) -> str:
     return str(filesizeformat(size_bytes))
+
+
+def when_cell(started: datetime | None, finished: datetime | None) -> SafeString:
+    """A short date and time (the full one in its tooltip), and the end's time beneath:
+    list columns narrow enough for a 1280 px screen."""
+
+    def short(moment: datetime) -> str:
+        return f"{timezone.localtime(moment):%Y-%m-%d %H:%M}"
+
+    if started is None:
+        return format_html("{}", "—")
+    first = format_html('<span title="{}">{}</span>', timezone.localtime(started), short(started))
+    if finished is None:
+        return first
+    same_day = timezone.localtime(finished).date() == timezone.localtime(started).date()
+    end = f"{timezone.localtime(finished):%H:%M}" if same_day else short(finished)
+    return format_html(
+        '{}<br><span class="quiet" title="{}">→ {}</span>', first, timezone.localtime(finished), end
+    )
+
+
+def requested_by_link(requested_by: str) -> SafeString | str:
+    """Who asked, linked to their page where there is one: `admin:<user>` (admin_actor)
+    to the user, `key:<name> (<prefix>)` (the management API) to the key."""
+    if not requested_by:
+        return "—"
+    url = None
+    kind, _, who = requested_by.partition(":")
+    if kind == "admin" and who:
+        user = get_user_model().objects.filter(username=who).first()
+        if user is not None:
+            url = reverse("admin:auth_user_change", args=[user.pk])
+    elif kind == "key" and who.endswith(")") and "(" in who:
+        prefix = who[who.rindex("(") + 1 : -1]
+        key = ApiKey.objects.filter(prefix=prefix).first()
+        if key is not None:
+            url = reverse("admin:modelmgr_apikey_change", args=[key.pk])
+    if url is None:
+        return requested_by
+    return format_html('<a href="{}">{}</a>', url, requested_by)
 
 
 # --- progress bars -------------------------------------------------------------------
@@ -168,6 +212,80 @@ def download_progress_view(model_admin: admin.ModelAdmin, request: HttpRequest) 
         return JsonResponse({"error": "ids: comma-separated job ids, e.g. ?ids=1,2"}, status=400)
     jobs = DownloadJob.objects.filter(pk__in=ids[:MAX_POLLED_JOBS]).order_by("pk")
     return JsonResponse({"jobs": [progress_json(job) for job in jobs]})
+
+
+# --- live switch status ---------------------------------------------------------------
+# As for the progress bars: cells marked data-tt-switch="<id>" data-tt-switch-field="<key>"
+# show one key of switch_json(), and the poller (includes/switch_status.html) rewrites
+# them while a switch on the page is in progress; the same helpers render the first look.
+
+
+def switch_duration_label(switch: ModelSwitch) -> str:
+    seconds = switch.duration_seconds
+    return "" if seconds is None else f"{seconds:.1f}"
+
+
+def switch_transition(switch: ModelSwitch) -> str:
+    return f"{switch.from_model or '—'} → {switch.to_model}"
+
+
+def switch_since(switch: ModelSwitch) -> str:
+    changed = switch.phase_changed_at
+    return f"since {timezone.localtime(changed):%H:%M:%S}" if changed else ""
+
+
+def switch_json(switch: ModelSwitch) -> dict[str, Any]:
+    """selectors.switch_summary plus the labels the pages show."""
+    return {
+        **selectors.switch_summary(switch),
+        "kind": switch.kind,
+        "is_active": switch.is_active,
+        "transition": switch_transition(switch),
+        "since": switch_since(switch),
+        "duration_label": switch_duration_label(switch),
+        "error_preview": error_preview(switch.error),
+        "requested_by_label": switch.requested_by or "—",
+        "created_label": f"{timezone.localtime(switch.created_at):%Y-%m-%d %H:%M:%S}",
+    }
+
+
+def live_switch_field(switch: ModelSwitch, field: str, content: str) -> SafeString:
+    """A cell the switch poller rewrites (its innermost first element, so markup such
+    as <strong> stays); the phase cell also says whether to keep asking."""
+    phase = format_html(' data-tt-phase="{}"', switch.phase) if field == "phase" else ""
+    return format_html(
+        '<span data-tt-switch="{}" data-tt-switch-field="{}"{}>{}</span>',
+        switch.pk,
+        field,
+        phase,
+        content,
+    )
+
+
+def switch_status_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> JsonResponse:
+    """GET ?ids=1,2 → {"switches": [...]} for the switches that exist; with latest=1 also
+    "latest": the switch in progress, else the last one (the dashboard's card)."""
+    if not model_admin.has_view_permission(request):
+        raise PermissionDenied
+    try:
+        ids = [int(part) for part in request.GET.get("ids", "").split(",") if part.strip()]
+    except ValueError:
+        return JsonResponse({"error": "ids: comma-separated switch ids, e.g. ?ids=1,2"}, status=400)
+    switches = ModelSwitch.objects.filter(pk__in=ids[:MAX_POLLED_JOBS]).order_by("pk")
+    answer: dict[str, Any] = {"switches": [switch_json(switch) for switch in switches]}
+    if request.GET.get("latest"):
+        latest = selectors.latest_switch()
+        answer["latest"] = switch_json(latest) if latest else None
+    return JsonResponse(answer)
+
+
+def switch_cause_link(switch: ModelSwitch) -> SafeString | str:
+    """The download whose "serve it when done" asked for this switch, linked."""
+    job = selectors.switch_cause(switch)
+    if job is None:
+        return ""
+    url = reverse("admin:modelmgr_downloadjob_change", args=[job.pk])
+    return format_html('<a href="{}">download {}</a>', url, job.pk)
 
 
 # --- the download form -----------------------------------------------------------------
@@ -354,6 +472,7 @@ class BackendRow:
     probe: BackendHealth
     queue: dict[str, float] | None
     switch: ModelSwitch | None
+    switch_phase: SafeString  # the switch's phase, kept live on the page
     worker_alive: bool
     engine: str
     admission: dict[str, Any] | None  # this process's queue: capacity, running, waiting
@@ -364,19 +483,49 @@ def backends_overview(specs: list[BackendSpec]) -> list[BackendRow]:
     worker. Stale records are looked at in parallel, so a dead backend costs one
     timeout, and each backend is looked at once per page."""
     found = health.look_all_sync(specs, max_age=selectors.SHOWN_HEALTH_SECONDS)
-    return [
-        BackendRow(
-            name=spec.name,
-            base_url=spec.base_url,
-            probe=record,
-            queue=record.queue,
-            switch=selectors.active_switch(spec.name),
-            worker_alive=selectors.worker_alive(spec.name),
-            engine=spec.engine.kind,
-            admission=_admission_of(spec.name),
+    rows = []
+    for spec, record in zip(specs, found, strict=True):
+        switch = selectors.active_switch(spec.name)
+        phase = (
+            live_switch_field(switch, "phase", format_html("<strong>{}</strong>", switch.phase))
+            if switch
+            else SafeString("")
         )
-        for spec, record in zip(specs, found, strict=True)
-    ]
+        rows.append(
+            BackendRow(
+                name=spec.name,
+                base_url=spec.base_url,
+                probe=record,
+                queue=record.queue,
+                switch=switch,
+                switch_phase=phase,
+                worker_alive=selectors.worker_alive(spec.name),
+                engine=spec.engine.kind,
+                admission=_admission_of(spec.name),
+            )
+        )
+    return rows
+
+
+def _switch_card(switch: ModelSwitch | None) -> dict[str, SafeString]:
+    """The dashboard card's live cells; empty ones (no switch yet) for the poller to fill
+    once a switch is requested."""
+    if switch is None:
+        return {
+            name: format_html('<span data-tt-switch="" data-tt-switch-field="{}"></span>', name)
+            for name in ("transition", "phase", "since", "duration_label", "error_preview")
+        }
+    return {
+        "transition": live_switch_field(switch, "transition", switch_transition(switch)),
+        "phase": live_switch_field(
+            switch, "phase", format_html("<strong>{}</strong>", switch.phase)
+        ),
+        "since": live_switch_field(switch, "since", switch_since(switch)),
+        "duration_label": live_switch_field(
+            switch, "duration_label", switch_duration_label(switch)
+        ),
+        "error_preview": live_switch_field(switch, "error_preview", error_preview(switch.error)),
+    }
 
 
 def _admission_of(backend: str) -> dict[str, Any] | None:
@@ -390,7 +539,7 @@ def dashboard_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpR
     rows = backends_overview(specs)
     first = rows[0]
     job = selectors.download_get()
-    switch = selectors.active_switch() or ModelSwitch.objects.order_by("-created_at").first()
+    switch = selectors.latest_switch()
     context = {
         **model_admin.admin_site.each_context(request),
         "title": "TalkTuah dashboard",
@@ -405,6 +554,9 @@ def dashboard_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpR
         else "",
         "job_status": live_field(job, "status", job.status) if job else "",
         "switch": switch,
+        "switch_fields": _switch_card(switch),
+        "switch_cause": switch_cause_link(switch) if switch else "",
+        "switch_requested_by": requested_by_link(switch.requested_by) if switch else "",
         "worker_alive": first.worker_alive,
         "worker_missing": selectors.worker_missing(first.name),
         "engine": first.engine,

@@ -23,6 +23,7 @@ from modelmgr.models import (
     DownloadStatus,
     ModelSwitch,
     ServedModel,
+    SwitchKind,
     SwitchPhase,
     UsageDaily,
     WorkerHeartbeat,
@@ -203,6 +204,40 @@ def active_switch(backend: str | None = None) -> ModelSwitch | None:
     if backend is not None:
         running = running.filter(backend=backend)
     return running.first()
+
+
+def latest_switch(backend: str | None = None) -> ModelSwitch | None:
+    """The switch in progress, else the last one (on `backend`, or on any when None)."""
+    switches = (
+        ModelSwitch.objects.all()
+        if backend is None
+        else ModelSwitch.objects.filter(backend=backend)
+    )
+    return active_switch(backend) or switches.order_by("-created_at").first()
+
+
+# A download's auto-switch is requested right after the download is marked finished.
+CAUSE_WINDOW = timedelta(seconds=30)
+
+
+def switch_cause(switch: ModelSwitch) -> DownloadJob | None:
+    """The download whose "serve it when done" requested this switch: a job of the same
+    backend and model, with auto_switch, that succeeded just before the switch was made
+    (download_run requests it as soon as the job has finished)."""
+    if switch.kind != SwitchKind.SWITCH:
+        return None
+    return (
+        DownloadJob.objects.filter(
+            backend=switch.backend,
+            repo_id=switch.to_model,
+            auto_switch=True,
+            status=DownloadStatus.SUCCEEDED,
+            finished_at__lte=switch.created_at + timedelta(seconds=1),
+            finished_at__gte=switch.created_at - CAUSE_WINDOW,
+        )
+        .order_by("-finished_at")
+        .first()
+    )
 
 
 def active_switches() -> list[ModelSwitch]:
