@@ -208,12 +208,16 @@ def test_it_waits_through_a_model_switch(chat_app, fake_hub, process_engine, mak
         error = await until(pilot, lambda: reply_error(last_reply(pilot)), what="the 503")
         assert error.startswith("503 — the model is switching"), error
         assert "retrying in" in error
+        status = chat_screen(pilot).query_one("#status")
+        await until(pilot, lambda: text_of(status).startswith("Model switching: retry in"))
         threads.append(in_thread(run_the_switch))
         # The client retries by itself and the reply comes from the new model.
         reply = last_reply(pilot)
         await until(pilot, lambda: "tok/s" in reply_figures(reply), within=40, what="a reply")
         assert "org/model-b" in reply_figures(reply)
         assert reply_error(reply) == ""
+        # No retry notice is left once the reply is in.
+        await until(pilot, lambda: text_of(status) == "", what="the status to clear")
 
     try:
         drive(app, scenario)
@@ -234,6 +238,9 @@ def test_moving_to_another_chat_mid_stream_keeps_what_arrived(chat_app, simulato
         await until(pilot, lambda: not list(screen.query("Reply")), what="the new chat")
         assert screen.generation is not None
         await until(pilot, lambda: screen.generation.is_finished, what="the stream to close")
+        # "Stopped." was about the other conversation's reply: this one's line is empty.
+        await pilot.pause()
+        assert text_of(screen.query_one("#status")) == ""
 
     drive(app, scenario)
     store = Store(app.data_path / "conversations.sqlite3")

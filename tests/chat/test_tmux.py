@@ -1,5 +1,6 @@
 """The client as a user runs it: `python -m talktuah_chat` in a real terminal (tmux),
-configured by TALKTUAH_URL / TALKTUAH_KEY, typing into it and reading the screen."""
+configured by TALKTUAH_URL / TALKTUAH_KEY, typing into it and reading the screen; at 60
+columns too, where issue 23 found keys cut off and typing lost after the settings."""
 
 import os
 import shlex
@@ -10,6 +11,7 @@ import time
 
 import pytest
 
+from talktuah_chat.store import Store
 from tests.waiting import wait_for
 
 pytestmark = [
@@ -42,24 +44,25 @@ class Tmux:
         )
 
 
-def test_it_chats_in_a_real_terminal(gateway, simulator, make_key, tmp_path):
-    simulator(tokens=12, token_delay=0.02)
-    key = make_key()
+def client_command(url: str, key: str, home) -> str:
     env = {
-        "TALKTUAH_URL": gateway.url,
+        "TALKTUAH_URL": url,
         "TALKTUAH_KEY": key,
-        "HOME": str(tmp_path),
-        "XDG_CONFIG_HOME": str(tmp_path / "config"),
-        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "XDG_DATA_HOME": str(home / "data"),
         "TERM": "xterm-256color",
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LANG": "C.UTF-8",
     }
     # A clean environment: the test run's own (COLUMNS=80 under pytest, say) stays out.
     assignments = [f"{name}={shlex.quote(value)}" for name, value in env.items()]
-    command = " ".join(
-        ["env", "-i", *assignments, shlex.quote(sys.executable), "-m", "talktuah_chat"]
-    )
+    return " ".join(["env", "-i", *assignments, shlex.quote(sys.executable), "-m", "talktuah_chat"])
+
+
+def test_it_chats_in_a_real_terminal(gateway, simulator, make_key, tmp_path):
+    simulator(tokens=12, token_delay=0.02)
+    command = client_command(gateway.url, make_key(), tmp_path)
     tmux = Tmux(f"talktuah-chat-test-{time.monotonic_ns()}")
     tmux.run("new-session", "-d", "-s", "chat", "-x", "120", "-y", "40", command)
     try:
@@ -77,3 +80,47 @@ def test_it_chats_in_a_real_terminal(gateway, simulator, make_key, tmp_path):
             print(tmux.screen())
         tmux.run("kill-server")
     assert (tmp_path / "data" / "talktuah-chat" / "conversations.sqlite3").is_file()
+
+
+def test_at_60_columns_keys_show_typing_survives_settings_and_copy_reaches_the_terminal(
+    gateway, simulator, make_key, tmp_path
+):
+    simulator(tokens=6, token_delay=0.02)
+    command = client_command(gateway.url, make_key(), tmp_path)
+    tmux = Tmux(f"talktuah-chat-test-{time.monotonic_ns()}")
+    tmux.run("new-session", "-d", "-s", "chat", "-x", "60", "-y", "24", command)
+    # The server keeps what a program copies with OSC 52 as a buffer ("on"; the default,
+    # "external", only passes it on to the terminal tmux runs in). Set once the server
+    # runs: one without a session exits at once.
+    tmux.run("set-option", "-g", "set-clipboard", "on")
+    try:
+        wait_for(lambda: "f9 Settings" in tmux.screen(), message="the chat screen")
+        screen = tmux.screen()
+        for label in ("^n New", "f2 Options", "f3 Export", "f4 Copy", "f5 Retry", "f8 Delete"):
+            assert label in screen, (label, screen)
+        tmux.run("send-keys", "-t", "chat", "-l", "Hello")
+        wait_for(lambda: "Hello" in tmux.screen(), message="the typed text")
+        tmux.run("send-keys", "-t", "chat", "F9")
+        wait_for(lambda: "esc Back" in tmux.screen(), message="the settings screen")
+        tmux.run("send-keys", "-t", "chat", "Escape")
+        wait_for(lambda: "f9 Settings" in tmux.screen(), message="the chat screen again")
+        # Typing goes on in the input, after what was typed before.
+        tmux.run("send-keys", "-t", "chat", "-l", " again")
+        wait_for(lambda: "Hello again" in tmux.screen(), message="typing after the settings")
+        tmux.run("send-keys", "-t", "chat", "Enter")
+        wait_for(lambda: "tok/s" in tmux.screen(), message="a reply with its figures")
+        tmux.run("send-keys", "-t", "chat", "F4")
+        wait_for(lambda: tmux.run("list-buffers"), message="the copied reply in tmux")
+        copied = tmux.run("show-buffer")
+        tmux.run("send-keys", "-t", "chat", "C-q")
+        wait_for(lambda: not tmux.alive(), message="the client to quit on Ctrl+Q")
+    finally:
+        if tmux.alive():
+            print(tmux.screen())
+        tmux.run("kill-server")
+    store = Store(tmp_path / "data" / "talktuah-chat" / "conversations.sqlite3")
+    [conversation] = store.conversations()
+    assert conversation.title == "Hello again"
+    [_prompt, reply] = store.messages(conversation.id)
+    assert copied == reply.content
+    assert copied.startswith("Hello, this is")

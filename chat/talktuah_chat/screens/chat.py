@@ -355,9 +355,9 @@ class ChatScreen(Screen[None]):
                 reply.show_figures(line)
                 if stopped:
                     reply.show_error("Stopped.")
-            if stopped:
+            if stopped and reply.is_attached:
                 status.show("Stopped.", about="reply")
-            else:
+            else:  # done, or stopped because another conversation was opened
                 status.clear("reply")
 
     def start_countdown(self, reply: Reply, error: GatewayError) -> None:
