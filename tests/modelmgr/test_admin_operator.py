@@ -32,6 +32,7 @@ SWITCHES = "/admin/modelmgr/modelswitch/"
 
 def auto_switch_of(job: DownloadJob, **fields) -> ModelSwitch:
     """The switch a download's "serve it when done" requests as it finishes."""
+    assert job.finished_at is not None
     switch = ModelSwitch.objects.create(
         backend=job.backend, to_model=job.repo_id, requested_by=job.requested_by, **fields
     )
