@@ -41,8 +41,13 @@ MODELS_ROOT = REPO / "var" / "e2e-models"
 # served name -> seed of its random weights (and of its tokenizer's training text)
 TINY_MODELS = {"tiny/a": 1, "tiny/b": 2}
 MAX_MODEL_LEN = 512
-# What vLLM needs on this CPU: a 1 GiB KV cache, and never a look at a hub.
-VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+# What vLLM needs on this CPU: a 1 GiB KV cache, and never a look at a hub; and its
+# Responses API store on (off by default: GET /v1/responses/{id} then finds nothing).
+VLLM_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_ENABLE_RESPONSES_API_STORE": "1",
+}
 VLLM_READY_SECONDS = 600.0
 SKIP_REASON = (
     f"real-vLLM lane: {VLLM_PYTHON_VAR} is not set (run `make test-vllm`, which builds "

@@ -165,9 +165,9 @@ try:  # a real-time priority where allowed: it must wake up on time on a loaded 
     os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
 except (AttributeError, OSError):
     pass
-port, key, body, forwarded_fd, stay = json.loads(sys.argv[1])
+port, key, body, forwarded_fd, stay, path = json.loads(sys.argv[1])
 payload = json.dumps(body).encode()
-head = (f"POST /v1/chat/completions HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\n"
+head = (f"POST {path} HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\n"
         f"Authorization: Bearer {key}\\r\\nContent-Type: application/json\\r\\n"
         f"Content-Length: {len(payload)}\\r\\n\\r\\n").encode()
 sock = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -238,7 +238,12 @@ class Leaving:
 
 
 def leave_mid_generation(
-    vllm_a: RealVllm, port: int, key: str, body: dict[str, Any], monkeypatch: Any
+    vllm_a: RealVllm,
+    port: int,
+    key: str,
+    body: dict[str, Any],
+    monkeypatch: Any,
+    route: str = "/v1/chat/completions",
 ) -> Leaving:
     read_end, write_end = os.pipe()
     pipe: dict[str, int | None] = {"fd": write_end}
@@ -250,7 +255,7 @@ def leave_mid_generation(
         upstream: vllm.Upstream, method: str, path: str, **kwargs: Any
     ) -> vllm.UpstreamResponse:
         fd = pipe["fd"]
-        if path != "/v1/chat/completions" or fd is None:
+        if path != route or fd is None:
             return await send(upstream, method, path, **kwargs)
         forwarded.append(time.monotonic())
         os.write(fd, b"!")  # the gateway forwards the request to vLLM now
@@ -266,7 +271,12 @@ def leave_mid_generation(
     before = vllm_a.wait_idle()
     try:
         client = subprocess.run(
-            [sys.executable, "-c", LEAVING_CLIENT, json.dumps([port, key, body, read_end, STAY])],
+            [
+                sys.executable,
+                "-c",
+                LEAVING_CLIENT,
+                json.dumps([port, key, body, read_end, STAY, route]),
+            ],
             pass_fds=(read_end,),
             capture_output=True,
             text=True,
