@@ -7,6 +7,7 @@ and following the rollout. Configuration comes from KUBECONFIG when it is set, e
 from the pod's service account (in a cluster), else from ~/.kube/config.
 """
 
+import datetime
 import logging
 import os
 import threading
@@ -281,6 +282,21 @@ def set_args(wanted: Deployment, args: list[str]) -> None:
         _apps().patch_namespaced_deployment(wanted.name, wanted.namespace, patch)
     except (ApiException, Urllib3Error, OSError) as exc:
         raise _engine_error(wanted, "patch", exc) from exc
+
+
+def restart(wanted: Deployment) -> None:
+    """Replace every pod with a new one, as `kubectl rollout restart` does: a new
+    annotation on the pod template starts a rollout of the same spec."""
+    stamp = datetime.datetime.now(datetime.UTC).isoformat()
+    patch = {
+        "spec": {
+            "template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}}
+        }
+    }
+    try:
+        _apps().patch_namespaced_deployment(wanted.name, wanted.namespace, patch)
+    except (ApiException, Urllib3Error, OSError) as exc:
+        raise _engine_error(wanted, "restart", exc) from exc
 
 
 def scale(wanted: Deployment, replicas: int) -> None:

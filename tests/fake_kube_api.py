@@ -205,10 +205,15 @@ class FakeKubeAPI:
                 found["spec"]["replicas"] = body["spec"]["replicas"]
                 self._roll(found)
                 return self._json(handler, 200, {"kind": "Scale", "apiVersion": "autoscaling/v1"})
-            for change in body["spec"]["template"]["spec"]["containers"]:
+            template = body["spec"]["template"]
+            for change in template.get("spec", {}).get("containers", []):
                 for container in found["spec"]["template"]["spec"]["containers"]:
                     if container["name"] == change["name"]:
                         container.update(change)
+            annotations = template.get("metadata", {}).get("annotations", {})
+            if annotations:
+                meta = found["spec"]["template"].setdefault("metadata", {})
+                meta.setdefault("annotations", {}).update(annotations)
             self._roll(found)
             return self._json(handler, 200, found)
         return self._status(handler, 404, "the fake does not serve this path")

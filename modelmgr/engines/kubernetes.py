@@ -23,11 +23,15 @@ class KubernetesEngine:
 
     def serve(self, *, model: str, served_name: str) -> None:
         """Patch the arguments and wait for the rollout (bounded by
-        SWITCH_TIMEOUT_SECONDS): until then old and new pods would both answer."""
+        SWITCH_TIMEOUT_SECONDS): until then old and new pods would both answer. The
+        model it already serves is served again by new pods (a restart: a rollout
+        restart, as `kubectl rollout restart`)."""
         current = kube.rollout(self.deployment)
         args = args_with_model(current.command, current.args, model=model, served_name=served_name)
         if args != current.args:
             kube.set_args(self.deployment, args)
+        elif current.replicas > 0:
+            kube.restart(self.deployment)
         if current.replicas == 0:
             kube.scale(self.deployment, 1)
         kube.wait_rollout(self.deployment, self.config.switch_timeout_seconds)

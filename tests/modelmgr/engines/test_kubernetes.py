@@ -58,6 +58,20 @@ def test_a_switch_patches_the_args_and_waits_for_the_rollout(api: FakeKubeAPI) -
     assert KubernetesEngine(EngineConfig.from_settings()).state().served_name == "org/b"
 
 
+def test_serving_the_model_it_serves_restarts_its_pods(api: FakeKubeAPI) -> None:
+    # What a restart (the admin's action, POST /api/restart-engine, the supervisor) asks.
+    api.rollout_seconds = 0.3
+    engine = KubernetesEngine(EngineConfig.from_settings())
+    engine.serve(model="/models/a", served_name="org/a")
+    [patch] = api.patches
+    template = patch["body"]["spec"]["template"]
+    assert "spec" not in template  # the arguments stay as they are
+    assert template["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+    found = api.deployments["vllm"]
+    assert found["status"]["observedGeneration"] == found["metadata"]["generation"] == 2
+    assert engine.state().served_name == "org/a"
+
+
 def test_a_stalled_rollout_is_an_error(api: FakeKubeAPI) -> None:
     api.stall = True
     with pytest.raises(EngineError, match=r"did not finish: ReplicaSet .* timed out progressing"):
