@@ -194,11 +194,14 @@ def stream_when_admitted(send: Sender, call: Call, *, strip_usage: bool) -> Stre
     async def opened() -> AsyncIterator[bytes | vllm.UpstreamResponse]:
         task = asyncio.ensure_future(send())
         try:
+            # At once (a client can say it is queued), then every keep-alive interval.
+            wait = 0.0
             while True:
-                done, _ = await asyncio.wait({task}, timeout=settings.ADMISSION_KEEPALIVE_SECONDS)
+                done, _ = await asyncio.wait({task}, timeout=wait)
                 if done:
                     break
                 yield b": queued: the backend is full, waiting for a slot\n\n"
+                wait = settings.ADMISSION_KEEPALIVE_SECONDS
         finally:
             if not task.done():
                 task.cancel()  # the client left: out of the queue

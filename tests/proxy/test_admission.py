@@ -113,6 +113,7 @@ def test_a_waiting_stream_gets_comments_and_its_wait_in_the_log(
     gateway: Any, busy: SimulatorProcess, make_key: Callable[..., str], settings: Any
 ) -> None:
     settings.ADMISSION_HEADROOM = 0
+    settings.ADMISSION_KEEPALIVE_SECONDS = 60  # the first comment comes at once all the same
     key = make_key(name="streams")
 
     async def scenario() -> bytes:
