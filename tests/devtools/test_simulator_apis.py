@@ -21,13 +21,12 @@ from tests.devtools.test_simulator import (
     HELLO,
     HELLO_PROMPT_TOKENS,
     MODEL,
-    assert_generation_stopped,
     assert_headers_like,
     capture_json,
     shape,
     wait_for,
 )
-from tests.simulator_process import SimulatorProcess
+from tests.simulator_process import SimulatorProcess, assert_generation_stopped
 from tests.wire import WIRE
 
 

@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ThreadedServer
 from tests.gateway_process import GatewayProcess
 from tests.scripted_vllm import ScriptedVllm
 from tests.simulator_process import SimulatorProcess
@@ -178,15 +177,6 @@ def test_a_client_that_leaves_while_queued_never_reaches_vllm(
     asyncio.run(scenario())
     time.sleep(0.3)
     assert busy.stats()["admitted"] == 2  # only the two holders ever reached vLLM
-
-
-@pytest.fixture
-def scripted(settings: Any) -> Iterator[ScriptedVllm]:
-    vllm = ScriptedVllm()
-    server = ThreadedServer(vllm).start()
-    settings.VLLM_BASE_URL = server.url
-    yield vllm
-    server.stop()
 
 
 @pytest.mark.parametrize("scheduling", [False, True])

@@ -5,7 +5,7 @@ key; and the allowlist of vLLM's routes. Over real sockets, against the simulato
 scripted vLLM where a test needs to see the bodies that reach it)."""
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +18,12 @@ from proxy.allowlist import BLOCKED, FORWARDED, unclassified
 from proxy.salt import salt_of
 from tests.conftest import ThreadedServer
 from tests.scripted_vllm import ScriptedVllm
+from tests.simulator_process import assert_generation_stopped
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ROUTES_TXT = Path(__file__).resolve().parents[1] / "wire" / "vllm-0.32" / "routes.txt"
 HELLO = [{"role": "user", "content": "Hello there"}]
-
-
-@pytest.fixture
-def scripted(settings: Any) -> Iterator[ScriptedVllm]:
-    vllm = ScriptedVllm()
-    server = ThreadedServer(vllm).start()
-    settings.VLLM_BASE_URL = server.url
-    yield vllm
-    server.stop()
 
 
 # --- the prefix-cache salt --------------------------------------------------------------
@@ -386,9 +378,8 @@ LONG = {
 def test_a_client_leaving_a_stream_stops_the_generation(
     gateway: Any, simulator: Any, make_key: Callable[..., str], path: str
 ) -> None:
-    import time
-
     sim = simulator(tokens=400, token_delay=0.01)
+    before = sim.metrics()
     headers = {"x-api-key": make_key()}
     with httpx.stream(
         "POST", gateway.url + path, json={**LONG[path], "stream": True}, headers=headers
@@ -397,32 +388,20 @@ def test_a_client_leaving_a_stream_stops_the_generation(
         for seen, _line in enumerate(response.iter_lines(), start=1):
             if seen >= 12:
                 break
-    time.sleep(1.0)
-    first = sim.metrics()
-    time.sleep(0.5)
-    second = sim.metrics()
-    assert second["vllm:generation_tokens_total"] == first["vllm:generation_tokens_total"] < 200
-    assert second["simulator_aborted_requests_total"] == 1
-    assert second["vllm:num_requests_running"] == 0
+    assert_generation_stopped(sim, before)
 
 
 @pytest.mark.parametrize("path", list(LONG))
 def test_a_client_leaving_before_the_whole_answer_stops_the_generation(
     gateway: Any, simulator: Any, make_key: Callable[..., str], path: str
 ) -> None:
-    import time
-
     sim = simulator(tokens=400, token_delay=0.01)
+    before = sim.metrics()
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             gateway.url + path, json=LONG[path], headers={"x-api-key": make_key()}, timeout=0.5
         )
-    time.sleep(1.0)
-    first = sim.metrics()
-    time.sleep(0.5)
-    second = sim.metrics()
-    assert second["vllm:generation_tokens_total"] == first["vllm:generation_tokens_total"] < 200
-    assert second["simulator_aborted_requests_total"] == 1
+    assert_generation_stopped(sim, before)
 
 
 def test_a_broken_stream_ends_in_each_apis_own_error_event(
