@@ -135,6 +135,21 @@ def downloaded_models(*, backend: BackendSpec) -> list[DownloadedModel]:
             for item in worker_inventory(backend.name)
         ]
     result = []
+    configured = backend.engine.model
+    if started_by_name(configured, backend=backend) and hub.snapshot_path(configured) is None:
+        # Not in the cache, but servable: the engine starts it by name.
+        extra = known.get(configured)
+        result.append(
+            DownloadedModel(
+                repo_id=configured,
+                commit="",
+                size_bytes=0,
+                snapshot_path=f"{configured} (started by name)",
+                downloaded_by="",
+                downloaded_at=None,
+                last_served_at=extra.last_served_at if extra else None,
+            )
+        )
     for cached in hub.cached_models():
         if not cached.complete:
             continue
@@ -186,9 +201,29 @@ def worker_inventory(backend: str) -> list[dict[str, Any]]:
 
 
 def is_downloaded(repo_id: str, *, backend: BackendSpec) -> bool:
+    """Whether the backend can be switched to `repo_id`: in its cache, or its configured
+    model (VLLM_MODEL: the engine starts it by name, so it is always servable again)."""
+    if started_by_name(repo_id, backend=backend):
+        return True
     if backend.local_cache:
         return hub.snapshot_path(repo_id) is not None
     return any(item.get("repo_id") == repo_id for item in worker_inventory(backend.name))
+
+
+def started_by_name(repo_id: str, *, backend: BackendSpec) -> bool:
+    """`repo_id` is the model the backend's engine is configured with (VLLM_MODEL, or
+    the row's), which it starts by its name (vLLM fetches it, or the demo's simulator
+    takes it as it is) rather than from the cache."""
+    return bool(repo_id) and repo_id == backend.engine.model and not backend.engine.read_only
+
+
+def model_source(repo_id: str, *, backend: BackendSpec) -> str | None:
+    """What the engine is started with to serve `repo_id` on this host: its cached
+    snapshot, else its name when the backend starts it by name, else None."""
+    snapshot = hub.snapshot_path(repo_id)
+    if snapshot is not None:
+        return str(snapshot)
+    return repo_id if started_by_name(repo_id, backend=backend) else None
 
 
 # --- switches ----------------------------------------------------------------------

@@ -46,7 +46,7 @@ from modelmgr.models import (
     UsageDaily,
     WorkerHeartbeat,
 )
-from modelmgr.selectors import active_switch, is_downloaded, worker_alive
+from modelmgr.selectors import active_switch, is_downloaded, model_source, worker_alive
 from plumbing.errors import (
     Conflict,
     DownloadCancelled,
@@ -505,7 +505,11 @@ def model_switch_run(*, switch: ModelSwitch, backend: BackendSpec, engine: engin
     engine was serving, and leaves a failure to the supervisor's next attempt. `engine`
     is the backend's (the worker keeps one)."""
     restart = switch.kind == SwitchKind.RESTART
-    snapshot = _restart_model(switch, engine) if restart else hub.snapshot_path(switch.to_model)
+    snapshot = (
+        _restart_model(switch, engine)
+        if restart
+        else model_source(switch.to_model, backend=backend)
+    )
     try:
         if snapshot is None:
             raise EngineError(f"'{switch.to_model}' is no longer in the cache.")
