@@ -8,10 +8,18 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from django.utils.html import format_html
 
 from backends.discovery import backend_specs, row_specs
 from backends.models import Backend
 from backends.services import backend_save
+
+
+def restart_link(name: str) -> str:
+    """A link to the engine restart's confirm page (modelmgr's admin: the lifecycle)."""
+    url = reverse("admin:talktuah_restart_engine", args=[name])
+    return format_html('<a class="button" href="{}">Restart engine…</a>', url)
 
 
 class BackendForm(forms.ModelForm):
@@ -56,9 +64,11 @@ class BackendAdmin(admin.ModelAdmin):
         "enabled",
         "draining",
         "api_key_set",
+        "restart",
     ]
     list_editable = ["weight", "enabled", "draining"]
     search_fields = ["name", "base_url"]
+    list_display_links = ["name"]
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
@@ -69,6 +79,12 @@ class BackendAdmin(admin.ModelAdmin):
         return super().changelist_view(
             request, {**(extra_context or {}), "settings_backends": from_settings}
         )
+
+    @admin.display(description="Engine")
+    def restart(self, obj: Backend) -> str:
+        # The restart itself is the lifecycle's (modelmgr's admin view, as POST
+        # /api/restart-engine): this page only links to it.
+        return restart_link(obj.name) if obj.engine != "external" else "external"
 
     @admin.display(boolean=True, description="API key")
     def api_key_set(self, obj: Backend) -> bool:

@@ -427,6 +427,11 @@ class ServedModelAdmin(ReadOnlyAdmin):
         return [
             path("serve/", wrap(self.serve_view), name="modelmgr_servedmodel_serve"),
             path("dashboard/", wrap(self.dashboard_view), name="talktuah_dashboard"),
+            path(
+                "restart/<str:name>/",
+                wrap(self.restart_view),
+                name="talktuah_restart_engine",
+            ),
             *super().get_urls(),
         ]
 
@@ -440,6 +445,9 @@ class ServedModelAdmin(ReadOnlyAdmin):
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
         return admin_views.dashboard_view(self, request)
+
+    def restart_view(self, request: HttpRequest, name: str) -> HttpResponse:
+        return admin_views.restart_engine_view(self, request, name)
 
 
 @admin.register(ModelSwitch)

@@ -462,6 +462,52 @@ def serve_confirm_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> H
     return TemplateResponse(request, "admin/modelmgr/servedmodel/serve_confirm.html", context)
 
 
+def restart_engine_view(
+    model_admin: admin.ModelAdmin, request: HttpRequest, name: str
+) -> HttpResponse:
+    """GET: what restarting a backend's vLLM will do. POST: ask its worker to restart
+    it on the model it serves (services.engine_restart_request, as POST
+    /api/restart-engine): a row of kind restart in the switch history."""
+    if not request.user.has_perm(SWITCH_PERMISSION):
+        raise PermissionDenied
+    backends_url = reverse("admin:backends_backend_changelist")
+    try:
+        backend = backend_resolve(name)
+    except TalkTuahError as exc:
+        messages.error(request, exc.message)
+        return redirect(backends_url)
+    if request.method == "POST":
+        try:
+            restart = services.engine_restart_request(
+                backend=backend, requested_by=admin_actor(request)
+            )
+        except TalkTuahError as exc:
+            messages.error(request, exc.message)
+            return redirect(backends_url)
+        messages.success(
+            request,
+            f"Restart of {restart.to_model} requested on {backend.name}; follow the phase below.",
+        )
+        if not selectors.worker_alive(backend.name):
+            messages.warning(request, selectors.worker_missing(backend.name))
+        return redirect("admin:modelmgr_modelswitch_changelist")
+    found = health.look_sync(backend, max_age=selectors.SHOWN_HEALTH_SECONDS)
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": f"Restart the engine of {backend.name}?",
+        "opts": model_admin.model._meta,
+        "backend": backend,
+        "current": found.served,
+        "probe": found,
+        "switch": selectors.active_switch(backend.name),
+        "engine": backend.engine.kind,
+        "worker_alive": selectors.worker_alive(backend.name),
+        "worker_missing": selectors.worker_missing(backend.name),
+        "backends_url": backends_url,
+    }
+    return TemplateResponse(request, "admin/modelmgr/restart_confirm.html", context)
+
+
 # --- the dashboard -------------------------------------------------------------------------
 
 

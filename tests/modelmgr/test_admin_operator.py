@@ -225,3 +225,27 @@ def test_the_backends_page_lists_default_from_the_settings(admin_client, setting
     backend_create(name="default", base_url="http://vllm:8000", engine="process")
     html = admin_client.get("/admin/backends/backend/").content.decode()
     assert 'id="tt-settings-backends"' not in html
+
+
+def test_the_backends_page_restarts_an_engine_after_a_confirm_page(admin_client, settings):
+    # What the worker would run: a restart of the model `default` served last.
+    ModelSwitch.objects.create(backend="default", to_model="demo-model", phase=SwitchPhase.READY)
+    settings.VLLM_BASE_URL = "http://127.0.0.1:9"  # nothing answers: it serves nothing now
+    listing = admin_client.get("/admin/backends/backend/").content.decode()
+    assert 'href="/admin/modelmgr/servedmodel/restart/default/"' in listing
+    confirm = admin_client.get("/admin/modelmgr/servedmodel/restart/default/")
+    assert confirm.status_code == 200
+    assert "Restart the engine of default?" in confirm.content.decode()
+    assert not ModelSwitch.objects.filter(kind=SwitchKind.RESTART).exists()  # a GET asks only
+
+    done = admin_client.post("/admin/modelmgr/servedmodel/restart/default/")
+    assert done.status_code == 302 and done["Location"] == SWITCHES
+    [restart] = ModelSwitch.objects.filter(kind=SwitchKind.RESTART)
+    assert (restart.backend, restart.to_model) == ("default", "demo-model")
+    assert restart.requested_by == "admin:admin"
+    # A second while the first is pending is refused, with the reason shown.
+    again = admin_client.post("/admin/modelmgr/servedmodel/restart/default/", follow=True)
+    assert ModelSwitch.objects.filter(kind=SwitchKind.RESTART).count() == 1
+    assert "errornote" in again.content.decode() or "error" in again.content.decode()
+    unknown = admin_client.get("/admin/modelmgr/servedmodel/restart/nope/", follow=True)
+    assert "nope" in unknown.content.decode()
