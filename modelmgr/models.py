@@ -82,6 +82,27 @@ class ApiKey(models.Model):
         help_text="Requests in flight at once (running or queued); empty = the "
         "KEY_MAX_PARALLEL_REQUESTS setting.",
     )
+    # Token quotas (teams app, proxy/quota.py): the key's own apply on top of its team's.
+    team = models.ForeignKey(
+        "teams.Team",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="keys",
+        help_text="The team whose token quotas this key shares.",
+    )
+    tokens_per_day = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Prompt + completion tokens per day; empty = the team's default for "
+        "keys, else none.",
+    )
+    tokens_per_month = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Prompt + completion tokens per calendar month; empty = the team's "
+        "default for keys, else none.",
+    )
     is_active = models.BooleanField(default=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

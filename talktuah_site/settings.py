@@ -93,6 +93,7 @@ INSTALLED_APPS = [
     "backends",
     "proxy",
     "modelmgr",
+    "teams",
     "devtools",
 ]
 
@@ -452,3 +453,18 @@ ENGINE_CHECK_SECONDS = envfloat("ENGINE_CHECK_SECONDS", 1.0)
 ENGINE_UNHEALTHY_SECONDS = envfloat("ENGINE_UNHEALTHY_SECONDS", 30.0)
 # Progress writes of a running download, at most this many per second.
 DOWNLOAD_PROGRESS_WRITES_PER_SECOND = envfloat("DOWNLOAD_PROGRESS_WRITES_PER_SECOND", 4.0)
+
+# --- teams and token quotas (teams/, proxy/quota.py) -----------------------------
+# The time zone whose calendar days and months the token quotas count in.
+QUOTA_TIME_ZONE = os.getenv("QUOTA_TIME_ZONE", "UTC")
+try:
+    import zoneinfo
+
+    zoneinfo.ZoneInfo(QUOTA_TIME_ZONE)
+except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    raise ImproperlyConfigured(
+        f"QUOTA_TIME_ZONE must be an IANA time zone (e.g. Europe/Berlin), got {QUOTA_TIME_ZONE!r}"
+    ) from None
+# Tokens a request without max_tokens reserves for its answer (on top of its prompt's
+# estimate) until its real usage is known.
+QUOTA_DEFAULT_RESERVE = envint("QUOTA_DEFAULT_RESERVE", 256)
