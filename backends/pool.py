@@ -55,6 +55,8 @@ class Replica:
 
     spec: BackendSpec
     queue: BackendQueue = field(init=False)
+    in_flight_gauge: Any = field(init=False)  # its children of the gauges, looked up once
+    admitted_gauge: Any = field(init=False)
     ejected_until: float = 0.0  # monotonic; while ejected it is only a last resort
     failures: int = 0  # requests in a row that found it unreachable
     in_flight: int = 0
@@ -66,6 +68,8 @@ class Replica:
     def __post_init__(self) -> None:
         self.queue = BackendQueue(self.spec.name, worker_share(self.spec.capacity))
         BACKEND_CAPACITY.labels(self.spec.name).set(self.queue.capacity)
+        self.in_flight_gauge = BACKEND_IN_FLIGHT.labels(self.spec.name)
+        self.admitted_gauge = BACKEND_ADMITTED.labels(self.spec.name)
 
     @property
     def name(self) -> str:
@@ -435,17 +439,17 @@ def _down(model: str, attempts: int) -> UpstreamUnavailable:
 
 def _begin(replica: Replica, ticket: Ticket | None) -> None:
     replica.in_flight += 1
-    BACKEND_IN_FLIGHT.labels(replica.name).inc()
+    replica.in_flight_gauge.inc()
     if ticket is not None:
-        BACKEND_ADMITTED.labels(replica.name).inc()
+        replica.admitted_gauge.inc()
 
 
 def _end(replica: Replica, ticket: Ticket | None) -> None:
     replica.in_flight -= 1
-    BACKEND_IN_FLIGHT.labels(replica.name).dec()
+    replica.in_flight_gauge.dec()
     if ticket is not None and not ticket.released:
         ticket.release()  # the slot goes to the next waiter at once
-        BACKEND_ADMITTED.labels(replica.name).dec()
+        replica.admitted_gauge.dec()
 
 
 def _with_room_first(candidates: list[Replica], claim: Claim) -> list[Replica]:

@@ -2,6 +2,7 @@
 it, recorded once by `finish` (usage, token budget, metrics, one access-log line); and
 `key_usage`, a key's own usage as /api/usage reads it."""
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -87,21 +88,22 @@ async def finish(call: Call) -> None:
         )
     endpoint = call.endpoint.name
     key = call.principal.name
-    REQUESTS.labels(key, model_label, endpoint, str(call.status)).inc()
-    BACKEND_REQUESTS.labels(call.backend, str(call.status)).inc()
+    status = str(call.status)
+    _child(REQUESTS, key, model_label, endpoint, status).inc()
+    _child(BACKEND_REQUESTS, call.backend, status).inc()
     if call.attempts > 1:
         RETRIES.inc(call.attempts - 1)
     if call.status == 429:
-        RATE_LIMITED.labels(key, "rate").inc()
+        _child(RATE_LIMITED, key, "rate").inc()
     if call.upstream_started:
-        UPSTREAM_LATENCY.labels(endpoint, call.backend).observe(call.upstream_seconds)
-        OVERHEAD.labels(endpoint).observe(max(call.overhead_seconds, 0.0))
+        _child(UPSTREAM_LATENCY, endpoint, call.backend).observe(call.upstream_seconds)
+        _child(OVERHEAD, endpoint).observe(max(call.overhead_seconds, 0.0))
         UPSTREAM_UP.set(0 if call.status in (502, 504) else 1)
     if call.ttft_seconds is not None:
-        TIME_TO_FIRST_TOKEN.labels(model_label).observe(call.ttft_seconds)
+        _child(TIME_TO_FIRST_TOKEN, model_label).observe(call.ttft_seconds)
     if call.prompt_tokens or call.completion_tokens:
-        PROMPT_TOKENS.labels(key, model_label).inc(call.prompt_tokens)
-        COMPLETION_TOKENS.labels(key, model_label).inc(call.completion_tokens)
+        _child(PROMPT_TOKENS, key, model_label).inc(call.prompt_tokens)
+        _child(COMPLETION_TOKENS, key, model_label).inc(call.completion_tokens)
         await add_tokens(call.principal, call.prompt_tokens + call.completion_tokens)
     if call.on_tokens is not None:
         settle, call.on_tokens = call.on_tokens, None
@@ -129,6 +131,14 @@ async def finish(call: Call) -> None:
             }
         ).decode(),
     )
+
+
+@functools.lru_cache(maxsize=8192)
+def _child(metric: Any, *labels: str) -> Any:
+    """A metric's child for these label values, looked up once: prometheus_client's
+    labels() costs more than the update itself, and every answer makes several. The
+    values are bounded (key names, served models, endpoints, statuses)."""
+    return metric.labels(*labels)
 
 
 def ms(seconds: float) -> str:
