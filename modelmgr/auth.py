@@ -31,6 +31,7 @@ from prometheus_client import Counter
 from modelmgr.models import ApiKey, Scope, hash_key, split_prefix
 from plumbing.db import DATABASE_AWAY, run_sync
 from plumbing.errors import DatabaseUnavailable, Forbidden, Unauthenticated
+from teams.limits import NO_QUOTA, TokenQuota
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Principal:
     tier: str = "interactive"  # when a backend is full, who leaves its queue first
     share: int = 1
     max_parallel_requests: int | None = None
+    quota: TokenQuota = NO_QUOTA  # tokens per day and month, the key's and its team's
 
     def may_use(self, model: str) -> bool:
         return not self.allowed_models or model in self.allowed_models
@@ -106,6 +108,7 @@ def _snapshot(key: ApiKey) -> _CachedKey:
             tier=key.tier,
             share=key.share,
             max_parallel_requests=key.max_parallel_requests,
+            quota=TokenQuota.of(key),
         ),
     )
 
@@ -144,7 +147,8 @@ def _lookup_done(task: asyncio.Task[_CachedKey | None]) -> None:
 async def _read_key(prefix: str) -> _CachedKey | None:
     started = time.monotonic()
     try:
-        key = await run_sync(ApiKey.objects.filter(prefix=prefix).first)
+        # With its team: the quotas are read here, never on the request path.
+        key = await run_sync(ApiKey.objects.select_related("team").filter(prefix=prefix).first)
     except DATABASE_AWAY as exc:
         known = _cache.get(prefix)
         if known is None:

@@ -1,6 +1,6 @@
 """Accounting: one `Call` per proxied request, as metrics, usage and the access log see
 it, recorded once by `finish` (usage, token budget, metrics, one access-log line); and
-`key_usage`, a key's own usage as /api/usage reads it."""
+`key_usage`, a key's own usage and quotas as /api/usage reads it."""
 
 import functools
 import logging
@@ -16,7 +16,7 @@ from modelmgr.auth import Principal
 from modelmgr.selectors import usage_rows
 from plumbing import vllm
 from plumbing.db import run_sync
-from proxy import usage
+from proxy import quota, usage
 from proxy.bodies import Endpoint
 from proxy.metrics import (
     BACKEND_REQUESTS,
@@ -60,6 +60,8 @@ class Call:
     request_id: str = ""  # X-Request-Id: the client's, or the gateway's own
     # Tells the backend's admission queue the tokens served (the key's fair share).
     on_tokens: Callable[[int], None] | None = None
+    reservation: quota.Reservation | None = None  # tokens held against its quotas
+    streamed_events: int = 0  # SSE events relayed (what a stream cut short settles)
 
 
 def opened_by(call: Call, upstream: vllm.UpstreamResponse) -> None:
@@ -108,6 +110,14 @@ async def finish(call: Call) -> None:
     if call.on_tokens is not None:
         settle, call.on_tokens = call.on_tokens, None
         settle(call.prompt_tokens + call.completion_tokens)
+    # The quotas' reservation becomes the real usage (released on a failure).
+    reservation, call.reservation = call.reservation, None
+    await quota.settle(
+        call.principal,
+        reservation,
+        tokens=call.prompt_tokens + call.completion_tokens,
+        streamed_events=call.streamed_events,
+    )
     # Never the key, never the prompt or the completion.
     access_log.info(
         "%s",
@@ -146,7 +156,8 @@ def ms(seconds: float) -> str:
 
 
 async def key_usage(principal: Principal, *, days: int) -> dict[str, Any]:
-    """A key's own usage per model and day, newest first, with totals."""
+    """A key's own usage per model and day, newest first, with totals, and its token
+    quotas (limit, used or held, remaining, when each resets)."""
     rows = await run_sync(usage_rows, key_prefix=principal.prefix, days=days)
     totals = {
         field: sum(row[field] for row in rows)
@@ -155,7 +166,9 @@ async def key_usage(principal: Principal, *, days: int) -> dict[str, Any]:
     return {
         "key": principal.prefix,
         "name": principal.name,
+        "team": principal.quota.team_name or None,
         "days": days,
         "totals": totals,
         "usage": rows,
+        "quota": await quota.status(principal),
     }

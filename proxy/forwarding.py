@@ -9,6 +9,7 @@ upstream stream without copying it, and counts every answer, refusals included, 
 `Call` (metrics, usage, access log)."""
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -29,7 +30,7 @@ from plumbing.errors import (
     UpstreamUnreachable,
     normalise_upstream_error,
 )
-from proxy import stored
+from proxy import quota, stored
 from proxy.accounting import Call, finish, ms, opened_by
 from proxy.bodies import (
     RESPONSE_CANCEL,
@@ -175,6 +176,9 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
     prioritized = None
     if pool.schedules_by_priority and form is None:
         prioritized = encode_body({**body, "priority": claim.rank})
+    if endpoint.counts_usage:
+        # Last of the checks: a request refused by another limit holds no tokens.
+        call.reservation = await quota.reserve(principal, body=body, size=len(content))
 
     call.upstream_started = time.perf_counter()
     session = _session_of(request, body)
@@ -191,14 +195,16 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
         backend=backend,
     )
     if stream and pool.would_wait(model, session, claim):
-        return stream_when_admitted(send, call, strip_usage=not client_wants_usage)
+        return _counting(stream_when_admitted(send, call, strip_usage=not client_wants_usage), call)
     try:
         upstream = await open_through_switch(send, stream=stream)
     except UpstreamError as exc:
         call.attempts = exc.attempts
         raise
     except SwitchPending as pending:
-        return stream_after_switch(pending, send, call, strip_usage=not client_wants_usage)
+        return _counting(
+            stream_after_switch(pending, send, call, strip_usage=not client_wants_usage), call
+        )
     opened_by(call, upstream)
 
     if upstream.status >= 400 or not (
@@ -208,10 +214,13 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
     # The header goes before the body: the gateway's own time until now, that is before
     # vLLM was asked and since its headers came back.
     headers_at = time.perf_counter()
-    response = StreamingHttpResponse(
-        relay_stream(upstream, call, strip_usage=not client_wants_usage),
-        content_type=upstream.content_type,
-        headers=SSE_HEADERS,
+    response = _counting(
+        StreamingHttpResponse(
+            relay_stream(upstream, call, strip_usage=not client_wants_usage),
+            content_type=upstream.content_type,
+            headers=SSE_HEADERS,
+        ),
+        call,
     )
     call.overhead_seconds = (call.upstream_started - call.started) + (
         time.perf_counter() - headers_at
@@ -219,6 +228,21 @@ async def _forward(request: HttpRequest, call: Call) -> HttpResponseBase:
     response[OVERHEAD_HEADER] = ms(call.overhead_seconds)
     response[BACKEND_HEADER] = call.backend
     response[QUEUE_HEADER] = ms(call.queued_seconds)
+    return response
+
+
+def _counting(response: StreamingHttpResponse, call: Call) -> StreamingHttpResponse:
+    """A stream whose tokens a quota holds: its events are counted, so one cut before
+    vLLM's usage chunk still settles what it used."""
+    if call.reservation is None:
+        return response
+    content = response.streaming_content
+    if isinstance(content, AsyncIterator):
+
+        def add(events: int) -> None:
+            call.streamed_events += events
+
+        response.streaming_content = quota.counted(content, add)
     return response
 
 

@@ -182,15 +182,30 @@ class UsageTotalsOut(Schema):
     completion_tokens: int
 
 
+class QuotaOut(Schema):
+    scope: str  # "key" or "team"
+    team: str | None  # the team's name, for a team's quota
+    period: str  # "day" or "month" (calendar, in time_zone)
+    limit: int  # prompt + completion tokens
+    used: int | None  # used or held by requests in flight; null while the counts are away
+    remaining: int | None
+    resets_at: str  # ISO 8601, in time_zone
+    time_zone: str
+
+
 class KeyUsageOut(Schema):
     key: str  # the key's prefix
     name: str
+    team: str | None
     days: int
     totals: UsageTotalsOut
     usage: list[UsageRowOut]
+    quota: list[QuotaOut]  # the key's token quotas and its team's; empty: none
 
 
 @api_router.get("/usage", response=KeyUsageOut)
 async def usage_of_key(request: HttpRequest, days: int = Query(30, ge=1, le=366)) -> dict[str, Any]:
-    """This key's own usage per model and day (requests, tokens, errors) and totals."""
+    """This key's own usage per model and day (requests, tokens, errors) and totals, and
+    its token quotas (per day and month, its own and its team's): used, remaining and
+    when each resets."""
     return await accounting.key_usage(principal_of(request), days=days)
