@@ -8,6 +8,8 @@ from django.utils import timezone
 
 from modelmgr.models import Scope, Tier
 from modelmgr.services import api_key_create
+from teams.models import Team
+from teams.services import api_key_quota_set, api_key_team_set
 
 
 class Command(BaseCommand):
@@ -41,6 +43,17 @@ class Command(BaseCommand):
             type=int,
             help="requests in flight at once (default: KEY_MAX_PARALLEL_REQUESTS)",
         )
+        parser.add_argument(
+            "--tokens-per-day",
+            type=int,
+            help="prompt + completion tokens per day (default: the team's for keys, else none)",
+        )
+        parser.add_argument(
+            "--tokens-per-month",
+            type=int,
+            help="prompt + completion tokens per calendar month (default: the team's, else none)",
+        )
+        parser.add_argument("--team", help="the team (its name) whose quotas the key shares")
 
     def handle(self, *args: Any, **options: Any) -> None:
         scopes = set(options["scope"] or [Scope.INFERENCE])
@@ -48,9 +61,21 @@ class Command(BaseCommand):
             scopes.add(Scope.INFERENCE)
         if options["share"] < 1:
             raise CommandError("--share must be at least 1")
-        for limit in ("rpm", "tpm", "expires_days", "max_parallel"):
+        for limit in (
+            "rpm",
+            "tpm",
+            "expires_days",
+            "max_parallel",
+            "tokens_per_day",
+            "tokens_per_month",
+        ):
             if options[limit] is not None and options[limit] < 0:
                 raise CommandError(f"--{limit.replace('_', '-')} must not be negative")
+        team = None
+        if options["team"]:
+            team = Team.objects.filter(name=options["team"]).first()
+            if team is None:
+                raise CommandError(f"no team named {options['team']!r} (manage.py team add)")
         expires_at = None
         if options["expires_days"] is not None:
             expires_at = timezone.now() + timedelta(days=options["expires_days"])
@@ -65,6 +90,14 @@ class Command(BaseCommand):
             share=options["share"],
             max_parallel_requests=options["max_parallel"],
         )
+        if team is not None:
+            api_key_team_set(key=key, team=team)
+        if options["tokens_per_day"] is not None or options["tokens_per_month"] is not None:
+            api_key_quota_set(
+                key=key,
+                tokens_per_day=options["tokens_per_day"],
+                tokens_per_month=options["tokens_per_month"],
+            )
         self.stderr.write(
             f"Created key {key.prefix} for {key.name!r} with scopes {', '.join(key.scopes)}. "
             "Copy it now; it will not be shown again:"
