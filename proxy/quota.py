@@ -181,6 +181,9 @@ async def reserve(principal: Principal, *, body: dict[str, Any], size: int) -> R
         outage.failed("token quotas", exc)
         if not settings.RATELIMIT_FAIL_OPEN:
             reservation.settled = True
+            if settings.REDIS_URL:
+                # The script may have run before its reply was lost: take it back later.
+                _journal_add(_Settlement(reservation.id, reservation.names, 0))
             raise RateLimiterUnavailable(
                 "The rate limiter is unavailable; retry shortly.", headers={"Retry-After": "5"}
             ) from exc
