@@ -28,12 +28,7 @@ class ScriptedVllm:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         if scope["method"] == "GET":
             if scope["path"] == "/v1/models":
                 cards = {"object": "list", "data": [{"id": self.model, "object": "model"}]}
@@ -53,6 +48,16 @@ class ScriptedVllm:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await asyncio.sleep(0.002)  # its own TCP segment, most of the time
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def read_body(receive: Any) -> bytes:
+    """An ASGI request's whole body."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
 
 
 async def _answer(send: Any, status: int, content: bytes) -> None:

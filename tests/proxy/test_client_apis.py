@@ -17,7 +17,7 @@ import pytest
 from proxy.allowlist import BLOCKED, FORWARDED, unclassified
 from proxy.salt import salt_of
 from tests.conftest import ThreadedServer
-from tests.scripted_vllm import ScriptedVllm
+from tests.scripted_vllm import ScriptedVllm, read_body
 from tests.simulator_process import assert_generation_stopped
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -296,12 +296,7 @@ class FormRecorder:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         if scope["method"] == "GET":
             models = {"object": "list", "data": [{"id": "demo-model", "object": "model"}]}
             content = json.dumps(models if scope["path"] == "/v1/models" else {}).encode()
