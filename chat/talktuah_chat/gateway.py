@@ -219,6 +219,12 @@ class Gateway:
         result: dict[str, Any] = await self._call("GET", "/api/download-progress", job_id=job_id)
         return result
 
+    async def usage(self) -> dict[str, Any]:
+        """/api/usage: the key's own usage and its token quotas (`quota`: each with its
+        limit, used, remaining and when it resets)."""
+        result: dict[str, Any] = await self._call("GET", "/api/usage", days=1)
+        return result
+
     async def health(self) -> dict[str, Any]:
         """/api/healthz answers 503 with the same body when not ok: both are answers."""
         try:

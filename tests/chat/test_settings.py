@@ -9,7 +9,7 @@ from textual.widgets import DataTable, Select, Static
 from backends.spec import default_spec
 from modelmgr import services
 from modelmgr.models import DownloadJob, ModelSwitch, Scope
-from talktuah_chat.screens.settings import SettingsScreen, health_text
+from talktuah_chat.screens.settings import SettingsScreen, health_text, quota_text
 from tests.chat.conftest import drive, in_thread, text_of, until
 from tests.modelmgr.test_lifecycle import download, tiny_model_files
 
@@ -299,3 +299,42 @@ def test_with_two_backends_each_is_shown_and_the_picked_one_gets_the_work(
     # gpu-2's worker is alive (its heartbeat), default's is not: the gateway says so.
     assert "run_worker" not in str(seen["gpu-2 download"])
     assert "worker" in str(seen["default download"]).lower()
+
+
+def test_the_settings_screen_shows_what_is_left_of_the_keys_quota(chat_app, simulator, make_key):
+    from modelmgr.models import ApiKey
+    from teams.services import api_key_quota_set
+
+    simulator(model="demo-model")
+    key = make_key(scopes=ADMIN)
+    api_key_quota_set(
+        key=ApiKey.objects.get(prefix=key.split(".")[0]), tokens_per_day=600, tokens_per_month=None
+    )
+    app = chat_app(key)
+
+    async def scenario(pilot):
+        screen = await open_settings(pilot)
+        text = await until(pilot, lambda: "Token quota" in shown(screen, "#quota"))
+        text = shown(screen, "#quota")
+        assert "Token quota (key, per day): 600 of 600 tokens left, resets " in text
+        assert text.endswith("UTC")
+
+    drive(app, scenario)
+
+
+def test_the_quota_lines_say_whose_quota_and_when_it_resets():
+    usage = {
+        "quota": [
+            {"scope": "key", "period": "day", "limit": 600, "used": 180, "remaining": 420,
+             "resets_at": "2026-12-07T00:00:00+00:00", "time_zone": "UTC"},
+            {"scope": "team", "team": "research", "period": "month", "limit": 10000,
+             "used": None, "remaining": None, "resets_at": "2027-01-01T00:00:00+01:00",
+             "time_zone": "Europe/Berlin"},
+        ]
+    }  # fmt: skip
+    assert quota_text(usage).splitlines() == [
+        "Token quota (key, per day): 420 of 600 tokens left, resets 2026-12-07 00:00 UTC",
+        "Token quota (team research, per month): 10000 tokens, use unknown right now, "
+        "resets 2027-01-01 00:00 Europe/Berlin",
+    ]
+    assert quota_text({"quota": []}) == "Token quota: none for this key"

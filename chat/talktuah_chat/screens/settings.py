@@ -3,8 +3,9 @@ served (/api/model-status), switching (/api/switch-model, then its phases from
 /api/model-loading-status), downloads with live progress (/api/download-model,
 /api/download-progress) and the health panel (/api/healthz: vLLM's own queue, and the
 gateway's admission queue in front of each backend: its capacity, how many run, how
-many wait per tier). A key without the admin scope gets the gateway's own reason
-instead; health needs no key.
+many wait per tier), with the key's token quotas (/api/usage: what is left of each and
+when it resets). A key without the admin scope gets the gateway's own reason instead;
+health needs no key.
 
 With several backends (vLLM servers) every one is shown (health, served model, queue,
 its downloaded models) and a switch or a download goes to the backend chosen in the
@@ -109,6 +110,28 @@ def health_text(health: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def quota_text(usage: dict[str, Any]) -> str:
+    """The key's token quotas as /api/usage gives them: what is left of each, and when
+    it resets."""
+    quotas = usage.get("quota") or []
+    if not quotas:
+        return "Token quota: none for this key"
+    lines = []
+    for quota in quotas:
+        scope = f"team {quota.get('team')}" if quota.get("scope") == "team" else "key"
+        when = str(quota.get("resets_at") or "")[:16].replace("T", " ")
+        left = (
+            f"{count(quota.get('remaining'))} of {count(quota.get('limit'))} tokens left"
+            if quota.get("remaining") is not None
+            else f"{count(quota.get('limit'))} tokens, use unknown right now"
+        )
+        lines.append(
+            f"Token quota ({scope}, per {quota.get('period')}): {left}, "
+            f"resets {when} {quota.get('time_zone') or ''}".rstrip()
+        )
+    return "\n".join(lines)
+
+
 def progress_text(job: dict[str, Any], *, with_backend: bool = False) -> str:
     eta = job.get("eta_seconds")
     where = f" on {job.get('backend')}" if with_backend else ""
@@ -147,6 +170,7 @@ class SettingsScreen(Screen[None]):
         with VerticalScroll(id="settings"):
             yield Static("Checking the key's scope…", id="admin-note", markup=False)
             yield Static("", id="health", markup=False)
+            yield Static("", id="quota", markup=False)
             yield DataTable(id="models", cursor_type="row")
             with Horizontal(classes="row", id="backend-row"):
                 yield Label("Switch or download on backend ", id="backend-label")
@@ -166,7 +190,8 @@ class SettingsScreen(Screen[None]):
     #settings .row { height: auto; }
     #settings Input { width: 1fr; }
     #models { height: auto; max-height: 12; }
-    #health { margin: 1 0; }
+    #health { margin: 1 0 0 0; }
+    #quota { margin: 0 0 1 0; }
     #admin-note { color: $warning; }
     #download-bar { display: none; }
     #backend-row { display: none; }
@@ -245,11 +270,16 @@ class SettingsScreen(Screen[None]):
 
     async def watch_health(self) -> None:
         panel = self.query_one("#health", Static)
+        quota = self.query_one("#quota", Static)
         while True:
             try:
                 panel.update(health_text(await self.gateway.health()))
             except GatewayError as error:
                 panel.update(f"Health: {error}")
+            try:
+                quota.update(quota_text(await self.gateway.usage()))
+            except GatewayError as error:
+                quota.update(f"Token quota: {error}")
             await asyncio.sleep(2)
 
     @on(DataTable.RowSelected, "#models")
