@@ -14,6 +14,7 @@ Schemathesis drives hypothesis from its Python API rather than its pytest plugin
 test loops over the operations and identities, so the figures come out as one report.
 """
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -123,7 +124,13 @@ def fuzz(
             found.slow.append(f"{elapsed:.1f}s {what}")
         if response.status_code >= 500:
             found.server_errors.append(what)
-        if response.status_code >= 400 and not is_openai_error(response.content):
+        # Anthropic's Messages API answers in Anthropic's shape (its SDKs read no other).
+        shaped = (
+            is_anthropic_error(response.content)
+            if case.formatted_path.startswith("/v1/messages")
+            else is_openai_error(response.content)
+        )
+        if response.status_code >= 400 and not shaped:
             found.misshapen.append(what)
 
     try:
@@ -133,6 +140,20 @@ def fuzz(
 
 
 @pytest.mark.timeout(900)
+def is_anthropic_error(content: bytes) -> bool:
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return False
+    error = body.get("error") if isinstance(body, dict) else None
+    return (
+        body.get("type") == "error"
+        and isinstance(error, dict)
+        and isinstance(error.get("type"), str)
+        and isinstance(error.get("message"), str)
+    )
+
+
 def test_fuzzing_every_route_finds_no_5xx_no_misshapen_error_and_nothing_slow(
     gateway, simulator, make_key, fake_hub, settings, tmp_path, caplog
 ):
