@@ -9,6 +9,7 @@ hostile client in tests/faults/test_hostile_clients.py:
   (a 1 MB Authorization header reached the key check; an endless one grows the memory);
 - a request body must arrive whole within REQUEST_BODY_TIMEOUT of its head: one body byte
   a second otherwise pinned a request (and its task) forever;
+- a request that is not valid HTTP gets its 400 in OpenAI's shape, not uvicorn's text;
 - a body over MAX_REQUEST_BYTES (announced by Content-Length, or as it arrives) is a 413
   at once: Django reads a whole body before any view, so before the key check, and a
   client without a key had 200 MB read (and spooled to disk) before its 401.
@@ -190,6 +191,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         else:
             # The app waiting for the body sees the disconnect and gives up.
             self._refuse(REQUEST_TIMEOUT)
+
+    def send_400_response(self, msg: str) -> None:
+        """A request that is not valid HTTP (a header value with a control character,
+        a malformed request line): uvicorn's plain-text 400, in OpenAI's shape."""
+        self._refuse(_refusal(400, f"Invalid HTTP request: {msg}", "invalid_http_request"))
 
     def _refuse(self, answer: bytes) -> None:
         self._disarm()

@@ -27,10 +27,10 @@ from tests.simulator_process import SimulatorProcess
 class ThreadedServer:
     """An ASGI app under uvicorn on 127.0.0.1:<free port>, in a background thread."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, http: str = "auto") -> None:
         self.port = port or free_port()
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", http=http
         )
         config.access_log = False
         self.server = uvicorn.Server(config)
@@ -56,9 +56,11 @@ class ThreadedServer:
 
 @pytest.fixture(scope="session")
 def gateway() -> Iterator[ThreadedServer]:
+    from proxy.http import PROTOCOL
     from talktuah_site.asgi import application
 
-    server = ThreadedServer(application).start()
+    # The protocol `manage.py serve` runs the gateway with (its guards included).
+    server = ThreadedServer(application, http=PROTOCOL).start()
     yield server
     server.stop()
 
