@@ -103,32 +103,37 @@ class Generation:
         return "".join(self.text_of(i) for i in range(self.produced))
 
 
-async def produce(
-    gen: Generation,
-    *,
-    batch: Batch,
-    metrics: SimulatorMetrics,
-    started: float,
-    on_token: Callable[[int], Awaitable[None]] | None = None,
-) -> None:
-    """Generate gen.n tokens, counting each as it is produced, in a slot of the batch
-    (the caller admitted it): each token's delay depends on how many run at that moment.
+OnToken = Callable[[int], Awaitable[None]]
 
-    started is when the request arrived, so the time to first token includes any wait.
-    """
-    # Without a slowdown the delay is a constant: no call per token, which shows in the
-    # benchmarks' CPU time.
-    fixed_delay = batch.fixed_token_delay
-    for i in range(gen.n):
-        delay = batch.token_delay() if fixed_delay is None else fixed_delay
-        if delay > 0:
-            await asyncio.sleep(delay)
-        gen.produced += 1
-        metrics.generation_tokens.inc()
-        if i == 0:
-            metrics.time_to_first_token.observe(time.monotonic() - started)
-        if on_token is not None:
-            await on_token(i)
+
+@dataclass(frozen=True)
+class Slot:
+    """A generation's slot in the batch (the caller admitted it), where its tokens are
+    produced: the batch sets their pace and the metrics count them. started is when the
+    request arrived, so the time to first token includes any wait."""
+
+    batch: Batch
+    metrics: SimulatorMetrics
+    started: float
+
+    async def produce(self, gen: Generation, on_token: OnToken | None = None) -> None:
+        """Generate gen.n tokens, counting each as it is produced: each token's delay
+        depends on how many run at that moment. on_token(i) follows the i-th token."""
+        batch = self.batch
+        metrics = self.metrics
+        # Without a slowdown the delay is a constant: no call per token, which shows in
+        # the benchmarks' CPU time.
+        fixed_delay = batch.fixed_token_delay
+        for i in range(gen.n):
+            delay = batch.token_delay() if fixed_delay is None else fixed_delay
+            if delay > 0:
+                await asyncio.sleep(delay)
+            gen.produced += 1
+            metrics.generation_tokens.inc()
+            if i == 0:
+                metrics.time_to_first_token.observe(time.monotonic() - self.started)
+            if on_token is not None:
+                await on_token(i)
 
 
 def _usage_json(gen: Generation, details: bool, completion: int | None = None) -> bytes:
@@ -143,14 +148,7 @@ def _usage_json(gen: Generation, details: bool, completion: int | None = None) -
     )
 
 
-async def stream(
-    gen: Generation,
-    write: Write,
-    *,
-    batch: Batch,
-    metrics: SimulatorMetrics,
-    started: float,
-) -> None:
+async def stream(gen: Generation, write: Write, slot: Slot) -> None:
     """Generate gen, writing each token as vLLM's SSE chunk, then usage and [DONE]."""
     # The chunks are assembled from bytes, not dumped from dicts: the simulator is the
     # upstream in benchmarks and must cost little per token.
@@ -212,7 +210,7 @@ async def stream(
         else:
             await write(head + token + close + middle + usage() + b"}\n\n")
 
-    await produce(gen, batch=batch, metrics=metrics, started=started, on_token=on_token)
+    await slot.produce(gen, on_token)
     if gen.n == 0:  # the prompt filled the context: nothing could be generated
         if chat:
             await role()

@@ -18,10 +18,8 @@ from typing import Any
 import orjson
 
 from devtools.simulator import validation
-from devtools.simulator.batch import Batch
 from devtools.simulator.config import SimulatorConfig
-from devtools.simulator.generation import Generation, Write, produce, token_json
-from devtools.simulator.metrics import SimulatorMetrics
+from devtools.simulator.generation import Generation, Slot, Write, token_json
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
 
@@ -162,14 +160,7 @@ def _event(name: bytes, data: bytes) -> bytes:
     return b"event: " + name + b"\ndata: " + data + b"\n\n"
 
 
-async def stream(
-    gen: Generation,
-    write: Write,
-    *,
-    batch: Batch,
-    metrics: SimulatorMetrics,
-    started: float,
-) -> None:
+async def stream(gen: Generation, write: Write, slot: Slot) -> None:
     """Generate gen, writing vLLM's Messages events (one content_block_delta per token)."""
     message: dict[str, Any] = {
         "id": gen.request_id,
@@ -199,7 +190,7 @@ async def stream(
         # with the first token.
         await write(start + block_start + delta if i == 0 else delta)
 
-    await produce(gen, batch=batch, metrics=metrics, started=started, on_token=on_token)
+    await slot.produce(gen, on_token)
     end = b"" if gen.n else start  # nothing could be generated: no content block
     if gen.n:
         end += _event(b"content_block_stop", b'{"type":"content_block_stop","index":0}')

@@ -26,10 +26,8 @@ from typing import Any
 import orjson
 
 from devtools.simulator import validation
-from devtools.simulator.batch import Batch
 from devtools.simulator.config import SimulatorConfig
-from devtools.simulator.generation import Generation, Write, produce, token_json
-from devtools.simulator.metrics import SimulatorMetrics
+from devtools.simulator.generation import Generation, Slot, Write, token_json
 
 # Responses kept for GET and previous_response_id; the oldest go first past this.
 MAX_STORED = 10_000
@@ -296,14 +294,7 @@ def preamble(gen: Generation) -> bytes:
     )
 
 
-async def stream(
-    gen: Generation,
-    write: Write,
-    *,
-    batch: Batch,
-    metrics: SimulatorMetrics,
-    started: float,
-) -> None:
+async def stream(gen: Generation, write: Write, slot: Slot) -> None:
     """Generate gen, writing vLLM's Responses events (one output_text.delta per token)
     after the preamble."""
     item_id = _request(gen).item_id
@@ -326,7 +317,7 @@ async def stream(
         delta = head + token_json(gen, i) + middle + b"%d" % (4 + i) + tail
         await write(opened + delta if i == 0 else delta)
 
-    await produce(gen, batch=batch, metrics=metrics, started=started, on_token=on_token)
+    await slot.produce(gen, on_token)
     sequence = 4 + gen.produced
     end = b""
     text = gen.text()

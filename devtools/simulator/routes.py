@@ -12,9 +12,9 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -35,21 +35,9 @@ from devtools.simulator.asgi import (
 )
 from devtools.simulator.batch import Batch
 from devtools.simulator.config import VLLM_VERSION, SimulatorConfig
-from devtools.simulator.generation import Generation, Write
+from devtools.simulator.generation import Generation, Slot, Write
 from devtools.simulator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from devtools.simulator.metrics import SimulatorMetrics
-
-
-class StreamFn(Protocol):
-    async def __call__(
-        self,
-        gen: Generation,
-        write: Write,
-        *,
-        batch: Batch,
-        metrics: SimulatorMetrics,
-        started: float,
-    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -59,7 +47,7 @@ class GenerationApi:
     a stream opens with (before a slot) and what to do once an answer is complete."""
 
     plan: Callable[[dict[str, Any], bytes | None], Generation]  # body, X-Request-Id
-    stream: StreamFn
+    stream: Callable[[Generation, Write, Slot], Awaitable[None]]
     full: Callable[[Generation], bytes]
     preamble: Callable[[Generation], bytes] | None = None
     finished: Callable[[Generation], None] | None = None
@@ -301,18 +289,18 @@ class Simulator:
 
         started is when the request arrived: its time to first token includes any wait.
         """
-        metrics = self.metrics
         batch = self.batch
         await batch.admit()
         try:
             admitted = time.monotonic()
             if on_admit is not None:
                 on_admit()
-            metrics.prompt_tokens.inc(gen.prompt_tokens)  # prefilled once it runs
+            self.metrics.prompt_tokens.inc(gen.prompt_tokens)  # prefilled once it runs
+            slot = Slot(batch, self.metrics, started)
             if write is not None:
-                await api.stream(gen, write, batch=batch, metrics=metrics, started=started)
+                await api.stream(gen, write, slot)
             else:
-                await generation.produce(gen, batch=batch, metrics=metrics, started=started)
+                await slot.produce(gen)
         finally:
             batch.release()
         return admitted
