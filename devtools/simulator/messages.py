@@ -57,48 +57,23 @@ def _validate(body: dict[str, Any], *, needs_max_tokens: bool) -> None:
     if model is None:
         details.append(validation.missing("body.model", body))
     elif not isinstance(model, str):
-        details.append(
-            validation.validation_detail(
-                "string_type", "body.model", "Input should be a valid string", model
-            )
-        )
+        details.append(validation.wrong_type("body.model", model, str))
     elif not model:
-        message = "Model is required"
-        details.append(
-            validation.validation_detail(
-                "value_error", "body.model", f"Value error, {message}", model, {"error": message}
-            )
-        )
+        details.append(validation.value_error("body.model", "Model is required", model))
     messages = body.get("messages")
     if messages is None:
         details.append(validation.missing("body.messages", body))
     elif not isinstance(messages, list):
-        details.append(
-            validation.validation_detail(
-                "list_type", "body.messages", "Input should be a valid list", messages
-            )
-        )
+        details.append(validation.wrong_type("body.messages", messages, list))
     if needs_max_tokens:
         max_tokens = body.get("max_tokens")
         if max_tokens is None:
             details.append(validation.missing("body.max_tokens", body))
         elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-            details.append(
-                validation.validation_detail(
-                    "int_type", "body.max_tokens", "Input should be a valid integer", max_tokens
-                )
-            )
+            details.append(validation.wrong_type("body.max_tokens", max_tokens, int))
         elif max_tokens <= 0:
             message = "max_tokens must be positive"
-            details.append(
-                validation.validation_detail(
-                    "value_error",
-                    "body.max_tokens",
-                    f"Value error, {message}",
-                    max_tokens,
-                    {"error": message},
-                )
-            )
+            details.append(validation.value_error("body.max_tokens", message, max_tokens))
     if details:
         raise validation.validation_errors(details)
 

@@ -27,13 +27,7 @@ def _texts(body: dict[str, Any], key: str) -> list[str]:
         raise validation.validation_errors([validation.missing(f"body.{key}", body)])
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-        raise validation.validation_errors(
-            [
-                validation.validation_detail(
-                    "string_type", f"body.{key}", "Input should be a valid string", value
-                )
-            ]
-        )
+        raise validation.validation_errors([validation.wrong_type(f"body.{key}", value, str)])
     return items
 
 
@@ -44,9 +38,7 @@ def rerank(config: SimulatorConfig, body: dict[str, Any]) -> bytes:
         detail = (
             validation.missing("body.query", body)
             if query is None
-            else validation.validation_detail(
-                "string_type", "body.query", "Input should be a valid string", query
-            )
+            else validation.wrong_type("body.query", query, str)
         )
         raise validation.validation_errors([detail])
     documents = _texts(body, "documents")

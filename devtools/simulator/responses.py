@@ -87,13 +87,7 @@ def _input_messages(body: dict[str, Any]) -> list[Any]:
         return [{"role": "user", "content": value}]
     if isinstance(value, list):
         return list(value)
-    raise validation.validation_errors(
-        [
-            validation.validation_detail(
-                "string_type", "body.input", "Input should be a valid string", value
-            )
-        ]
-    )
+    raise validation.validation_errors([validation.wrong_type("body.input", value, str)])
 
 
 def plan(config: SimulatorConfig, body: dict[str, Any], store: ResponseStore) -> Generation:

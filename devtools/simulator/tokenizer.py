@@ -78,11 +78,7 @@ def tokenize(config: SimulatorConfig, vocabulary: Vocabulary, body: dict[str, An
         messages = body["messages"]
         if not isinstance(messages, list):
             raise validation.validation_errors(
-                [
-                    validation.validation_detail(
-                        "list_type", "body.messages", "Input should be a valid list", messages
-                    )
-                ]
+                [validation.wrong_type("body.messages", messages, list)]
             )
         strs = chat_token_strs(messages)
     else:
@@ -90,13 +86,7 @@ def tokenize(config: SimulatorConfig, vocabulary: Vocabulary, body: dict[str, An
         if prompt is None:
             raise validation.validation_errors([validation.missing("body.prompt", body)])
         if not isinstance(prompt, str):
-            raise validation.validation_errors(
-                [
-                    validation.validation_detail(
-                        "string_type", "body.prompt", "Input should be a valid string", prompt
-                    )
-                ]
-            )
+            raise validation.validation_errors([validation.wrong_type("body.prompt", prompt, str)])
         strs = prompt.split()
     return orjson.dumps(
         {

@@ -109,6 +109,28 @@ def missing(loc: str, body: dict[str, Any]) -> dict[str, Any]:
     return validation_detail("missing", loc, "Field required", body)
 
 
+# pydantic's error type and message for a value that is not of the type a field wants.
+_TYPE_ERRORS = {
+    str: ("string_type", "Input should be a valid string"),
+    int: ("int_type", "Input should be a valid integer"),
+    float: ("float_type", "Input should be a valid number"),
+    list: ("list_type", "Input should be a valid list"),
+}
+
+
+def wrong_type(loc: str, value: Any, expected: type) -> dict[str, Any]:
+    """The detail of a field whose value is not the expected str, int, float or list."""
+    err_type, msg = _TYPE_ERRORS[expected]
+    return validation_detail(err_type, loc, msg, value)
+
+
+def value_error(loc: str, message: str, value: Any) -> dict[str, Any]:
+    """The detail of a field that a validator of the request model refused."""
+    return validation_detail(
+        "value_error", loc, f"Value error, {message}", value, {"error": message}
+    )
+
+
 def _bad_request(message: str, param: str, value: Any) -> RequestError:
     """A vLLM BadRequestError about one request parameter."""
     return openai_error(
@@ -165,9 +187,7 @@ def check_model(body: dict[str, Any], served: str) -> None:
     if model is None:
         return  # vLLM serves its only model when the request names none
     if not isinstance(model, str):
-        raise _validation_error(
-            "string_type", "body.model", "Input should be a valid string", model
-        )
+        raise validation_errors([wrong_type("body.model", model, str)])
     if model != served:
         raise openai_error(
             404,
@@ -182,9 +202,7 @@ def _optional_number(body: dict[str, Any], key: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _validation_error(
-            "float_type", f"body.{key}", "Input should be a valid number", value
-        )
+        raise validation_errors([wrong_type(f"body.{key}", value, float)])
     return float(value)
 
 
@@ -195,7 +213,7 @@ def optional_int(body: dict[str, Any], key: str) -> int | None:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _validation_error("int_type", f"body.{key}", "Input should be a valid integer", value)
+        raise validation_errors([wrong_type(f"body.{key}", value, int)])
     return value
 
 
@@ -232,9 +250,7 @@ def _completion_prompt_tokens(body: dict[str, Any]) -> int:
             elif isinstance(item, int) and not isinstance(item, bool):
                 tokens += 1  # a token id
             else:
-                raise _validation_error(
-                    "string_type", "body.prompt", "Input should be a valid string", item
-                )
+                raise validation_errors([wrong_type("body.prompt", item, str)])
         return tokens
     raise openai_error(
         400,
@@ -341,14 +357,10 @@ def plan(
         if messages is None:
             raise _validation_error("missing", "body.messages", "Field required", body)
         if not isinstance(messages, list):
-            raise _validation_error(
-                "list_type", "body.messages", "Input should be a valid list", messages
-            )
+            raise validation_errors([wrong_type("body.messages", messages, list)])
     if body.get("stream_options") and not body.get("stream"):
         message = "Stream options can only be defined when `stream=True`."
-        raise _validation_error(
-            "value_error", "body", f"Value error, {message}", body, {"error": message}
-        )
+        raise validation_errors([value_error("body", message, body)])
     check_model(body, config.model)
     check_temperature(body)
     max_tokens = optional_int(body, "max_tokens")
