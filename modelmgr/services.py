@@ -636,19 +636,14 @@ def _last_served(backend: BackendSpec) -> str | None:
 def engine_crash_record(*, backend: BackendSpec, worker: str, crashed: Crashed) -> ModelSwitch:
     """The history's row of a crash the supervision saw: failed at once, its error what
     was seen and what happens next."""
-    now = timezone.now()
-    return ModelSwitch.objects.create(
-        backend=backend.name,
+    return _supervision_record(
+        backend=backend,
+        worker=worker,
         kind=SwitchKind.CRASH,
-        from_model=crashed.served_name,
-        to_model=crashed.served_name,
+        served_name=crashed.served_name,
         phase=SwitchPhase.FAILED,
         error=f"{crashed.detail} ({crashed.reason})",
         requested_by=SUPERVISOR,
-        worker=worker,
-        started_at=now,
-        phase_changed_at=now,
-        finished_at=now,
     )
 
 
@@ -657,15 +652,38 @@ def engine_came_back_record(
 ) -> ModelSwitch:
     """The history's row of a restart that what runs vLLM did by itself (Docker's
     restart policy, the kubelet): ready when the supervision saw it run again."""
-    now = timezone.now()
-    return ModelSwitch.objects.create(
-        backend=backend.name,
+    return _supervision_record(
+        backend=backend,
+        worker=worker,
         kind=SwitchKind.RESTART,
-        from_model=came_back.served_name,
-        to_model=came_back.served_name,
+        served_name=came_back.served_name,
         phase=SwitchPhase.READY,
         error=came_back.detail,
         requested_by=f"{backend.engine.kind} (by itself)",
+    )
+
+
+def _supervision_record(
+    *,
+    backend: BackendSpec,
+    worker: str,
+    kind: SwitchKind,
+    served_name: str,
+    phase: SwitchPhase,
+    error: str,
+    requested_by: str,
+) -> ModelSwitch:
+    """A history row of what happened to the engine of one model (from and to it), as
+    the supervision saw it: it started and finished at that moment."""
+    now = timezone.now()
+    return ModelSwitch.objects.create(
+        backend=backend.name,
+        kind=kind,
+        from_model=served_name,
+        to_model=served_name,
+        phase=phase,
+        error=error,
+        requested_by=requested_by,
         worker=worker,
         started_at=now,
         phase_changed_at=now,
