@@ -425,14 +425,12 @@ def serve_confirm_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> H
         except TalkTuahError as exc:
             messages.error(request, exc.message)
             return redirect(back)
-        messages.success(
+        return _switch_requested(
             request,
+            backend,
             f"Switch requested on {backend.name}: {switch.from_model or 'nothing'} → "
             f"{switch.to_model}. vLLM restarts; follow the phase below.",
         )
-        if not selectors.worker_alive(backend.name):
-            messages.warning(request, selectors.worker_missing(backend.name))
-        return redirect("admin:modelmgr_modelswitch_changelist")
 
     repo_id = request.GET.get("model", "").strip()
     downloaded = selectors.downloaded_models(backend=backend)
@@ -442,22 +440,14 @@ def serve_confirm_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> H
             request, f"'{repo_id}' is not downloaded on backend {backend.name}: download it first."
         )
         return redirect(back)
-    found = health.look_sync(backend, max_age=selectors.SHOWN_HEALTH_SECONDS)
     context = {
-        **model_admin.admin_site.each_context(request),
-        "title": f"Serve {target.repo_id}?",
-        "opts": model_admin.model._meta,
+        **_engine_confirm_context(
+            model_admin, request, backend, title=f"Serve {target.repo_id}?", back_url=back
+        ),
         "target": target,
-        "backend": backend,
         "size": human_size(target.size_bytes),
-        "current": found.served,
-        "probe": found,
-        "switch": selectors.active_switch(backend.name),
         "wait_seconds": settings.SWITCH_WAIT_SECONDS,
         "timeout_seconds": backend.engine.switch_timeout_seconds,
-        "engine": backend.engine.kind,
-        "worker_alive": selectors.worker_alive(backend.name),
-        "worker_missing": selectors.worker_missing(backend.name),
     }
     return TemplateResponse(request, "admin/modelmgr/servedmodel/serve_confirm.html", context)
 
@@ -484,17 +474,36 @@ def restart_engine_view(
         except TalkTuahError as exc:
             messages.error(request, exc.message)
             return redirect(backends_url)
-        messages.success(
+        return _switch_requested(
             request,
+            backend,
             f"Restart of {restart.to_model} requested on {backend.name}; follow the phase below.",
         )
-        if not selectors.worker_alive(backend.name):
-            messages.warning(request, selectors.worker_missing(backend.name))
-        return redirect("admin:modelmgr_modelswitch_changelist")
+    context = _engine_confirm_context(
+        model_admin,
+        request,
+        backend,
+        title=f"Restart the engine of {backend.name}?",
+        back_url=backends_url,
+    )
+    return TemplateResponse(request, "admin/modelmgr/restart_confirm.html", context)
+
+
+def _engine_confirm_context(
+    model_admin: admin.ModelAdmin,
+    request: HttpRequest,
+    backend: BackendSpec,
+    *,
+    title: str,
+    back_url: str,
+) -> dict[str, Any]:
+    """What a page that asks to confirm a switch or restart of a backend's vLLM shows
+    (admin/modelmgr/engine_confirm.html): what it serves, a switch that would refuse
+    this one, its engine and whether its worker is there to do it."""
     found = health.look_sync(backend, max_age=selectors.SHOWN_HEALTH_SECONDS)
-    context = {
+    return {
         **model_admin.admin_site.each_context(request),
-        "title": f"Restart the engine of {backend.name}?",
+        "title": title,
         "opts": model_admin.model._meta,
         "backend": backend,
         "current": found.served,
@@ -503,9 +512,17 @@ def restart_engine_view(
         "engine": backend.engine.kind,
         "worker_alive": selectors.worker_alive(backend.name),
         "worker_missing": selectors.worker_missing(backend.name),
-        "backends_url": backends_url,
+        "back_url": back_url,
     }
-    return TemplateResponse(request, "admin/modelmgr/restart_confirm.html", context)
+
+
+def _switch_requested(request: HttpRequest, backend: BackendSpec, message: str) -> HttpResponse:
+    """After a switch or restart was asked for: say so (and that no worker would do it,
+    if none is alive), and show the switch history, where its phase is followed."""
+    messages.success(request, message)
+    if not selectors.worker_alive(backend.name):
+        messages.warning(request, selectors.worker_missing(backend.name))
+    return redirect("admin:modelmgr_modelswitch_changelist")
 
 
 # --- the dashboard -------------------------------------------------------------------------
