@@ -18,7 +18,7 @@ from django.utils.safestring import SafeString
 from modelmgr.models import ApiKey
 from teams import selectors
 from teams.limits import TokenQuota
-from teams.models import Team
+from teams.models import TEAM_FIELDS, Team
 from teams.selectors import QuotaBar
 
 CHART_DAYS = 30
@@ -70,14 +70,7 @@ class TeamForm(forms.ModelForm):
 
     class Meta:
         model = Team
-        fields = [
-            "name",
-            "description",
-            "tokens_per_day",
-            "tokens_per_month",
-            "key_tokens_per_day",
-            "key_tokens_per_month",
-        ]
+        fields = list(TEAM_FIELDS)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

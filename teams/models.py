@@ -4,6 +4,16 @@ its own quotas apply on top of the team's."""
 
 from django.db import models
 
+# The fields of a team that an operator sets (the admin's form, services.team_update).
+TEAM_FIELDS = (
+    "name",
+    "description",
+    "tokens_per_day",
+    "tokens_per_month",
+    "key_tokens_per_day",
+    "key_tokens_per_month",
+)
+
 
 class Team(models.Model):
     name = models.CharField(max_length=100, unique=True)

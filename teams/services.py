@@ -3,7 +3,7 @@ create and change a team, put a key in a team or take it out, set a key's own qu
 A change reaches the request path within API_KEY_CACHE_SECONDS (the key cache)."""
 
 from modelmgr.models import ApiKey
-from teams.models import Team
+from teams.models import TEAM_FIELDS, Team
 
 
 def _check(**limits: int | None) -> None:
@@ -44,15 +44,7 @@ def team_create(
 
 def team_update(*, team: Team, **changes: int | str | None) -> Team:
     """Change some of a team's fields (name, description and the four quotas)."""
-    allowed = {
-        "name",
-        "description",
-        "tokens_per_day",
-        "tokens_per_month",
-        "key_tokens_per_day",
-        "key_tokens_per_month",
-    }
-    unknown = set(changes) - allowed
+    unknown = set(changes) - set(TEAM_FIELDS)
     if unknown:
         raise ValueError(f"unknown team field(s): {', '.join(sorted(unknown))}")
     _check(**{k: v for k, v in changes.items() if k not in ("name", "description")})  # type: ignore[arg-type]
