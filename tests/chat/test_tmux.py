@@ -2,12 +2,14 @@
 configured by TALKTUAH_URL / TALKTUAH_KEY, typing into it and reading the screen; at 60
 columns too, where issue 23 found keys cut off and typing lost after the settings."""
 
+import contextlib
 import os
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -60,12 +62,24 @@ def client_command(url: str, key: str, home) -> str:
     return " ".join(["env", "-i", *assignments, shlex.quote(sys.executable), "-m", "talktuah_chat"])
 
 
+@contextlib.contextmanager
+def client_in_tmux(command: str, *, columns: int, rows: int) -> Iterator[Tmux]:
+    """The client run by command in a new tmux session of that size; on the way out the
+    tmux server is killed (after printing the screen if the client still runs: why)."""
+    tmux = Tmux(f"talktuah-chat-test-{time.monotonic_ns()}")
+    tmux.run("new-session", "-d", "-s", "chat", "-x", str(columns), "-y", str(rows), command)
+    try:
+        yield tmux
+    finally:
+        if tmux.alive():
+            print(tmux.screen())
+        tmux.run("kill-server")
+
+
 def test_it_chats_in_a_real_terminal(gateway, simulator, make_key, tmp_path):
     simulator(tokens=12, token_delay=0.02)
     command = client_command(gateway.url, make_key(), tmp_path)
-    tmux = Tmux(f"talktuah-chat-test-{time.monotonic_ns()}")
-    tmux.run("new-session", "-d", "-s", "chat", "-x", "120", "-y", "40", command)
-    try:
+    with client_in_tmux(command, columns=120, rows=40) as tmux:
         wait_for(lambda: "f9 Settings" in tmux.screen(), message="the chat screen")
         tmux.run("send-keys", "-t", "chat", "-l", "Hello from tmux")
         tmux.run("send-keys", "-t", "chat", "Enter")
@@ -75,10 +89,6 @@ def test_it_chats_in_a_real_terminal(gateway, simulator, make_key, tmp_path):
         assert "completion 12 tok" in screen
         tmux.run("send-keys", "-t", "chat", "C-q")
         wait_for(lambda: not tmux.alive(), message="the client to quit on Ctrl+Q")
-    finally:
-        if tmux.alive():
-            print(tmux.screen())
-        tmux.run("kill-server")
     assert (tmp_path / "data" / "talktuah-chat" / "conversations.sqlite3").is_file()
 
 
@@ -87,13 +97,11 @@ def test_at_60_columns_keys_show_typing_survives_settings_and_copy_reaches_the_t
 ):
     simulator(tokens=6, token_delay=0.02)
     command = client_command(gateway.url, make_key(), tmp_path)
-    tmux = Tmux(f"talktuah-chat-test-{time.monotonic_ns()}")
-    tmux.run("new-session", "-d", "-s", "chat", "-x", "60", "-y", "24", command)
-    # The server keeps what a program copies with OSC 52 as a buffer ("on"; the default,
-    # "external", only passes it on to the terminal tmux runs in). Set once the server
-    # runs: one without a session exits at once.
-    tmux.run("set-option", "-g", "set-clipboard", "on")
-    try:
+    with client_in_tmux(command, columns=60, rows=24) as tmux:
+        # The server keeps what a program copies with OSC 52 as a buffer ("on"; the
+        # default, "external", only passes it on to the terminal tmux runs in). Set once
+        # the server runs: one without a session exits at once.
+        tmux.run("set-option", "-g", "set-clipboard", "on")
         wait_for(lambda: "f9 Settings" in tmux.screen(), message="the chat screen")
         screen = tmux.screen()
         for label in ("^n New", "f2 Options", "f3 Export", "f4 Copy", "f5 Retry", "f8 Delete"):
@@ -114,10 +122,6 @@ def test_at_60_columns_keys_show_typing_survives_settings_and_copy_reaches_the_t
         copied = tmux.run("show-buffer")
         tmux.run("send-keys", "-t", "chat", "C-q")
         wait_for(lambda: not tmux.alive(), message="the client to quit on Ctrl+Q")
-    finally:
-        if tmux.alive():
-            print(tmux.screen())
-        tmux.run("kill-server")
     store = Store(tmp_path / "data" / "talktuah-chat" / "conversations.sqlite3")
     [conversation] = store.conversations()
     assert conversation.title == "Hello again"
