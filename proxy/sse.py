@@ -45,20 +45,16 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and value > 0 else 0
 
 
-def _named(event: bytes) -> tuple[bytes, dict[str, Any] | None]:
-    """An `event: NAME` / `data: {...}` event's name and data (None when not JSON)."""
-    if not event.startswith(b"event:"):
-        return b"", None
-    head, _, rest = event.partition(b"\n")
-    name = head[6:].strip()
-    start = rest.find(b"data:")
+def _data_of(event: bytes) -> dict[str, Any] | None:
+    """A named event's `data: {...}` (None when it has none or it is not a JSON object)."""
+    start = event.find(b"\ndata:")
     if start < 0:
-        return name, None
+        return None
     try:
-        data = orjson.loads(rest[start + 5 :])
+        data = orjson.loads(event[start + 6 :])
     except orjson.JSONDecodeError:
-        return name, None
-    return name, data if isinstance(data, dict) else None
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def is_usage_chunk(event: bytes) -> bool:
@@ -111,7 +107,7 @@ class EventRelay:
             name = event[6 : event.find(b"\n")].strip() if b"\n" in event else b""
             if self.dialect == "anthropic":
                 if name in _ANTHROPIC_USAGE:
-                    _, data = _named(event)
+                    data = _data_of(event)
                     if data is not None:
                         message = data.get("message")
                         usage = message.get("usage") if isinstance(message, dict) else None
@@ -119,7 +115,7 @@ class EventRelay:
                 elif name in _ANTHROPIC_END:
                     self.finished = True
             elif name == b"response.created" or name in _RESPONSES_END:
-                _, data = _named(event)
+                data = _data_of(event)
                 response = data.get("response") if data is not None else None
                 if isinstance(response, dict):
                     if self.response_id is None and isinstance(response.get("id"), str):
