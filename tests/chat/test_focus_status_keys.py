@@ -40,6 +40,13 @@ def drive_at(app, size, scenario) -> None:
     asyncio.run(main())
 
 
+async def shown_chat_screen(pilot) -> ChatScreen:
+    """The chat screen, once the app shows it."""
+    return await until(
+        pilot, lambda: isinstance(pilot.app.screen, ChatScreen) and (pilot.app.screen)
+    )
+
+
 def status(pilot) -> str:
     return text_of(chat_screen(pilot).query_one(StatusLine))
 
@@ -51,9 +58,7 @@ def test_closing_any_screen_or_dialog_gives_the_input_back_with_its_text(
     app = chat_app(make_key())
 
     async def scenario(pilot):
-        screen = await until(
-            pilot, lambda: isinstance(pilot.app.screen, ChatScreen) and (pilot.app.screen)
-        )
+        screen = await shown_chat_screen(pilot)
         box = screen.query_one(ChatInput)
         await until(pilot, lambda: screen.focused is box, what="the input's first focus")
         await pilot.press(*"half a")
@@ -147,9 +152,7 @@ def test_every_key_is_in_sight_at_60_and_80_columns(chat_app, simulator, make_ke
     app = chat_app(make_key())
 
     async def scenario(pilot):
-        screen = await until(
-            pilot, lambda: isinstance(pilot.app.screen, ChatScreen) and (pilot.app.screen)
-        )
+        screen = await shown_chat_screen(pilot)
         bar = screen.query_one(KeyBar)
         keys = await until(
             pilot,
