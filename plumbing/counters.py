@@ -56,8 +56,8 @@ async def add(name: str, amount: int = 1, *, window: int = 60) -> Count:
         value = counts[name] = counts.get(name, 0) + amount
         return Count(value, left)
     key = _redis_key(name, window, number)
-    with _redis_answers():
-        async with _redis().pipeline(transaction=False) as pipe:
+    with redis_answers():
+        async with redis_client().pipeline(transaction=False) as pipe:
             pipe.incrby(key, amount)
             pipe.expire(key, window + EXPIRY_MARGIN_SECONDS)
             value, _ = await pipe.execute()
@@ -69,8 +69,8 @@ async def read(name: str, *, window: int = 60) -> Count:
     number, left = _window(window)
     if not settings.REDIS_URL:
         return Count(_local_counts(window, number).get(name, 0), left)
-    with _redis_answers():
-        value = await _redis().get(_redis_key(name, window, number))
+    with redis_answers():
+        value = await redis_client().get(_redis_key(name, window, number))
     return Count(int(value or 0), left)
 
 
@@ -99,7 +99,7 @@ def forget() -> None:
 
 
 @contextlib.contextmanager
-def _redis_answers() -> Iterator[None]:
+def redis_answers() -> Iterator[None]:
     """Redis's and the socket's errors as CountsUnavailable."""
     try:
         yield
@@ -122,9 +122,10 @@ class _Client:
 _client: _Client | None = None
 
 
-def _redis() -> Redis:
-    """The process's client, bound to the running event loop (redis-py's asyncio
-    connections belong to one loop) and to the current settings."""
+def redis_client() -> Redis:
+    """The process's Redis client, shared by the counts here and the token quotas
+    (proxy/quota.py): bound to the running event loop (redis-py's asyncio connections
+    belong to one loop) and to the current settings."""
     global _client
     loop = asyncio.get_running_loop()
     url, timeout = settings.REDIS_URL, settings.REDIS_TIMEOUT_SECONDS

@@ -287,8 +287,8 @@ async def _used(bucket: Bucket) -> int:
     if not settings.REDIS_URL:
         await _local_seeded([bucket])
         return _local[bucket.name]
-    with counters._redis_answers():
-        value = await counters._redis().get(_redis_key(bucket.name))
+    with counters.redis_answers():
+        value = await counters.redis_client().get(_redis_key(bucket.name))
     return int(value) if value is not None else await bucket.seed()
 
 
@@ -418,8 +418,8 @@ def _marker(kind: str, reservation_id: str) -> str:
 
 async def _run(script: str, keys: list[str], args: list[int]) -> Any:
     # Through plumbing/counters.py's client: the one Redis client of the request path.
-    with counters._redis_answers():
-        return await counters._redis().eval(script, len(keys), *keys, *args)
+    with counters.redis_answers():
+        return await counters.redis_client().eval(script, len(keys), *keys, *args)
 
 
 async def _redis_reserve(buckets: list[Bucket], reservation: Reservation) -> None:
