@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO, Any
 
 import httpx
 import psutil
@@ -28,6 +29,34 @@ BASE_DIR = Path(__file__).resolve().parents[2]
 
 def manage(*args: str) -> list[str]:
     return [sys.executable, str(BASE_DIR / "manage.py"), *args]
+
+
+def set_up_demo(var_dir: Path) -> tuple[dict[str, str], str]:
+    """The environment of a demo whose files are in var_dir, migrated and set up by
+    demo_setup, and the demo key it made."""
+    # The demo's own SQLite database and files, whatever the suite runs on.
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["TALKTUAH_VAR_DIR"] = str(var_dir)
+    for step in (manage("migrate", "--no-input", "-v", "0"), manage("demo_setup")):
+        subprocess.run(step, env=env, cwd=BASE_DIR, check=True, timeout=300)
+    return env, (var_dir / "demo-key.txt").read_text().strip()
+
+
+def start_demo(
+    env: dict[str, str], log: IO[bytes], *, port: int, sim_port: int, hub_port: int, **popen: Any
+) -> "subprocess.Popen[bytes]":
+    """`manage.py run_demo` on those ports, its output in log."""
+    return subprocess.Popen(
+        manage(
+            "run_demo",
+            *("--port", str(port), "--sim-port", str(sim_port), "--hub-port", str(hub_port)),
+        ),
+        env=env,
+        cwd=BASE_DIR,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        **popen,
+    )
 
 
 def streamed_chat(url: str, key: str) -> str | None:
@@ -61,25 +90,11 @@ def oversized_head(port: int) -> bytes:
 def test_the_demo_chats_through_the_guarded_gateway_and_sigterm_stops_it_all(
     tmp_path: Path,
 ) -> None:
-    # The demo's own SQLite database and files, whatever the suite runs on.
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env["TALKTUAH_VAR_DIR"] = str(tmp_path)
-    for step in (manage("migrate", "--no-input", "-v", "0"), manage("demo_setup")):
-        subprocess.run(step, env=env, cwd=BASE_DIR, check=True, timeout=300)
-    key = (tmp_path / "demo-key.txt").read_text().strip()
+    env, key = set_up_demo(tmp_path)
     port, sim_port, hub_port = free_port(), free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "demo.log").open("wb")
-    demo = subprocess.Popen(
-        manage(
-            "run_demo",
-            *("--port", str(port), "--sim-port", str(sim_port), "--hub-port", str(hub_port)),
-        ),
-        env=env,
-        cwd=BASE_DIR,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    demo = start_demo(env, log, port=port, sim_port=sim_port, hub_port=hub_port)
     try:
         text = wait_for(
             lambda: streamed_chat(url, key), timeout=180, interval=0.5, message="a demo chat"
@@ -121,24 +136,16 @@ def test_sigterm_to_its_process_group_stops_everything_once_and_frees_the_ports(
 ) -> None:
     # As CI, systemd or `kill -- -PGID` stop `make run`: the whole process group gets
     # SIGTERM; make also passes one on to run_demo, which then gets it twice.
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env["TALKTUAH_VAR_DIR"] = str(tmp_path)
-    for step in (manage("migrate", "--no-input", "-v", "0"), manage("demo_setup")):
-        subprocess.run(step, env=env, cwd=BASE_DIR, check=True, timeout=300)
-    key = (tmp_path / "demo-key.txt").read_text().strip()
+    env, key = set_up_demo(tmp_path)
     ports = {"gateway": free_port(), "simulator": free_port(), "fake Hub": free_port()}
     log_path = tmp_path / "demo.log"
     with log_path.open("wb") as log:
-        demo = subprocess.Popen(
-            manage(
-                "run_demo",
-                *("--port", str(ports["gateway"]), "--sim-port", str(ports["simulator"])),
-                *("--hub-port", str(ports["fake Hub"])),
-            ),
-            env=env,
-            cwd=BASE_DIR,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        demo = start_demo(
+            env,
+            log,
+            port=ports["gateway"],
+            sim_port=ports["simulator"],
+            hub_port=ports["fake Hub"],
             start_new_session=True,  # its own process group, as make's
         )
     try:
