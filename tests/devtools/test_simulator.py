@@ -25,27 +25,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.simulator import SimulatorConfig, generated_text
 from devtools.simulator.batch import Batch
+from tests.devtools.conftest import MODEL, TOKEN_DELAY
 from tests.net import free_port
 from tests.simulator_process import SimulatorProcess, assert_generation_stopped
 from tests.sse import sse_json
 from tests.wire import WIRE
 
-MODEL = "tiny"
-TOKEN_DELAY = 0.02
 HELLO = [{"role": "user", "content": "Say hello"}]  # 2 words + 4 + 3 = 9 prompt tokens
 HELLO_PROMPT_TOKENS = 9
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorProcess]:
-    with SimulatorProcess(model=MODEL, token_delay=TOKEN_DELAY, tokens=16) as process:
-        yield process
-
-
-@pytest.fixture
-def client(sim: SimulatorProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sim.url, timeout=10.0) as http:
-        yield http
 
 
 # -- helpers -------------------------------------------------------------------------------

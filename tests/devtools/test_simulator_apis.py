@@ -17,10 +17,10 @@ import orjson
 import pytest
 
 from devtools.simulator import generated_text
+from tests.devtools.conftest import MODEL
 from tests.devtools.test_simulator import (
     HELLO,
     HELLO_PROMPT_TOKENS,
-    MODEL,
     assert_headers_like,
     capture_json,
     shape,
@@ -28,18 +28,6 @@ from tests.devtools.test_simulator import (
 )
 from tests.simulator_process import SimulatorProcess, assert_generation_stopped
 from tests.wire import WIRE
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorProcess]:
-    with SimulatorProcess(model=MODEL, token_delay=0.02, tokens=16) as process:
-        yield process
-
-
-@pytest.fixture
-def client(sim: SimulatorProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sim.url, timeout=10.0) as http:
-        yield http
 
 
 def capture_status(name: str) -> int:
