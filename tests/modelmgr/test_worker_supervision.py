@@ -155,8 +155,12 @@ def test_a_killed_vllm_is_reaped_marked_down_recorded_and_restarted(
     assert "restart in 3.0 s" in crash.error
     # Reaped at once by the worker, its parent: no zombie.
     wait_for(lambda: reaped(pid), timeout=2, message=f"pid {pid} to be reaped")
-    beat = WorkerHeartbeat.objects.get()
-    assert beat.current.startswith("engine down: vLLM (pid"), beat.current
+    # The heartbeat says so right after the crash row is written (CI once read it between).
+    wait_for(
+        lambda: WorkerHeartbeat.objects.get().current.startswith("engine down: vLLM (pid"),
+        timeout=2,
+        message="the heartbeat to say the engine is down",
+    )
     # (The health answer is cached for a second.)
     wait_for(lambda: backend_status(gateway) == (503, "down"), timeout=2, message="down")
 
