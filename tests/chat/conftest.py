@@ -52,11 +52,17 @@ def chat_app(gateway, tmp_path) -> Callable[..., ChatApp]:
     return make
 
 
-def drive(app: ChatApp, scenario: Callable[[Pilot[None]], Coroutine[Any, Any, None]]) -> None:
-    """Run the app headless (a 120x40 terminal) and play `scenario` against it."""
+def drive(
+    app: ChatApp,
+    scenario: Callable[[Pilot[None]], Coroutine[Any, Any, None]],
+    *,
+    size: tuple[int, int] = (120, 40),
+) -> None:
+    """Run the app headless (a terminal of size columns x rows) and play `scenario`
+    against it."""
 
     async def main() -> None:
-        async with app.run_test(size=(120, 40)) as pilot:
+        async with app.run_test(size=size) as pilot:
             await scenario(pilot)
 
     asyncio.run(main())

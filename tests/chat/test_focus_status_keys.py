@@ -4,8 +4,6 @@ a line about something that has ended (a stopped reply, an unreachable gateway t
 answers again); and every key of the footer stays in sight and readable at 60 and 80
 columns."""
 
-import asyncio
-
 import pytest
 from textual.widgets import Input, ListView
 from textual.widgets._footer import FooterKey
@@ -17,6 +15,7 @@ from talktuah_chat.screens.settings import SettingsScreen
 from talktuah_chat.screens.widgets import ChatInput, KeyBar, StatusLine
 from tests.chat.conftest import (
     chat_screen,
+    drive,
     last_reply,
     reply_figures,
     reply_text,
@@ -30,14 +29,6 @@ from tests.simulator_process import SimulatorProcess
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CHAT_KEYS = {"ctrl+n", "f2", "f3", "f4", "f5", "f8", "f9"}
-
-
-def drive_at(app, size, scenario) -> None:
-    async def main() -> None:
-        async with app.run_test(size=size) as pilot:
-            await scenario(pilot)
-
-    asyncio.run(main())
 
 
 async def shown_chat_screen(pilot) -> ChatScreen:
@@ -83,7 +74,7 @@ def test_closing_any_screen_or_dialog_gives_the_input_back_with_its_text(
         # Escape on the delete dialog answered no: the conversation is still there.
         assert len(screen.store.conversations()) == 1
 
-    drive_at(app, (100, 30), scenario)
+    drive(app, scenario, size=(100, 30))
 
 
 def test_a_stopped_replys_status_goes_with_the_next_send(chat_app, simulator, make_key):
@@ -105,7 +96,7 @@ def test_a_stopped_replys_status_goes_with_the_next_send(chat_app, simulator, ma
         await pilot.pause(0.3)
         assert status(pilot) == ""
 
-    drive_at(app, (100, 30), scenario)
+    drive(app, scenario, size=(100, 30))
 
 
 def test_the_unreachable_line_goes_once_the_model_server_answers(
@@ -127,7 +118,7 @@ def test_the_unreachable_line_goes_once_the_model_server_answers(
         assert status(pilot) == ""
 
     try:
-        drive_at(app, (100, 30), scenario)
+        drive(app, scenario, size=(100, 30))
     finally:
         sim.stop()
 
@@ -175,4 +166,4 @@ def test_every_key_is_in_sight_at_60_and_80_columns(chat_app, simulator, make_ke
         )
         await until(pilot, lambda: shown_keys(settings_screen).get("escape") == "Back")
 
-    drive_at(app, (columns, 24), scenario)
+    drive(app, scenario, size=(columns, 24))
