@@ -363,21 +363,27 @@ def download_run(
 # --- switches ----------------------------------------------------------------------
 
 
-def model_switch_request(
-    *, repo_id: str, backend: BackendSpec, requested_by: str = ""
-) -> ModelSwitch:
-    """Ask a backend's worker to serve another model downloaded on its host."""
-    repo_id = validate_repo_id(repo_id)
+def _check_engine_managed(backend: BackendSpec, *, action: str) -> None:
+    """Refuse to switch or restart (action) the vLLM of a backend that TalkTuah does not
+    run, or whose worker is away (on another host than the gateway only it can)."""
     if backend.engine.read_only:
         raise Conflict(
             f"vLLM is managed outside TalkTuah (backend '{backend.name}' has engine external): "
-            "switch it there."
+            f"{action} it there."
         )
     if not backend.local_cache and not worker_alive(backend.name):
         raise Conflict(
             f"No worker of backend '{backend.name}' is running: start one on its host with "
             f"`python manage.py run_worker --backend {backend.name}`."
         )
+
+
+def model_switch_request(
+    *, repo_id: str, backend: BackendSpec, requested_by: str = ""
+) -> ModelSwitch:
+    """Ask a backend's worker to serve another model downloaded on its host."""
+    repo_id = validate_repo_id(repo_id)
+    _check_engine_managed(backend, action="switch")
     if not is_downloaded(repo_id, backend=backend):
         where = "" if backend.local_cache else f" on backend '{backend.name}'"
         query = "" if backend.local_cache else f"&backend={backend.name}"
@@ -583,16 +589,7 @@ def engine_restart_request(
     """Ask a backend's worker to restart its vLLM on the model it serves (or, after a
     crash, served): a row of kind restart, run like a switch, so requests wait for it.
     The admin's "restart engine" action and POST /api/restart-engine call this."""
-    if backend.engine.read_only:
-        raise Conflict(
-            f"vLLM is managed outside TalkTuah (backend '{backend.name}' has engine external): "
-            "restart it there."
-        )
-    if not backend.local_cache and not worker_alive(backend.name):
-        raise Conflict(
-            f"No worker of backend '{backend.name}' is running: start one on its host with "
-            f"`python manage.py run_worker --backend {backend.name}`."
-        )
+    _check_engine_managed(backend, action="restart")
     running = active_switch(backend.name)
     if running is not None:
         raise Conflict(f"A {running.kind} to '{running.to_model}' is already {running.phase}.")
