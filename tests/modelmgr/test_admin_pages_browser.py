@@ -38,6 +38,7 @@ from modelmgr.models import (
     UsageDaily,
 )
 from tests.browser import admin_login, browser_page
+from tests.modelmgr.test_admin_lifecycle import FakeCache
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -62,30 +63,6 @@ def collected_static(django_db_blocker: Any) -> None:
         call_command("collectstatic", interactive=False, verbosity=0)
 
 
-class FakeCache:
-    """The default backend's Hugging Face cache, as modelmgr.hub reports it."""
-
-    models = {
-        "org/old": 3 * 1024**3,
-        "org/a-model-with-a-rather-long-repository-name": 512 * 1024**2,
-    }
-
-    def cached_models(self) -> list[SimpleNamespace]:
-        return [
-            SimpleNamespace(
-                repo_id=repo_id,
-                commit="c0ffee" + "0" * 34,
-                size_bytes=size,
-                snapshot_path=Path("/hf/hub") / repo_id,
-                complete=True,
-            )
-            for repo_id, size in self.models.items()
-        ]
-
-    def snapshot_path(self, repo_id: str, *args: Any, **kwargs: Any) -> Path | None:
-        return Path("/hf/hub") / repo_id if repo_id in self.models else None
-
-
 @pytest.fixture
 def operator_site(
     collected_static: None, simulator: Any, monkeypatch: pytest.MonkeyPatch
@@ -94,7 +71,10 @@ def operator_site(
     failed with a long error, one that switched when done), switches, a live worker, a
     second backend that is down, and `default` (VLLM_BASE_URL, no row) serving org/old."""
     simulator(model="org/old")
+    # The default backend's Hugging Face cache.
     cache = FakeCache()
+    cache.add("org/old", 3 * 1024**3)
+    cache.add("org/a-model-with-a-rather-long-repository-name", 512 * 1024**2)
     monkeypatch.setattr("modelmgr.hub.cached_models", cache.cached_models)
     monkeypatch.setattr("modelmgr.hub.snapshot_path", cache.snapshot_path)
     user = User.objects.create_superuser("root", "root@example.com", PASSWORD)
