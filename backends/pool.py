@@ -119,6 +119,8 @@ class Replica:
 class Pool:
     def __init__(self) -> None:
         self.replicas: dict[str, Replica] = {}
+        # Some backend runs vLLM's priority scheduling (the gateway then sets it).
+        self.schedules_by_priority = False
         self._default_source: tuple[str, str] | None = None
         self._rows: list[BackendSpec] = []
         self._loaded = False
@@ -192,6 +194,7 @@ class Pool:
                 known.queue.resize(worker_share(spec.capacity))
             fresh[spec.name] = known
         self.replicas = fresh
+        self.schedules_by_priority = any(r.spec.priority_scheduling for r in fresh.values())
 
     def forget(self) -> None:
         """Drop what was learned and re-read the backends on the next request."""
@@ -199,6 +202,7 @@ class Pool:
             # The caller may be another thread than the loop's (tests, a management command).
             self._loop.call_soon_threadsafe(self._poller.cancel)
         self.replicas, self._rows = {}, []
+        self.schedules_by_priority = False
         self._default_source, self._poller, self._loaded = None, None, False
         self._watcher, self._pods_version = None, -1
         health.forget()
@@ -222,11 +226,6 @@ class Pool:
                 cards.setdefault(str(card["id"]), card)
         return list(cards.values())
 
-    @property
-    def schedules_by_priority(self) -> bool:
-        """Some backend runs vLLM's priority scheduling (the gateway then sets it)."""
-        return any(r.spec.priority_scheduling for r in self.replicas.values())
-
     async def look(self, *, max_age: float) -> list[tuple[Replica, BackendHealth]]:
         """Every backend with a health record no older than `max_age` (the stale ones
         looked at now, in parallel); ejects and restores like the poller."""
@@ -239,16 +238,19 @@ class Pool:
     def routes(self, model: str, session: str | None = None) -> list[Replica]:
         """The backends to try for `model`, best first; raises ModelNotServed when no
         backend serves it (and every backend's models are known)."""
+        if len(self.replicas) == 1:
+            (only,) = self.replicas.values()
+            if not only.draining:
+                # One backend answers for itself, even for a model it does not serve:
+                # vLLM's own 404 (its message, type and code) reaches the client, as it
+                # always did.
+                return [only]
         replicas = list(self.replicas.values())
         if not replicas:
             return []  # nothing configured or discovered: a 503, not a 404
         serving = [r for r in replicas if r.serves(model) and not r.draining]
         unknown = [r for r in replicas if r.models is None and not r.draining]
         if not serving and not unknown:
-            if len(replicas) == 1 and not replicas[0].draining:
-                # One backend answers for itself: vLLM's own 404 (its message, type and
-                # code) reaches the client, as it always did.
-                return replicas
             served = ", ".join(self.served_models()) or "none right now"
             raise ModelNotServed(
                 f"The model `{model}` does not exist. Served models: {served}.", param="model"
