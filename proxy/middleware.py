@@ -1,5 +1,7 @@
 """Async-native middleware for the lean proxy path (no sync_to_async thread hop)."""
 
+import itertools
+import os
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -43,6 +45,18 @@ security_headers.sync_capable = False  # type: ignore[attr-defined]
 REQUEST_ID_HEADER = "X-Request-Id"
 # A client's own id is kept when it is one token of at most 128 printable characters.
 _SANE_ID = re.compile(r"[!-~]{1,128}")
+# The gateway's own ids: this process's random part, then a count (unique without a
+# system call for randomness on every request; an id is a name, not a secret).
+_PROCESS_PART = secrets.token_hex(6)
+_numbers = itertools.count()
+
+
+def _new_process_part() -> None:
+    global _PROCESS_PART
+    _PROCESS_PART = secrets.token_hex(6)
+
+
+os.register_at_fork(after_in_child=_new_process_part)  # a forked worker names its own
 
 
 def request_id_of(request: HttpRequest) -> str:
@@ -50,7 +64,11 @@ def request_id_of(request: HttpRequest) -> str:
     found = getattr(request, "talktuah_request_id", None)
     if found is None:
         sent = request.headers.get(REQUEST_ID_HEADER, "")
-        found = sent if _SANE_ID.fullmatch(sent) else "req_" + secrets.token_hex(12)
+        found = (
+            sent
+            if sent and _SANE_ID.fullmatch(sent)
+            else f"req_{_PROCESS_PART}{next(_numbers):012x}"
+        )
         request.talktuah_request_id = found  # type: ignore[attr-defined]
     return str(found)
 
