@@ -7,6 +7,7 @@ to one core, the upstreams to the other; and the targets they offer."""
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,11 +70,14 @@ def start_gateway(
     logs: Path,
     env: dict[str, str],
     root: Path = ROOT,
+    wrap: Sequence[str] = (),
+    timeout: float = 60,
 ) -> tuple[Service, str]:
     """A TalkTuah worker with its own database in its own folder, VLLM_BASE_URL pointing
     at `upstream` (the backend `default`) and `more_backends` added with `manage.py
     backend add` before it starts; returns it and its API key. `root` is the checkout
-    it runs from (another one for bench/ab.py's baseline)."""
+    it runs from (another one for bench/ab.py's baseline); `wrap` comes before its
+    command (valgrind for bench/instructions.py)."""
     var = logs / f"var-{name.lower()}"
     var.mkdir()
     env = env | {
@@ -106,8 +110,8 @@ def start_gateway(
     port = free_port()
     gateway = start_service(
         name,
-        [*manage, "serve", "--port", str(port), "--workers", "1"],
-        port=port, health="/livez", core=core, logs=logs, env=env, cwd=root, timeout=60,
+        [*wrap, *manage, "serve", "--port", str(port), "--workers", "1"],
+        port=port, health="/livez", core=core, logs=logs, env=env, cwd=root, timeout=timeout,
     )  # fmt: skip
     return gateway, key
 
