@@ -24,14 +24,12 @@ class TokenQuota:
 
     @property
     def limited(self) -> bool:
-        return any(
-            limit is not None
-            for limit in (
-                self.key_per_day,
-                self.key_per_month,
-                self.team_per_day,
-                self.team_per_month,
-            )
+        # Asked twice by every request (reserve, settle): no generator.
+        return not (
+            self.key_per_day is None
+            and self.key_per_month is None
+            and self.team_per_day is None
+            and self.team_per_month is None
         )
 
     @classmethod
