@@ -20,7 +20,6 @@ three waves back to back. Figures are medians of rounds.
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,9 +28,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from cpu import pick_cores, sharing_core
-from plan import MODEL, ROOT, Target
+from plan import MODEL, Target
 from processes import Service
-from stack import start_gateway, start_upstream
+from stack import checkout_of, start_gateway, start_upstream
 from streams import measure_streams
 from wrk import ensure_wrk, run_wrk
 
@@ -104,48 +103,43 @@ def main(argv: list[str] | None = None) -> int:
     if load_core is not None:
         os.sched_setaffinity(0, {load_core})
     logs = Path(tempfile.mkdtemp(prefix="talktuah-ab-"))
-    baseline = logs / "baseline"
-    subprocess.run(
-        ["git", "worktree", "add", "-q", "--detach", str(baseline), args.revision],
-        cwd=ROOT, check=True,
-    )  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env |= both
-    services: list[Service] = []
-    try:
-        upstream = start_upstream("Upstream", MODEL, load_core, logs, env)
-        services.append(upstream)
-        ours, our_key = start_gateway("this-checkout", upstream, [], gateway_core, logs, env)
-        services.append(ours)
-        theirs, their_key = start_gateway(
-            "baseline", upstream, [], gateway_core, logs, env | baseline_only, root=baseline
-        )
-        services.append(theirs)
-        targets = {
-            "this checkout": Target("this checkout", ours.port, "Bearer " + our_key),
-            args.revision: Target(args.revision, theirs.port, "Bearer " + their_key),
-        }
-        direct = Target("direct", upstream.port, "Bearer " + "x" * len(our_key))
-        for target in targets.values():  # warm-up
-            run_wrk(wrk, target, 16, 2, logs)
-            measure_streams(target, 64, 1)
-        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
-        for index in range(args.rounds):
-            order = list(targets) if index % 2 == 0 else list(reversed(targets))
-            for name in order:
-                alone = sharing_core(cores, [upstream.pid])
-                rounds[name].append(measure(targets[name], direct, wrk, logs, alone))
-            print(f"round {index + 1}/{args.rounds} done", flush=True)
-        names = list(targets)
-        print(f"\n{'':40}" + "".join(f"{name:>16}" for name in names) + f"{'ratio':>10}")
-        for label, figure in FIGURES.items():
-            values = [statistics.median(figure(f) for f in rounds[name]) for name in names]
-            ratio = values[0] / values[1] if values[1] else float("nan")
-            print(f"{label:40}" + "".join(f"{v:16.2f}" for v in values) + f"{ratio:10.2f}")
-    finally:
-        for service in reversed(services):
-            service.stop()
-        subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT)
+    with checkout_of(args.revision, logs) as baseline:
+        services: list[Service] = []
+        try:
+            upstream = start_upstream("Upstream", MODEL, load_core, logs, env)
+            services.append(upstream)
+            ours, our_key = start_gateway("this-checkout", upstream, [], gateway_core, logs, env)
+            services.append(ours)
+            theirs, their_key = start_gateway(
+                "baseline", upstream, [], gateway_core, logs, env | baseline_only, root=baseline
+            )
+            services.append(theirs)
+            targets = {
+                "this checkout": Target("this checkout", ours.port, "Bearer " + our_key),
+                args.revision: Target(args.revision, theirs.port, "Bearer " + their_key),
+            }
+            direct = Target("direct", upstream.port, "Bearer " + "x" * len(our_key))
+            for target in targets.values():  # warm-up
+                run_wrk(wrk, target, 16, 2, logs)
+                measure_streams(target, 64, 1)
+            rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+            for index in range(args.rounds):
+                order = list(targets) if index % 2 == 0 else list(reversed(targets))
+                for name in order:
+                    alone = sharing_core(cores, [upstream.pid])
+                    rounds[name].append(measure(targets[name], direct, wrk, logs, alone))
+                print(f"round {index + 1}/{args.rounds} done", flush=True)
+            names = list(targets)
+            print(f"\n{'':40}" + "".join(f"{name:>16}" for name in names) + f"{'ratio':>10}")
+            for label, figure in FIGURES.items():
+                values = [statistics.median(figure(f) for f in rounds[name]) for name in names]
+                ratio = values[0] / values[1] if values[1] else float("nan")
+                print(f"{label:40}" + "".join(f"{v:16.2f}" for v in values) + f"{ratio:10.2f}")
+        finally:
+            for service in reversed(services):
+                service.stop()
     return 0
 
 

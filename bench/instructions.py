@@ -30,7 +30,7 @@ from pathlib import Path
 
 from plan import CHAT_PATH, MODEL, ROOT, chat_body
 from processes import BenchError, Service
-from stack import start_gateway, start_upstream
+from stack import checkout_of, start_gateway, start_upstream
 
 WARM_UP = 50  # requests before counting: imports, caches and the connection pool warm
 
@@ -108,19 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     logs = Path(tempfile.mkdtemp(prefix="talktuah-instructions-"))
-    baseline = logs / "baseline"
-    subprocess.run(
-        ["git", "worktree", "add", "-q", "--detach", str(baseline), args.revision],
-        cwd=ROOT, check=True,
-    )  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    upstream = start_upstream("Upstream", MODEL, None, logs, env)
-    try:
-        ours = count("this-checkout", ROOT, upstream, logs, args)
-        theirs = count("baseline", baseline, upstream, logs, args)
-    finally:
-        upstream.stop()
-        subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT)
+    with checkout_of(args.revision, logs) as baseline:
+        upstream = start_upstream("Upstream", MODEL, None, logs, env)
+        try:
+            ours = count("this-checkout", ROOT, upstream, logs, args)
+            theirs = count("baseline", baseline, upstream, logs, args)
+        finally:
+            upstream.stop()
     print(f"\n{'instructions (millions)':32}{'this checkout':>16}{args.revision:>16}{'ratio':>10}")
     labels = {
         "whole": "per answer, not streamed",

@@ -4,10 +4,11 @@ production path, a second TalkTuah with three backends configured (the same upst
 and, when installed, LiteLLM's proxy in front of the same upstream; the gateways pinned
 to one core, the upstreams to the other; and the targets they offer."""
 
+import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,21 @@ class Stack:
         if self.litellm is not None:
             found.append(Target("LiteLLM", self.litellm.port, f"Bearer {LITELLM_KEY}"))
         return found
+
+
+@contextlib.contextmanager
+def checkout_of(revision: str, logs: Path) -> Iterator[Path]:
+    """`revision` of this repository checked out (git worktree) in logs/baseline while
+    the block runs, for a baseline gateway (bench/ab.py, bench/instructions.py)."""
+    folder = logs / "baseline"
+    subprocess.run(
+        ["git", "worktree", "add", "-q", "--detach", str(folder), revision],
+        cwd=ROOT, check=True,
+    )  # fmt: skip
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=ROOT)
 
 
 def start_upstream(
