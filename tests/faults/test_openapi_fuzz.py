@@ -139,7 +139,6 @@ def fuzz(
         session.close()
 
 
-@pytest.mark.timeout(900)
 def is_anthropic_error(content: bytes) -> bool:
     try:
         body = json.loads(content)
@@ -154,6 +153,7 @@ def is_anthropic_error(content: bytes) -> bool:
     )
 
 
+@pytest.mark.timeout(900)
 def test_fuzzing_every_route_finds_no_5xx_no_misshapen_error_and_nothing_slow(
     gateway, simulator, make_key, fake_hub, settings, tmp_path, caplog
 ):
