@@ -47,7 +47,7 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _SANE_ID = re.compile(r"[!-~]{1,128}")
 # The gateway's own ids: this process's random part, then a count (unique without a
 # system call for randomness on every request; an id is a name, not a secret).
-_PROCESS_PART = secrets.token_hex(6)
+_PROCESS_PART: str  # set below, and again in a forked child
 _numbers = itertools.count()
 
 
@@ -56,6 +56,7 @@ def _new_process_part() -> None:
     _PROCESS_PART = secrets.token_hex(6)
 
 
+_new_process_part()
 os.register_at_fork(after_in_child=_new_process_part)  # a forked worker names its own
 
 
