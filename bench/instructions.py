@@ -36,15 +36,19 @@ WARM_UP = 50  # requests before counting: imports, caches and the connection poo
 
 
 def count(
-    name: str, root: Path, upstream: Service, logs: Path, args: argparse.Namespace
+    name: str,
+    root: Path,
+    upstream: Service,
+    logs: Path,
+    env: dict[str, str],
+    args: argparse.Namespace,
 ) -> dict[str, float]:
     """Instructions per request of one checkout's gateway: whole answers, streams, and
     (with --idle) per second of an idle gateway polling every second."""
     out = logs / f"callgrind-{name}.out"
     valgrind = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no",
                 f"--callgrind-out-file={out}"]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env["BACKEND_POLL_SECONDS"] = "1" if args.idle else "1000"
+    env = env | {"BACKEND_POLL_SECONDS": "1" if args.idle else "1000"}
     gateway, key = start_gateway(
         name, upstream, [], None, logs, env, root=root, wrap=valgrind, timeout=600
     )
@@ -112,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     with checkout_of(args.revision, logs) as baseline:
         upstream = start_upstream("Upstream", MODEL, None, logs, env)
         try:
-            ours = count("this-checkout", ROOT, upstream, logs, args)
-            theirs = count("baseline", baseline, upstream, logs, args)
+            ours = count("this-checkout", ROOT, upstream, logs, env, args)
+            theirs = count("baseline", baseline, upstream, logs, env, args)
         finally:
             upstream.stop()
     print(f"\n{'instructions (millions)':32}{'this checkout':>16}{args.revision:>16}{'ratio':>10}")
