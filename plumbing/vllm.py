@@ -21,7 +21,6 @@ import aiohttp
 import httpx
 import orjson
 from django.conf import settings
-from prometheus_client.parser import text_string_to_metric_families
 
 from plumbing.errors import (
     UpstreamDisconnected,
@@ -393,22 +392,37 @@ def health_check_sync(
     return step
 
 
+QUEUE_GAUGES = {
+    "vllm:num_requests_waiting": "waiting",
+    "vllm:num_requests_running": "running",
+    "vllm:kv_cache_usage_perc": "kv_cache_usage",
+}
+
+
 def queue_figures(metrics_text: str | None) -> dict[str, float] | None:
-    """Waiting and running requests and KV-cache usage from vLLM's /metrics."""
+    """Waiting and running requests and KV-cache usage from vLLM's /metrics: each gauge's
+    samples summed (one per engine). Only the sample lines of these three names are read,
+    not the whole exposition (some 650 lines, every BACKEND_POLL_SECONDS, on the event
+    loop); None when there are none, or one has no number."""
     if not metrics_text:
         return None
-    wanted = {
-        "vllm:num_requests_waiting": "waiting",
-        "vllm:num_requests_running": "running",
-        "vllm:kv_cache_usage_perc": "kv_cache_usage",
-    }
     figures: dict[str, float] = {}
-    try:
-        for family in text_string_to_metric_families(metrics_text):
-            if family.name in wanted:
-                figures[wanted[family.name]] = sum(sample.value for sample in family.samples)
-    except ValueError:
-        return None
+    for line in metrics_text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        name, brace, rest = line.partition("{")
+        if brace:
+            rest = rest.rpartition("}")[2]
+        else:
+            name, _, rest = line.partition(" ")
+        figure = QUEUE_GAUGES.get(name.rstrip())
+        if figure is None:
+            continue
+        try:
+            value = float(rest.split()[0])
+        except (IndexError, ValueError):
+            return None
+        figures[figure] = figures.get(figure, 0.0) + value
     return figures or None
 
 
