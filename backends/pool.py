@@ -4,8 +4,8 @@ state and never the database.
 The backends are what `backends.discovery` lists (the enabled rows, VLLM_BASE_URL's
 `default`, or with BACKEND_DISCOVERY=kubernetes the ready pods). One backend is a pool
 of one: a background task looks at every backend every BACKEND_POLL_SECONDS (and
-re-reads the rows), keeping its health record (`backends.health`); a backend that fails
-a look, or BACKEND_MAX_FAILURES requests in a row, is ejected for
+re-reads the rows when they changed), keeping its health record (`backends.health`); a
+backend that fails a look, or BACKEND_MAX_FAILURES requests in a row, is ejected for
 BACKEND_COOLDOWN_SECONDS, looked at again, and put back once healthy.
 
 A request goes to a backend serving its model: the one its session hashes to (stable
@@ -34,11 +34,12 @@ from django.db import DatabaseError
 
 from backends import health
 from backends.admission import BackendQueue, Claim, Ticket, worker_share
+from backends.apps import ROWS_VERSION
 from backends.discovery import row_specs, with_default
 from backends.health import BackendHealth
 from backends.metrics import BACKEND_ADMITTED, BACKEND_CAPACITY, BACKEND_IN_FLIGHT, BACKEND_UP
 from backends.spec import BackendSpec
-from plumbing import kube, vllm
+from plumbing import counters, kube, vllm
 from plumbing.db import run_sync
 from plumbing.errors import ModelNotServed, UpstreamTimeout, UpstreamUnavailable
 
@@ -124,6 +125,8 @@ class Pool:
         self._default_source: tuple[str, str] | None = None
         self._rows: list[BackendSpec] = []
         self._loaded = False
+        self._rows_version: int | None = None  # the rows' version when they were read
+        self._rows_read_at = -math.inf  # monotonic
         self._load_lock: asyncio.Lock | None = None
         self._poller: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -164,6 +167,11 @@ class Pool:
                 self._poller = loop.create_task(self._poll_forever(), name="backend-poller")
 
     async def _read_rows(self) -> bool:
+        # The version first: a change made while the rows are read moves it again.
+        try:
+            version: int | None = await counters.version(ROWS_VERSION)
+        except counters.CountsUnavailable:
+            version = None  # unknown: the next poll reads the rows again
         try:
             self._rows = await run_sync(row_specs)
         except DatabaseError as exc:
@@ -171,7 +179,24 @@ class Pool:
             # database is away; the next request or poll reads them again.
             log.warning("could not read the backends from the database: %s", exc)
             return False
+        self._rows_version, self._rows_read_at = version, time.monotonic()
         return True
+
+    async def _rows_may_have_changed(self) -> bool:
+        """Whether a poll reads the rows again: when their version moved (a row saved or
+        deleted here, or in any process with REDIS_URL), or could not be read, and every
+        BACKEND_ROWS_SECONDS whatever it says (a change in another process without
+        Redis, or one made behind the ORM's back). Reading them at every poll was an ORM
+        query in a thread every BACKEND_POLL_SECONDS, which took the GIL from the event
+        loop in bursts: measured in the 64-stream TTFT tail."""
+        if self._rows_version is None:
+            return True
+        if time.monotonic() - self._rows_read_at >= settings.BACKEND_ROWS_SECONDS:
+            return True
+        try:
+            return await counters.version(ROWS_VERSION) != self._rows_version
+        except counters.CountsUnavailable:
+            return True
 
     def _apply(self) -> None:
         self._default_source = (settings.VLLM_BASE_URL, settings.VLLM_API_KEY)
@@ -204,6 +229,7 @@ class Pool:
         self.replicas, self._rows = {}, []
         self.schedules_by_priority = False
         self._default_source, self._poller, self._loaded = None, None, False
+        self._rows_version, self._rows_read_at = None, -math.inf
         self._watcher, self._pods_version = None, -1
         health.forget()
 
@@ -391,8 +417,10 @@ class Pool:
                 log.exception("polling the backends failed")
 
     async def poll_once(self) -> None:
-        """Re-read the backend rows, then look at every backend not cooling down."""
-        await self._read_rows()
+        """Re-read the backend rows if they may have changed, then look at every backend
+        not cooling down."""
+        if await self._rows_may_have_changed():
+            await self._read_rows()
         self._apply()
         await self._check_all()
 

@@ -1,6 +1,6 @@
-"""Counts in fixed time windows (requests and tokens per key per minute): the adapter to
-Redis when REDIS_URL is set, so every worker and instance shares them, else a dict in
-this process.
+"""Counts in fixed time windows (requests and tokens per key per minute), and versions
+(a number bumped when the backend rows change): the adapter to Redis when REDIS_URL is
+set, so every worker and instance shares them, else a dict in this process.
 
 Both are async-native and cheap on the request path: the local counts are a dict
 lookup, and Redis is reached with redis-py's asyncio client (one pipelined round trip to
@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.conf import settings
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -74,6 +75,38 @@ async def read(name: str, *, window: int = 60) -> Count:
     return Count(int(value or 0), left)
 
 
+# --- versions ------------------------------------------------------------------------
+# A version is a number that only goes up, bumped when something every process keeps in
+# memory has changed (the backend rows), so that a reader polls one number instead of
+# reading the thing itself again. In Redis when REDIS_URL is set (every process sees
+# every bump), else in this process (bumps made in another process go unseen: the reader
+# also re-reads now and then).
+
+_versions: dict[str, int] = {}
+
+
+def bump_version(name: str) -> None:
+    """Moves `name`'s version on. Synchronous (model signals call it); a Redis that is
+    away raises CountsUnavailable."""
+    _versions[name] = _versions.get(name, 0) + 1
+    if settings.REDIS_URL:
+        with redis_answers():
+            _sync_redis().incr(_version_key(name))
+
+
+async def version(name: str) -> int:
+    """`name`'s version: 0 until it is first bumped."""
+    if not settings.REDIS_URL:
+        return _versions.get(name, 0)
+    with redis_answers():
+        value = await redis_client().get(_version_key(name))
+    return int(value or 0)
+
+
+def _version_key(name: str) -> str:
+    return f"{settings.CACHE_KEY_PREFIX}:version:{name}"
+
+
 # --- this process's counts ---------------------------------------------------------
 
 # (window length, window number) -> name -> count; only current windows are kept.
@@ -91,8 +124,9 @@ def _local_counts(window: int, number: int) -> dict[str, int]:
 
 
 def forget() -> None:
-    """Drops this process's counts (tests start from zero)."""
+    """Drops this process's counts and versions (tests start from zero)."""
     _local.clear()
+    _versions.clear()
 
 
 # --- Redis ------------------------------------------------------------------------
@@ -151,3 +185,16 @@ def redis_client() -> Redis:
 
 
 _closing: set[asyncio.Task[None]] = set()
+
+_sync_client: tuple[str, float, SyncRedis] | None = None
+
+
+def _sync_redis() -> SyncRedis:
+    """A synchronous client for the few calls made outside the event loop (a version
+    bumped by a model signal in the admin or a management command)."""
+    global _sync_client
+    url, timeout = settings.REDIS_URL, settings.REDIS_TIMEOUT_SECONDS
+    if _sync_client is None or _sync_client[:2] != (url, timeout):
+        redis = SyncRedis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        _sync_client = (url, timeout, redis)
+    return _sync_client[2]

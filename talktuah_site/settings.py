@@ -263,6 +263,10 @@ if UPSTREAM_TRANSPORT not in ("httpx", "aiohttp"):
 # many failed requests in a row take it out.
 BACKEND_POLL_SECONDS = envfloat("BACKEND_POLL_SECONDS", 5.0)
 BACKEND_POLL_TIMEOUT = envfloat("BACKEND_POLL_TIMEOUT", 2.0)
+# A poll re-reads the Backend rows when they changed (a version bumped on every save, in
+# Redis with REDIS_URL so every process sees it), and at least this often regardless: a
+# row changed in another process without Redis is routed to within this many seconds.
+BACKEND_ROWS_SECONDS = envfloat("BACKEND_ROWS_SECONDS", 30.0)
 BACKEND_COOLDOWN_SECONDS = envfloat("BACKEND_COOLDOWN_SECONDS", 10.0)
 BACKEND_MAX_FAILURES = envint("BACKEND_MAX_FAILURES", 3)
 

@@ -20,6 +20,9 @@ def busy_exposition() -> str:
     """The capture with a busy engine: 3 running, 5 waiting (and 2 waiting by reason,
     a family whose name starts like the waiting gauge's), 42% of the KV cache."""
     text = (WIRE / "metrics.txt").read_text()
+    by_reason = (
+        'vllm:num_requests_waiting_by_reason{engine="0",model_name="tiny",reason="capacity"}'
+    )
     replaced = {
         'vllm:num_requests_running{engine="0",model_name="tiny"} 0.0': (
             'vllm:num_requests_running{engine="0",model_name="tiny"} 3.0'
@@ -27,9 +30,7 @@ def busy_exposition() -> str:
         'vllm:num_requests_waiting{engine="0",model_name="tiny"} 0.0': (
             'vllm:num_requests_waiting{engine="0",model_name="tiny"} 5.0'
         ),
-        'vllm:num_requests_waiting_by_reason{engine="0",model_name="tiny",reason="capacity"} 0.0': (
-            'vllm:num_requests_waiting_by_reason{engine="0",model_name="tiny",reason="capacity"} 2.0'
-        ),
+        f"{by_reason} 0.0": f"{by_reason} 2.0",
         'vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.0': (
             'vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.42'
         ),

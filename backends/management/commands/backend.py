@@ -5,6 +5,7 @@ import json
 import os
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -65,7 +66,7 @@ class Command(BaseCommand):
             deleted, _ = Backend.objects.filter(name=options["name"]).delete()
             if not deleted:
                 raise CommandError(f"There is no backend named '{options['name']}'.")
-            self.stderr.write(f"Removed backend {options['name']}.")
+            self.stderr.write(f"Removed backend {options['name']}. {_when_seen()}")
             return
         self._add(options)
 
@@ -108,4 +109,14 @@ class Command(BaseCommand):
         except ValidationError as exc:
             problems = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
             raise CommandError(problems) from exc
-        self.stderr.write(f"{verb} backend {row.name} at {row.base_url}.")
+        self.stderr.write(f"{verb} backend {row.name} at {row.base_url}. {_when_seen()}")
+
+
+def _when_seen() -> str:
+    """When a running gateway (another process) sees the change."""
+    if settings.REDIS_URL:
+        return f"Running gateways see it within {settings.BACKEND_POLL_SECONDS:g} s."
+    return (
+        f"Running gateways see it within {settings.BACKEND_ROWS_SECONDS:g} s "
+        f"(within {settings.BACKEND_POLL_SECONDS:g} s with REDIS_URL)."
+    )
