@@ -73,22 +73,6 @@ def test_a_saved_or_deleted_row_is_read_at_the_next_poll(quiet: Any) -> None:
     polled(steps)
 
 
-def test_a_change_no_signal_reports_is_read_after_backend_rows_seconds(quiet: Any) -> None:
-    quiet.REDIS_URL = ""
-    backend_create(name="one", base_url=f"http://127.0.0.1:{free_port()}")
-
-    async def steps(pool: Pool) -> None:
-        # As a row changed in another process without Redis: this process hears nothing.
-        await Backend.objects.filter(name="one").aupdate(weight=3)
-        await pool.poll_once()
-        assert weights(pool) == {"one": 1}, "re-read although nothing said it changed"
-        quiet.BACKEND_ROWS_SECONDS = 0
-        await pool.poll_once()
-        assert weights(pool) == {"one": 3}
-
-    polled(steps)
-
-
 def redis_reachable() -> bool:
     try:
         return bool(redis.Redis.from_url(REDIS, socket_connect_timeout=2).ping())
@@ -96,23 +80,40 @@ def redis_reachable() -> bool:
         return False
 
 
-def test_with_redis_a_change_made_in_another_process_is_read_at_the_next_poll(
-    quiet: Any,
+def _rows_seconds_elapse(quiet: Any) -> None:
+    quiet.BACKEND_ROWS_SECONDS = 0
+
+
+def _another_process_bumps_the_version_in_redis(quiet: Any) -> None:
+    # What bump_version does in the process that saved the row: only Redis moves.
+    redis.Redis.from_url(REDIS).incr(counters._version_key(ROWS_VERSION))
+
+
+# how the news of a change made in another process reaches this one: (Redis?, the news)
+NEWS = {
+    "without Redis, after BACKEND_ROWS_SECONDS": (False, _rows_seconds_elapse),
+    "with Redis, at the next poll": (True, _another_process_bumps_the_version_in_redis),
+}
+
+
+@pytest.mark.parametrize("news", NEWS)
+def test_a_change_made_in_another_process_is_read_once_its_news_arrives(
+    quiet: Any, news: str
 ) -> None:
-    if not redis_reachable():
+    with_redis, arrives = NEWS[news]
+    if with_redis and not redis_reachable():
         pytest.skip("needs Redis on 127.0.0.1:6379")
-    quiet.REDIS_URL = REDIS
+    quiet.REDIS_URL = REDIS if with_redis else ""
     backend_create(name="one", base_url=f"http://127.0.0.1:{free_port()}")
-    other_process = redis.Redis.from_url(REDIS)
 
     async def steps(pool: Pool) -> None:
-        await Backend.objects.filter(name="one").aupdate(weight=4)
+        # A row changed in another process: no signal ran in this one.
+        await Backend.objects.filter(name="one").aupdate(weight=3)
         await pool.poll_once()
-        assert weights(pool) == {"one": 1}
-        # What bump_version does in the process that saved the row: only Redis moves.
-        other_process.incr(counters._version_key(ROWS_VERSION))
+        assert weights(pool) == {"one": 1}, "re-read although nothing said it changed"
+        arrives(quiet)
         await pool.poll_once()
-        assert weights(pool) == {"one": 4}
+        assert weights(pool) == {"one": 3}
 
     polled(steps)
 
