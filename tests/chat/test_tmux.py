@@ -102,10 +102,13 @@ def test_at_60_columns_keys_show_typing_survives_settings_and_copy_reaches_the_t
         # default, "external", only passes it on to the terminal tmux runs in). Set once
         # the server runs: one without a session exits at once.
         tmux.run("set-option", "-g", "set-clipboard", "on")
-        wait_for(lambda: "f9 Settings" in tmux.screen(), message="the chat screen")
-        screen = tmux.screen()
-        for label in ("^n New", "f2 Options", "f3 Export", "f4 Copy", "f5 Retry", "f8 Delete"):
-            assert label in screen, (label, screen)
+        # Every key's whole label, once the footer has settled: while the screen mounts,
+        # it is laid out a frame or two with the labels cut ("f9 Setti").
+        labels = ("^n New", "f2 Options", "f3 Export", "f4 Copy", "f5 Retry", "f8 Delete")
+        wait_for(
+            lambda: all(label in tmux.screen() for label in (*labels, "f9 Settings")),
+            message="the chat screen with every key's whole label",
+        )
         tmux.run("send-keys", "-t", "chat", "-l", "Hello")
         wait_for(lambda: "Hello" in tmux.screen(), message="the typed text")
         tmux.run("send-keys", "-t", "chat", "F9")
