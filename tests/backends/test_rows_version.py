@@ -16,7 +16,7 @@ from backends.pool import Pool
 from backends.services import backend_create, backend_save
 from plumbing import counters, vllm
 from plumbing.db import run_sync
-from tests.net import free_port
+from tests.net import free_port, redis_reachable
 
 REDIS = "redis://127.0.0.1:6379/14"
 
@@ -73,13 +73,6 @@ def test_a_saved_or_deleted_row_is_read_at_the_next_poll(quiet: Any) -> None:
     polled(steps)
 
 
-def redis_reachable() -> bool:
-    try:
-        return bool(redis.Redis.from_url(REDIS, socket_connect_timeout=2).ping())
-    except redis.RedisError:
-        return False
-
-
 def _rows_seconds_elapse(quiet: Any) -> None:
     quiet.BACKEND_ROWS_SECONDS = 0
 
@@ -101,7 +94,7 @@ def test_a_change_made_in_another_process_is_read_once_its_news_arrives(
     quiet: Any, news: str
 ) -> None:
     with_redis, arrives = NEWS[news]
-    if with_redis and not redis_reachable():
+    if with_redis and not redis_reachable(REDIS):
         pytest.skip("needs Redis on 127.0.0.1:6379")
     quiet.REDIS_URL = REDIS if with_redis else ""
     backend_create(name="one", base_url=f"http://127.0.0.1:{free_port()}")

@@ -14,17 +14,10 @@ import redis
 
 from plumbing import counters
 from plumbing.counters import CountsUnavailable
-from tests.net import free_port
+from tests.net import free_port, redis_reachable
 from tests.private_services import PrivateRedis
 
 REDIS = "redis://127.0.0.1:6379/14"
-
-
-def redis_reachable() -> bool:
-    try:
-        return bool(redis.Redis.from_url(REDIS, socket_connect_timeout=2).ping())
-    except redis.RedisError:
-        return False
 
 
 def next_window(seconds: int) -> None:
@@ -69,7 +62,7 @@ def test_local_counts_forget_windows_that_ended(settings):
 
 @pytest.fixture
 def shared_redis(settings) -> Iterator[redis.Redis]:
-    if not redis_reachable():
+    if not redis_reachable(REDIS):
         pytest.skip("needs Redis on 127.0.0.1:6379")
     settings.REDIS_URL = REDIS
     settings.CACHE_KEY_PREFIX = f"counters-test-{os.getpid()}-{time.monotonic_ns()}"

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 
 from proxy.ratelimit import outage
 from tests.gateway_process import GatewayProcess
-from tests.net import free_port
+from tests.net import free_port, redis_reachable
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -58,16 +58,7 @@ def test_it_refuses_requests_past_the_token_limit(gateway, simulator, make_key):
     assert "retry-after" in refused.headers
 
 
-def redis_available() -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url("redis://127.0.0.1:6379/0").ping())
-    except redis.RedisError:
-        return False
-
-
-@pytest.mark.skipif(not redis_available(), reason="needs Redis on 127.0.0.1:6379")
+@pytest.mark.skipif(not redis_reachable(), reason="needs Redis on 127.0.0.1:6379")
 def test_two_workers_sharing_redis_admit_exactly_the_limit(simulator, make_key, tmp_path):
     sim = simulator()
     key = make_key(rpm_limit=5)

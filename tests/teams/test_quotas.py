@@ -20,7 +20,7 @@ from modelmgr.models import ApiKey, split_prefix
 from proxy import quota
 from teams.models import Team
 from tests.gateway_process import GatewayProcess
-from tests.net import free_port
+from tests.net import free_port, redis_reachable
 from tests.simulator_process import SimulatorProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -53,15 +53,6 @@ def quota_key(make_key: Callable[..., str]) -> Callable[..., str]:
         return plaintext
 
     return make
-
-
-def redis_available() -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url("redis://127.0.0.1:6379/0").ping())
-    except redis.RedisError:
-        return False
 
 
 async def _parallel(url: str, key: str, count: int, body: dict[str, Any]) -> list[httpx.Response]:
@@ -108,7 +99,7 @@ def test_40_parallel_requests_are_never_served_more_than_the_daily_quota(
     assert day["remaining"] == 600 - served(answers)
 
 
-@pytest.mark.skipif(not redis_available(), reason="needs Redis on 127.0.0.1:6379")
+@pytest.mark.skipif(not redis_reachable(), reason="needs Redis on 127.0.0.1:6379")
 def test_two_workers_share_one_quota_through_redis(quota_key, tmp_path):
     key = quota_key(tokens_per_day=600)
     prefix = f"talktuah-test-{os.getpid()}-{time.monotonic_ns()}"
@@ -257,7 +248,7 @@ def test_a_windows_count_starts_from_the_usage_table(gateway, simulator, quota_k
     assert usage_quota(gateway.url, key)[0]["used"] == 480
 
 
-@pytest.mark.skipif(not redis_available(), reason="needs Redis on 127.0.0.1:6379")
+@pytest.mark.skipif(not redis_reachable(), reason="needs Redis on 127.0.0.1:6379")
 def test_settlements_kept_while_redis_was_away_are_applied_once_when_it_is_back(
     quota_key, settings
 ):
