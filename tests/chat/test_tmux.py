@@ -104,11 +104,21 @@ def test_at_60_columns_keys_show_typing_survives_settings_and_copy_reaches_the_t
         tmux.run("set-option", "-g", "set-clipboard", "on")
         # Every key's whole label, once the footer has settled: while the screen mounts,
         # it is laid out a frame or two with the labels cut ("f9 Setti").
-        labels = ("^n New", "f2 Options", "f3 Export", "f4 Copy", "f5 Retry", "f8 Delete")
-        wait_for(
-            lambda: all(label in tmux.screen() for label in (*labels, "f9 Settings")),
-            message="the chat screen with every key's whole label",
+        labels = (
+            "^n New",
+            "f2 Options",
+            "f3 Export",
+            "f4 Copy",
+            "f5 Retry",
+            "f8 Delete",
+            "f9 Settings",
         )
+
+        def every_label_shows() -> bool:
+            screen = tmux.screen()
+            return all(label in screen for label in labels)
+
+        wait_for(every_label_shows, message="the chat screen with every key's whole label")
         tmux.run("send-keys", "-t", "chat", "-l", "Hello")
         wait_for(lambda: "Hello" in tmux.screen(), message="the typed text")
         tmux.run("send-keys", "-t", "chat", "F9")
